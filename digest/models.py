@@ -1,0 +1,222 @@
+"""The records that flow through the pipeline, and the database tables. No I/O here.
+
+`Paper` is what a parser produces and what matching and rendering consume: one
+paper as listed on one day. The `*Row` classes are the SQLModel tables; `store.py`
+owns the engine, the migrations and the queries over them, `outbox.py` the digest
+rows' state machine.
+
+All datetimes stored are timezone-aware UTC on the way in; SQLite hands them back
+naive, so readers call `as_utc()`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A datetime as aware UTC (SQLite returns naive values that were stored as UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper as listed on one day, from either source.
+
+    Optional fields are None (or empty) when the source did not give them; the
+    store treats a missing value as "unknown", never as "cleared".
+    """
+
+    id: str  # arXiv id, opaque ("2407.21783")
+    title: str  # arXiv line-folds collapsed to single spaces
+    listed_on: dt.date  # the Daily Papers day, never the shifted top-level publishedAt
+    abstract: str = ""  # empty when the source had none (HTML cards)
+    authors: tuple[str, ...] = ()  # full names, hidden authors dropped
+    author_count: int = 0  # as HF shows it: every author, hidden included
+    organization: str | None = None  # HF org name ("ByteDance-Seed")
+    organization_fullname: str | None = None  # "ByteDance Seed"
+    upvotes: int = 0
+    num_comments: int = 0
+    thumbnail: str | None = None
+    media_urls: tuple[str, ...] = ()
+    github_repo: str | None = None  # cleaned: stripped, no embedded whitespace
+    github_stars: int | None = None
+    project_page: str | None = None
+    ai_summary: str | None = None
+    ai_keywords: tuple[str, ...] = ()
+    submitter: str | None = None  # HF user name of who listed it
+    published_at: dt.datetime | None = None  # arXiv v1 time (paper.publishedAt), UTC
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}"
+
+    @property
+    def arxiv_url(self) -> str:
+        return f"https://arxiv.org/abs/{self.id}"
+
+    @property
+    def pdf_url(self) -> str:
+        return f"https://arxiv.org/pdf/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicHit:
+    """One topic that matched a paper, and the paper's words that made it match."""
+
+    topic: str
+    words: frozenset[str] = field(default_factory=frozenset)  # lower-cased tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A paper chosen for a subscriber, with its explanation."""
+
+    paper: Paper
+    hits: tuple[TopicHit, ...]
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(h.topic for h in self.hits)
+
+    @property
+    def words(self) -> frozenset[str]:
+        return frozenset().union(*(h.words for h in self.hits))
+
+    @property
+    def score(self) -> int:
+        """The first ranking key: how many of the subscriber's topics matched."""
+        return len(self.hits)
+
+
+# ---------------------------------------------------------------------------
+# Tables. Lists of strings are stored as JSON text.
+
+
+class PaperRow(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: str = Field(primary_key=True)
+    title: str
+    abstract: str = ""
+    authors_json: str = "[]"
+    author_count: int = 0
+    organization: str | None = None
+    organization_fullname: str | None = None
+    upvotes: int = 0  # the highest seen across listings
+    num_comments: int = 0
+    thumbnail: str | None = None
+    media_urls_json: str = "[]"
+    github_repo: str | None = None
+    github_stars: int | None = None
+    project_page: str | None = None
+    ai_summary: str | None = None
+    ai_keywords_json: str = "[]"
+    published_at: dt.datetime | None = None
+    first_seen_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ListingRow(SQLModel, table=True):
+    """A paper listed on a day. A paper listed twice has two rows."""
+
+    __tablename__ = "listings"
+
+    paper_id: str = Field(primary_key=True, foreign_key="papers.id")
+    listed_on: dt.date = Field(primary_key=True, index=True)
+    upvotes: int = 0
+    num_comments: int = 0
+    submitter: str | None = None
+    first_seen_at: dt.datetime
+    last_seen_at: dt.datetime
+
+
+class DayRow(SQLModel, table=True):
+    """What we know about fetching one listing day (for conditional GET and status)."""
+
+    __tablename__ = "days"
+
+    day: dt.date = Field(primary_key=True)
+    source: str  # "api" | "html"
+    etag: str | None = None
+    last_modified: str | None = None
+    paper_count: int = 0
+    fetched_at: dt.datetime
+
+
+class PollRow(SQLModel, table=True):
+    """One poll or `digest fetch` run and its outcome."""
+
+    __tablename__ = "polls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    days: int = 0
+    new: int = 0
+    updated: int = 0
+    source: str | None = None
+    ok: bool = False
+    error: str | None = None
+
+
+class DigestRow(SQLModel, table=True):
+    """The outbox: one digest per (subscriber, slot), rendered once, sent at most once.
+
+    status: "pending" -> "sent" | "failed" (permanent, with the server's reply).
+    """
+
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("subscriber", "slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber: str = Field(index=True)  # the email address, lower-cased
+    slot: dt.datetime  # UTC instant of the schedule slot
+    status: str = Field(default="pending", index=True)
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
+    last_reply: str | None = None
+    message_id: str
+    recipient: str  # envelope recipient
+    sender: str  # envelope sender
+    subject: str = ""
+    paper_ids_json: str = "[]"
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: dt.datetime
+    sent_at: dt.datetime | None = None
+
+
+class DeliveryRow(SQLModel, table=True):
+    """A paper delivered to a subscriber: written in the same transaction as `sent`."""
+
+    __tablename__ = "deliveries"
+
+    subscriber: str = Field(primary_key=True)
+    paper_id: str = Field(primary_key=True)
+    digest_id: int = Field(foreign_key="digests.id", index=True)
+    delivered_at: dt.datetime
+
+
+class SubscriberRow(SQLModel, table=True):
+    """Per-subscriber scheduling state the daemon keeps across restarts."""
+
+    __tablename__ = "subscribers"
+
+    email: str = Field(primary_key=True)
+    first_seen_at: dt.datetime
+    last_slot: dt.datetime | None = None  # the latest slot a digest was created for
+
+
+class MetaRow(SQLModel, table=True):
+    """Small key/value state: consecutive failed polls, whether an alert is out, ..."""
+
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str
