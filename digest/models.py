@@ -5,8 +5,8 @@ paper as listed on one day. The `*Row` classes are the SQLModel tables; `store.p
 owns the engine, the migrations and the queries over them, `outbox.py` the digest
 rows' state machine.
 
-All datetimes stored are timezone-aware UTC on the way in; SQLite hands them back
-naive, so readers call `as_utc()`.
+All datetimes are timezone-aware UTC (sqlmodel's UTCDateTime refuses naive ones and
+hands back aware UTC, SQLite included); `as_utc()` normalises anything else.
 """
 
 from __future__ import annotations

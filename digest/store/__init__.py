@@ -1,0 +1,59 @@
+"""The database: engine, migrations, and every query and write over the tables in models.py.
+
+Owns: `open_engine`, `migrate`, `transaction`, the listing upsert and the reads
+the rest of the program needs. Does not own the outbox state machine
+(`digest/outbox.py`) or the table classes (`digest/models.py`).
+
+Usage (every write is one short transaction, like `outbox.py`)::
+
+    engine = store.open_engine(config.storage.url)
+    store.migrate(engine)
+    report = store.upsert_listings(engine, day, papers, now)   # its own transaction
+    with Session(engine) as session:
+        store.save_day(session, day, "api", etag, last_modified, len(papers), now)  # commits
+        papers = store.candidate_papers(session, first_day, last_day)             # reads
+
+Database failures surface as `StoreError` with one line naming what and where.
+"""
+
+from digest.store.engine import mask_url, open_engine
+from digest.store.listings import UpsertReport, candidate_papers, upsert_listings
+from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
+from digest.store.state import (
+    StoreStats,
+    delivered_ids,
+    finish_poll,
+    get_day,
+    get_meta,
+    get_subscriber_state,
+    last_poll,
+    save_day,
+    save_subscriber_state,
+    set_meta,
+    start_poll,
+    store_stats,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "StoreStats",
+    "UpsertReport",
+    "candidate_papers",
+    "delivered_ids",
+    "finish_poll",
+    "get_day",
+    "get_meta",
+    "get_subscriber_state",
+    "last_poll",
+    "mask_url",
+    "migrate",
+    "open_engine",
+    "save_day",
+    "save_subscriber_state",
+    "set_meta",
+    "start_poll",
+    "store_stats",
+    "upsert_listings",
+]

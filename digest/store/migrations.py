@@ -1,0 +1,184 @@
+"""Schema migrations: a `schema_version` table and an ordered list of migration functions.
+
+Owns: the schema as each version left it, and `migrate`, which brings any older
+database to the current version in one transaction. Does not own the table
+classes the rest of the program uses (`digest/models.py`); a test checks that a
+migrated database matches them.
+
+Why not Alembic: we ship one package and run one command; an ordered list of
+plain functions needs no extra tool, no `alembic.ini` and no script folder.
+
+Rules for a new migration: append a function taking a Connection; use plain
+`ALTER TABLE` / `CREATE TABLE` / `CREATE INDEX` (never drop and recreate a live
+table); update `digest/models.py` to match. Migration 1 creates the v1 tables
+from the frozen snapshot below, never from the live models, so that a fresh
+database still gets exactly v1 before migration 2's ALTERs run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
+
+from digest.errors import StoreError
+from digest.store.engine import mask_url, wrap_db_errors, write_bind
+
+Migration = Callable[[Connection], None]
+UTC_DATETIME = DateTime(timezone=True)  # what SQLModel's UTCDateTime creates
+
+# The v1 schema, frozen: identical to digest/models.py as of v1. Do not edit; add a migration.
+_V1 = MetaData()
+Table(
+    "papers", _V1,
+    Column("id", String, primary_key=True),
+    Column("title", String, nullable=False),
+    Column("abstract", String, nullable=False),
+    Column("authors_json", String, nullable=False),
+    Column("author_count", Integer, nullable=False),
+    Column("organization", String),
+    Column("organization_fullname", String),
+    Column("upvotes", Integer, nullable=False),
+    Column("num_comments", Integer, nullable=False),
+    Column("thumbnail", String),
+    Column("media_urls_json", String, nullable=False),
+    Column("github_repo", String),
+    Column("github_stars", Integer),
+    Column("project_page", String),
+    Column("ai_summary", String),
+    Column("ai_keywords_json", String, nullable=False),
+    Column("published_at", UTC_DATETIME),
+    Column("first_seen_at", UTC_DATETIME, nullable=False),
+    Column("updated_at", UTC_DATETIME, nullable=False),
+)  # fmt: skip
+Table(
+    "listings", _V1,
+    Column("paper_id", String, ForeignKey("papers.id"), primary_key=True),
+    Column("listed_on", Date, primary_key=True),
+    Column("upvotes", Integer, nullable=False),
+    Column("num_comments", Integer, nullable=False),
+    Column("submitter", String),
+    Column("first_seen_at", UTC_DATETIME, nullable=False),
+    Column("last_seen_at", UTC_DATETIME, nullable=False),
+    Index("ix_listings_listed_on", "listed_on"),
+)  # fmt: skip
+Table(
+    "days", _V1,
+    Column("day", Date, primary_key=True),
+    Column("source", String, nullable=False),
+    Column("etag", String),
+    Column("last_modified", String),
+    Column("paper_count", Integer, nullable=False),
+    Column("fetched_at", UTC_DATETIME, nullable=False),
+)  # fmt: skip
+Table(
+    "polls", _V1,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", UTC_DATETIME, nullable=False),
+    Column("finished_at", UTC_DATETIME),
+    Column("days", Integer, nullable=False),
+    Column("new", Integer, nullable=False),
+    Column("updated", Integer, nullable=False),
+    Column("source", String),
+    Column("ok", Boolean, nullable=False),
+    Column("error", String),
+)  # fmt: skip
+Table(
+    "digests", _V1,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber", String, nullable=False),
+    Column("slot", UTC_DATETIME, nullable=False),
+    Column("status", String, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTC_DATETIME),
+    Column("last_reply", String),
+    Column("message_id", String, nullable=False),
+    Column("recipient", String, nullable=False),
+    Column("sender", String, nullable=False),
+    Column("subject", String, nullable=False),
+    Column("paper_ids_json", String, nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("created_at", UTC_DATETIME, nullable=False),
+    Column("sent_at", UTC_DATETIME),
+    UniqueConstraint("subscriber", "slot"),
+    Index("ix_digests_subscriber", "subscriber"),
+    Index("ix_digests_status", "status"),
+)  # fmt: skip
+Table(
+    "deliveries", _V1,
+    Column("subscriber", String, primary_key=True),
+    Column("paper_id", String, primary_key=True),
+    Column("digest_id", Integer, ForeignKey("digests.id"), nullable=False),
+    Column("delivered_at", UTC_DATETIME, nullable=False),
+    Index("ix_deliveries_digest_id", "digest_id"),
+)  # fmt: skip
+Table(
+    "subscribers", _V1,
+    Column("email", String, primary_key=True),
+    Column("first_seen_at", UTC_DATETIME, nullable=False),
+    Column("last_slot", UTC_DATETIME),
+)  # fmt: skip
+Table(
+    "meta", _V1,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+)  # fmt: skip
+
+
+def _v1_create_tables(conn: Connection) -> None:
+    # checkfirst=False: tables that exist without a schema_version are an unknown schema.
+    _V1.create_all(conn, checkfirst=False)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _read_version(conn: Connection) -> int:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    version = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
+    if version is None:
+        conn.execute(text("INSERT INTO schema_version (version) VALUES (0)"))
+        return 0
+    return int(version)
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database to the latest version in one transaction; return that version.
+
+    A fresh database gets every migration; a current one gets none. A database
+    newer than `migrations` is refused with StoreError; any failure rolls the
+    whole upgrade back. `migrations` is a parameter so tests can add a v2.
+    """
+    known = len(migrations)
+    with (
+        wrap_db_errors(f"migrating the database to schema v{known}", engine.url),
+        write_bind(engine).begin() as conn,
+    ):
+        version = _read_version(conn)
+        if version > known:
+            raise StoreError(
+                f"database schema v{version} is newer than this papers-digest (v{known}); "
+                f"upgrade the program ({mask_url(engine.url)})"
+            )
+        for number in range(version + 1, known + 1):
+            with wrap_db_errors(f"migration v{number}", engine.url):
+                migrations[number - 1](conn)
+            conn.execute(text("UPDATE schema_version SET version = :v"), {"v": number})
+    return known

@@ -1,0 +1,253 @@
+"""Small state tables: day validators, the poll log, subscriber slots, meta, and status counts.
+
+Owns: reads and writes of `days`, `polls`, `subscribers` and `meta`, the read
+of `deliveries` that matching needs, and `store_stats` for `digest status`.
+Does not own the outbox state machine (`digest/outbox.py` writes `digests` and
+`deliveries`).
+
+Every function takes a Session. Reads leave the session as they found it; each
+write commits the session before returning (one short transaction per call),
+taking SQLite's write lock at BEGIN when it opens the transaction.
+
+Datetimes go in as any aware value and come back as aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from digest.errors import StoreError
+from digest.models import (
+    DayRow,
+    DeliveryRow,
+    DigestRow,
+    ListingRow,
+    MetaRow,
+    PaperRow,
+    PollRow,
+    SubscriberRow,
+    as_utc,
+)
+from digest.store.engine import begin_write, session_url, to_db_time, wrap_db_errors
+
+DIGEST_STATUSES = ("pending", "sent", "failed")
+
+
+def get_day(session: Session, day: dt.date) -> DayRow | None:
+    """What the last fetch of `day` recorded (source, ETag, Last-Modified), if any."""
+    with wrap_db_errors(f"reading the fetch state of {day}", session_url(session)):
+        return session.get(DayRow, day)
+
+
+def save_day(
+    session: Session,
+    day: dt.date,
+    source: str,
+    etag: str | None,
+    last_modified: str | None,
+    paper_count: int,
+    now: dt.datetime,
+) -> None:
+    """Record a successful fetch of `day` and commit; call it after `upsert_listings`,
+    so a crash in between refetches the day instead of trusting an ETag whose
+    papers were never stored."""
+    with wrap_db_errors(f"saving the fetch state of {day}", session_url(session)):
+        begin_write(session)
+        row = session.get(DayRow, day)
+        if row is None:
+            row = DayRow(day=day, source=source, fetched_at=to_db_time(now))
+            session.add(row)
+        row.source = source
+        row.etag = etag
+        row.last_modified = last_modified
+        row.paper_count = paper_count
+        row.fetched_at = to_db_time(now)
+        session.commit()
+
+
+def start_poll(session: Session, now: dt.datetime) -> int:
+    """Log the start of a poll and commit; returns its id for `finish_poll`."""
+    with wrap_db_errors("starting a poll log entry", session_url(session)):
+        begin_write(session)
+        row = PollRow(started_at=to_db_time(now))
+        session.add(row)
+        session.flush()
+        poll_id = row.id
+        session.commit()
+    if poll_id is None:
+        raise StoreError(f"the poll log of {session_url(session)} gave no id to a new poll")
+    return poll_id
+
+
+def finish_poll(
+    session: Session,
+    poll_id: int,
+    *,
+    now: dt.datetime,
+    ok: bool,
+    days: int = 0,
+    new: int = 0,
+    updated: int = 0,
+    source: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Record a poll's outcome (days fetched, papers new/updated, source, error) and commit."""
+    with wrap_db_errors(f"finishing poll {poll_id}", session_url(session)):
+        begin_write(session)
+        row = session.get(PollRow, poll_id)
+        if row is None:
+            raise StoreError(f"poll {poll_id} is not in the poll log of {session_url(session)}")
+        row.finished_at = to_db_time(now)
+        row.days, row.new, row.updated = days, new, updated
+        row.source, row.ok, row.error = source, ok, error
+        session.commit()
+
+
+def last_poll(session: Session) -> PollRow | None:
+    """The most recently started poll, finished or not."""
+    with wrap_db_errors("reading the last poll", session_url(session)):
+        query = select(PollRow).order_by(col(PollRow.started_at).desc(), col(PollRow.id).desc())
+        return session.exec(query.limit(1)).first()
+
+
+def delivered_ids(session: Session, subscriber: str) -> set[str]:
+    """Ids of every paper already delivered to `subscriber` (a sent digest held it)."""
+    with wrap_db_errors(f"reading the papers delivered to {subscriber}", session_url(session)):
+        query = select(DeliveryRow.paper_id).where(DeliveryRow.subscriber == subscriber)
+        return set(session.exec(query).all())
+
+
+def get_subscriber_state(session: Session, email: str) -> SubscriberRow | None:
+    with wrap_db_errors(f"reading the state of subscriber {email}", session_url(session)):
+        return session.get(SubscriberRow, email)
+
+
+def save_subscriber_state(
+    session: Session,
+    email: str,
+    *,
+    first_seen_at: dt.datetime | None = None,
+    last_slot: dt.datetime | None = None,
+) -> None:
+    """Set the given fields and commit; the first save of a subscriber must give
+    `first_seen_at`."""
+    with wrap_db_errors(f"saving the state of subscriber {email}", session_url(session)):
+        begin_write(session)
+        row = session.get(SubscriberRow, email)
+        if row is None:
+            if first_seen_at is None:
+                raise StoreError(f"subscriber {email} has no saved state yet: give first_seen_at")
+            row = SubscriberRow(email=email, first_seen_at=to_db_time(first_seen_at))
+            session.add(row)
+        if first_seen_at is not None:
+            row.first_seen_at = to_db_time(first_seen_at)
+        if last_slot is not None:
+            row.last_slot = to_db_time(last_slot)
+        session.commit()
+
+
+def get_meta(session: Session, key: str) -> str | None:
+    with wrap_db_errors(f"reading meta key {key!r}", session_url(session)):
+        row = session.get(MetaRow, key)
+        return None if row is None else row.value
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    """Set `key` to `value` and commit."""
+    with wrap_db_errors(f"saving meta key {key!r}", session_url(session)):
+        begin_write(session)
+        session.merge(MetaRow(key=key, value=value))
+        session.commit()
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What `digest status` shows about the database."""
+
+    papers: int
+    listings: int
+    days_fetched: int  # days with a recorded fetch (the `days` table)
+    first_day: dt.date | None  # earliest listing day stored
+    last_day: dt.date | None  # latest listing day stored
+    digests: dict[str, int]  # by status; pending, sent and failed always present
+    last_poll: PollRow | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: dates and times as ISO strings (times in UTC)."""
+        poll = self.last_poll
+        return {
+            "papers": self.papers,
+            "listings": self.listings,
+            "days_fetched": self.days_fetched,
+            "first_day": _iso(self.first_day),
+            "last_day": _iso(self.last_day),
+            "digests": dict(self.digests),
+            "last_poll": None
+            if poll is None
+            else {
+                "started_at": _iso(as_utc(poll.started_at)),
+                "finished_at": _iso(as_utc(poll.finished_at) if poll.finished_at else None),
+                "ok": poll.ok,
+                "source": poll.source,
+                "days": poll.days,
+                "new": poll.new,
+                "updated": poll.updated,
+                "error": poll.error,
+            },
+        }
+
+    def lines(self) -> list[str]:
+        """The human summary `digest status` prints, one fact per line."""
+        span = f", {self.first_day} to {self.last_day}" if self.first_day else ""
+        counts = ", ".join(f"{n} {status}" for status, n in self.digests.items())
+        return [
+            _describe_poll(self.last_poll),
+            f"papers: {self.papers} stored, {self.listings} listings, "
+            f"{self.days_fetched} days fetched{span}",
+            f"digests: {counts}",
+        ]
+
+
+def _iso(value: dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _describe_poll(poll: PollRow | None) -> str:
+    if poll is None:
+        return "last poll: never"
+    started = f"{as_utc(poll.started_at):%Y-%m-%d %H:%M} UTC"
+    if poll.finished_at is None:
+        return f"last poll: started {started}, not finished"
+    outcome = "ok" if poll.ok else f"failed: {poll.error or 'unknown error'}"
+    return (
+        f"last poll: {started}, {outcome} ({poll.source or 'no source'}, {poll.days} days, "
+        f"{poll.new} new, {poll.updated} updated)"
+    )
+
+
+def store_stats(session: Session) -> StoreStats:
+    with wrap_db_errors("reading the store statistics", session_url(session)):
+        papers = session.exec(select(func.count()).select_from(PaperRow)).one()
+        listings, first_day, last_day = session.exec(
+            select(func.count(), func.min(ListingRow.listed_on), func.max(ListingRow.listed_on))
+        ).one()
+        days = session.exec(select(func.count()).select_from(DayRow)).one()
+        by_status = session.exec(
+            select(DigestRow.status, func.count()).group_by(col(DigestRow.status))
+        ).all()
+    digests = dict.fromkeys(DIGEST_STATUSES, 0)
+    digests.update({status: count for status, count in by_status})
+    return StoreStats(
+        papers=papers,
+        listings=listings,
+        days_fetched=days,
+        first_day=first_day,
+        last_day=last_day,
+        digests=digests,
+        last_poll=last_poll(session),
+    )

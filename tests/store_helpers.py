@@ -1,0 +1,65 @@
+"""Shared helpers of the store tests: the corpus, Paper builders, a migrated SQLite file.
+
+Papers come from the real API captures in shared/corpus through the real parser
+(`digest.sources.hf_api.parse_api`), or are built directly when a test needs a
+precise value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from digest import store
+from digest.models import Paper
+from digest.sources.hf_api import parse_api
+
+SHARED = Path(os.environ.get("DIGEST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+CORPUS = SHARED / "corpus" / "hf-api"
+NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+D1, D2, D3, D4, D5 = (dt.date(2025, 10, n) for n in (1, 2, 3, 6, 7))
+
+
+def corpus_day(day: dt.date) -> list[Paper]:
+    return parse_api((CORPUS / f"{day}.json").read_bytes(), day)
+
+
+def paper(pid: str, day: dt.date = D1, **fields: object) -> Paper:
+    base: dict[str, object] = {
+        "title": f"Paper {pid}",
+        "abstract": f"Abstract of {pid}.",
+        "authors": ("Ada Lovelace", "Alan Turing"),
+        "author_count": 2,
+        "upvotes": 5,
+        "num_comments": 1,
+        "ai_keywords": ("diffusion", "distillation"),
+        "submitter": "akhaliq",
+        "published_at": dt.datetime(2025, 9, 29, 21, 55, tzinfo=dt.UTC),
+    }
+    base.update(fields)
+    # the ignore below: **base mixes field types that mypy cannot match to Paper
+    return Paper(id=pid, listed_on=day, **base)  # type: ignore[arg-type]
+
+
+def migrated_engine(folder: Path) -> Engine:
+    """A real SQLite file in `folder`, opened and migrated to the current schema."""
+    engine = store.open_engine(f"sqlite:///{folder}/digest.db")
+    store.migrate(engine)
+    return engine
+
+
+def ids(papers: Sequence[Paper]) -> list[str]:
+    return sorted(p.id for p in papers)
+
+
+def dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the listing tables, for before/after comparisons."""
+    with engine.connect() as conn:
+        return {
+            table: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
+            for table in ("papers", "listings", "days")
+        }

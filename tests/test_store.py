@@ -1,0 +1,305 @@
+"""Tests of digest.store's listing upsert and queries, on real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from digest import store
+from digest.errors import StoreError
+from digest.models import DeliveryRow, DigestRow, Paper
+from tests.store_helpers import (
+    D1,
+    D2,
+    D3,
+    D4,
+    D5,
+    NOW,
+    corpus_day,
+    dump,
+    ids,
+    migrated_engine,
+    paper,
+)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return migrated_engine(tmp_path)
+
+
+# --------------------------------------------------------------------------- upsert
+
+
+def test_new_updated_unchanged_classification(engine: Engine) -> None:
+    initial = [paper(pid) for pid in ("a", "b", "c", "d", "f", "g")]
+    first = store.upsert_listings(engine, D1, initial, NOW)
+    assert (ids(first.new), first.updated, first.unchanged) == (ids(initial), [], 0)
+
+    later = NOW + dt.timedelta(hours=3)
+    second = store.upsert_listings(
+        engine,
+        D1,
+        [
+            paper("a", upvotes=40),  # more upvotes: updated
+            paper("b", github_repo="https://github.com/x/b", github_stars=3),  # updated
+            paper("c", thumbnail="https://cdn/c.png"),  # stored, but not a reported field
+            paper("d"),  # same: unchanged
+            paper("e"),  # new
+            paper("f", title="Paper f, revised"),  # updated
+            paper("g", ai_summary="Now with a summary."),  # updated
+        ],
+        later,
+    )
+    assert ids(second.new) == ["e"]
+    assert ids(second.updated) == ["a", "b", "f", "g"]
+    assert second.unchanged == 2
+    by_id = {p.id: p for p in second.updated}
+    assert by_id["a"].upvotes == 40 and by_id["a"].listed_on == D1
+    assert by_id["b"].github_repo == "https://github.com/x/b" and by_id["b"].github_stars == 3
+    with Session(engine) as session:
+        stored = {p.id: p for p in store.candidate_papers(session, D1, D1)}
+    assert stored["c"].thumbnail == "https://cdn/c.png"
+    assert stored["a"].upvotes == 40
+    with engine.connect() as conn:
+        times = dict(conn.execute(text("SELECT id, updated_at FROM papers")).all())
+    assert times["a"].startswith("2026-11-22 15:00") and times["d"].startswith("2026-11-22 12:00")
+
+
+def test_the_same_day_twice_is_nothing_new_and_nothing_updated(engine: Engine) -> None:
+    papers = corpus_day(D1)
+    first = store.upsert_listings(engine, D1, papers, NOW)
+    assert len(first.new) == len(papers) == 37 and first.updated == []
+    before = dump(engine)
+    again = store.upsert_listings(engine, D1, papers, NOW + dt.timedelta(minutes=30))
+    assert (again.new, again.updated, again.unchanged) == ([], [], len(papers))
+    after = dump(engine)
+    assert after["papers"] == before["papers"]  # not even updated_at moves
+    assert len(after["listings"]) == len(papers)
+    with engine.connect() as conn:
+        seen = conn.execute(text("SELECT DISTINCT first_seen_at, last_seen_at FROM listings")).all()
+    assert seen == [("2026-11-22 12:00:00.000000", "2026-11-22 12:30:00.000000")]
+
+
+def test_new_papers_come_back_as_given(engine: Engine) -> None:
+    papers = corpus_day(D2)
+    report = store.upsert_listings(engine, D2, papers, NOW)
+    assert {p.id: p for p in report.new} == {p.id: p for p in papers}
+    with Session(engine) as session:
+        assert {p.id: p for p in store.candidate_papers(session, D2, D2)} == {
+            p.id: p for p in papers
+        }
+
+
+def test_the_same_paper_on_two_days_is_one_paper_two_listings_new_once(engine: Engine) -> None:
+    r1 = store.upsert_listings(engine, D1, [paper("p", D1, upvotes=2, submitter="taesiri")], NOW)
+    r2 = store.upsert_listings(engine, D4, [paper("p", D4, upvotes=2, submitter="woody")], NOW)
+    assert ids(r1.new) == ["p"]
+    assert (r2.new, r2.updated, r2.unchanged) == ([], [], 1)  # relisted, fields unchanged
+    r3 = store.upsert_listings(engine, D5, [paper("p", D5, upvotes=1, submitter="x")], NOW)
+    assert (r3.new, r3.updated, r3.unchanged) == ([], [], 1)  # fewer upvotes: max stays 2
+    r4 = store.upsert_listings(engine, D4, [paper("p", D4, upvotes=27, submitter="woody")], NOW)
+    assert ids(r4.updated) == ["p"] and r4.updated[0].upvotes == 27
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, upvotes FROM papers")).all() == [("p", 27)]
+        listings = conn.execute(
+            text("SELECT listed_on, upvotes, submitter FROM listings ORDER BY listed_on")
+        ).all()
+    assert listings == [("2025-10-01", 2, "taesiri"), ("2025-10-06", 27, "woody"),
+                        ("2025-10-07", 1, "x")]  # fmt: skip
+
+
+def test_an_abstract_less_card_never_clears_what_the_api_gave(engine: Engine) -> None:
+    full = paper(
+        "2510.1",
+        ai_summary="One sentence.",
+        github_repo="https://github.com/a/b",
+        github_stars=10,
+        project_page="https://a.github.io",
+        organization="ByteDance-Seed",
+        thumbnail="https://cdn/t.png",
+    )
+    store.upsert_listings(engine, D1, [full], NOW)
+    card = Paper(id="2510.1", title="Paper 2510.1", listed_on=D1, upvotes=5, submitter=None)
+    report = store.upsert_listings(engine, D1, [card], NOW)
+    assert (report.new, report.updated, report.unchanged) == ([], [], 1)
+    with Session(engine) as session:
+        (stored,) = store.candidate_papers(session, D1, D1)
+    assert stored == full  # abstract, authors, keywords, links, submitter, counts all kept
+
+
+def test_an_error_mid_upsert_rolls_back_and_loses_nothing(engine: Engine) -> None:
+    store.upsert_listings(engine, D1, [paper("a"), paper("b")], NOW)
+    with Session(engine) as session:
+        store.save_day(session, D1, "api", '"etag-1"', None, 2, NOW)
+    before = dump(engine)
+    broken = paper("c", title=None)  # violates papers.title NOT NULL
+    batch = [paper("a", upvotes=99), paper("new-1"), broken, paper("new-2"), paper("b", D2)]
+    with pytest.raises(StoreError) as info:
+        store.upsert_listings(engine, D1, batch, NOW)
+    assert str(info.value).startswith(
+        f"saving the listings of {D1} failed on sqlite:///{engine.url.database}: IntegrityError:"
+    )
+    assert "papers.title" in str(info.value) and "\n" not in str(info.value)
+    assert dump(engine) == before
+    # and the store keeps working afterwards
+    assert ids(store.upsert_listings(engine, D1, batch[:2], NOW).new) == ["new-1"]
+
+
+def test_a_paper_twice_in_one_list_is_one_paper(engine: Engine) -> None:
+    report = store.upsert_listings(engine, D1, [paper("a", upvotes=3), paper("a", upvotes=8)], NOW)
+    assert [(p.id, p.upvotes) for p in report.new] == [("a", 8)]
+
+
+def test_a_paper_without_an_id_is_refused(engine: Engine) -> None:
+    with pytest.raises(StoreError, match="a paper without an id"):
+        store.upsert_listings(engine, D1, [paper("")], NOW)
+
+
+def test_an_empty_list_changes_nothing(engine: Engine) -> None:
+    assert store.upsert_listings(engine, D1, [], NOW) == store.UpsertReport([], [], 0)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def test_candidate_papers_one_per_id_with_the_latest_listing_in_range(engine: Engine) -> None:
+    store.upsert_listings(engine, D1, [paper("x", D1, submitter="s1"), paper("y", D1)], NOW)
+    store.upsert_listings(engine, D2, [paper("z", D2, upvotes=50)], NOW)
+    store.upsert_listings(engine, D3, [paper("x", D3, submitter="s3", upvotes=9)], NOW)
+    store.upsert_listings(engine, D5, [paper("x", D5), paper("late", D5)], NOW)
+    with Session(engine) as session:
+        found = store.candidate_papers(session, D1, D4)
+        only_d2 = store.candidate_papers(session, D2, D2)
+        none = store.candidate_papers(session, D4, D4)
+    assert [(p.id, p.listed_on, p.submitter) for p in found] == [
+        ("x", D3, "s3"),  # newest listing first, and its submitter
+        ("z", D2, "akhaliq"),
+        ("y", D1, "akhaliq"),
+    ]
+    x = found[0]
+    assert x.upvotes == 9 and x.authors == ("Ada Lovelace", "Alan Turing")
+    assert x.ai_keywords == ("diffusion", "distillation")
+    assert x.published_at == dt.datetime(2025, 9, 29, 21, 55, tzinfo=dt.UTC)
+    assert ids(only_d2) == ["z"] and none == []
+
+
+def test_candidate_papers_over_real_days_dedupes_by_id(engine: Engine) -> None:
+    days = [dt.date(2025, 10, d) for d in (1, 2, 3, 6, 7, 8)]
+    listed: dict[str, dt.date] = {}
+    for day in days:
+        papers = corpus_day(day)
+        store.upsert_listings(engine, day, papers, NOW)
+        listed.update({p.id: day for p in papers})
+    with Session(engine) as session:
+        found = store.candidate_papers(session, days[0], days[-1])
+    assert len(found) == len({p.id for p in found}) == len(listed)
+    assert {p.id: p.listed_on for p in found} == listed
+
+
+def test_day_state_round_trip(engine: Engine) -> None:
+    with Session(engine) as session:
+        assert store.get_day(session, D1) is None
+        store.save_day(session, D1, "api", '"e1"', "Wed, 01 Oct 2025 08:00:00 GMT", 37, NOW)
+        store.save_day(session, D1, "html", None, None, 39, NOW + dt.timedelta(hours=1))
+    with Session(engine) as session:
+        row = store.get_day(session, D1)
+    assert row is not None
+    assert (row.source, row.etag, row.last_modified, row.paper_count) == ("html", None, None, 39)
+    assert row.fetched_at == NOW + dt.timedelta(hours=1)
+
+
+def test_poll_log(engine: Engine) -> None:
+    berlin = dt.timezone(dt.timedelta(hours=2))
+    with Session(engine) as session:
+        assert store.last_poll(session) is None
+        first = store.start_poll(session, NOW)
+        store.finish_poll(session, first, now=NOW, ok=False, source="api", error="HTTP 503")
+        second = store.start_poll(session, NOW.astimezone(berlin) + dt.timedelta(minutes=30))
+    with Session(engine) as session:
+        running = store.last_poll(session)
+        assert running is not None and running.id == second and running.finished_at is None
+        assert running.started_at == NOW + dt.timedelta(minutes=30)  # stored as UTC
+        store.finish_poll(session, second, now=NOW, ok=True, days=3, new=4, updated=1, source="api")
+        done = store.last_poll(session)
+        assert done is not None
+        assert (done.ok, done.days, done.new, done.updated, done.error) == (True, 3, 4, 1, None)
+        with pytest.raises(StoreError, match="poll 999 is not in the poll log"):
+            store.finish_poll(session, 999, now=NOW, ok=True)
+
+
+def test_subscriber_state_and_meta(engine: Engine) -> None:
+    slot = dt.datetime(2025, 10, 2, 6, 0, tzinfo=dt.UTC)
+    with Session(engine) as session:
+        assert store.get_subscriber_state(session, "ada@example.org") is None
+        with pytest.raises(StoreError, match=r"ada@example\.org has no saved state"):
+            store.save_subscriber_state(session, "ada@example.org", last_slot=slot)
+        store.save_subscriber_state(session, "ada@example.org", first_seen_at=NOW)
+        store.save_subscriber_state(session, "ada@example.org", last_slot=slot)
+        assert store.get_meta(session, "failed_polls") is None
+        store.set_meta(session, "failed_polls", "1")
+        store.set_meta(session, "failed_polls", "2")
+    with Session(engine) as session:
+        state = store.get_subscriber_state(session, "ada@example.org")
+        assert store.get_meta(session, "failed_polls") == "2"
+    assert state is not None and (state.first_seen_at, state.last_slot) == (NOW, slot)
+
+
+def add_digest(session: Session, subscriber: str, hour: int, status: str) -> int:
+    row = DigestRow(
+        subscriber=subscriber,
+        slot=NOW.replace(hour=hour),
+        status=status,
+        message_id=f"<{hour}@x>",
+        recipient=subscriber,
+        sender="digest@x",
+        message=b"",
+        created_at=NOW,
+    )
+    session.add(row)
+    session.commit()
+    assert row.id is not None
+    return row.id
+
+
+def test_delivered_ids_and_stats(engine: Engine) -> None:
+    with Session(engine) as session:
+        empty = store.store_stats(session)
+    assert dataclasses.astuple(empty)[:6] == (0, 0, 0, None, None,
+                                              {"pending": 0, "sent": 0, "failed": 0})  # fmt: skip
+    assert empty.lines()[0] == "last poll: never"
+
+    store.upsert_listings(engine, D1, [paper("a", D1), paper("b", D1)], NOW)
+    store.upsert_listings(engine, D4, [paper("a", D4), paper("c", D4)], NOW)
+    with Session(engine) as session:
+        store.save_day(session, D1, "api", None, None, 2, NOW)
+        store.save_day(session, D4, "api", None, None, 2, NOW)
+        poll_id = store.start_poll(session, NOW)
+        store.finish_poll(session, poll_id, now=NOW, ok=True, days=2, new=3, source="api")
+        sent = add_digest(session, "ada@example.org", 6, "sent")
+        for hour, status in ((7, "pending"), (8, "pending"), (9, "failed")):
+            add_digest(session, "ada@example.org", hour, status)
+        session.add_all(
+            DeliveryRow(subscriber="ada@example.org", paper_id=pid, digest_id=sent,
+                        delivered_at=NOW)
+            for pid in ("a", "b")
+        )  # fmt: skip
+        session.commit()
+        assert store.delivered_ids(session, "ada@example.org") == {"a", "b"}
+        assert store.delivered_ids(session, "bob@example.org") == set()
+        stats = store.store_stats(session)
+    assert (stats.papers, stats.listings, stats.days_fetched) == (3, 4, 2)
+    assert (stats.first_day, stats.last_day) == (D1, D4)
+    assert stats.digests == {"pending": 2, "sent": 1, "failed": 1}
+    assert stats.last_poll is not None and stats.last_poll.id == poll_id
+    assert stats.as_dict()["last_poll"]["new"] == 3
+    assert stats.lines() == [
+        "last poll: 2026-11-22 12:00 UTC, ok (api, 2 days, 3 new, 0 updated)",
+        "papers: 3 stored, 4 listings, 2 days fetched, 2025-10-01 to 2025-10-06",
+        "digests: 2 pending, 1 sent, 1 failed",
+    ]

@@ -1,0 +1,177 @@
+"""Tests of digest.store's engine and migrations, on real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlmodel import Session, SQLModel
+
+from digest import store
+from digest.errors import StoreError
+from digest.store.engine import write_bind
+from digest.store.migrations import _V1
+from tests.store_helpers import D1, NOW, migrated_engine, paper
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return migrated_engine(tmp_path)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def test_open_engine_sets_wal_foreign_keys_busy_timeout_and_creates_the_folder(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "deep" / "er" / "digest.db"
+    engine = store.open_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        pragma = {
+            name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+        }
+    assert pragma == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000,
+                      "synchronous": 1}  # fmt: skip
+    # WAL is a property of the file: a plain sqlite3 connection sees it too
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_foreign_keys_are_enforced(engine: Engine) -> None:
+    with (
+        pytest.raises(IntegrityError, match="FOREIGN KEY constraint failed"),
+        engine.begin() as conn,
+    ):
+        conn.exec_driver_sql(
+            "INSERT INTO listings VALUES ('nope', '2025-10-01', 0, 0, NULL, "
+            "'2025-10-01 00:00:00', '2025-10-01 00:00:00')"
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+nosuchdriver://digest:s3cret@127.0.0.1/db", "digest:***@127.0.0.1"),
+        ("not a url at all", "not a valid database URL"),
+    ],
+)
+def test_open_engine_errors_are_one_line_and_mask_the_password(url: str, expected: str) -> None:
+    with pytest.raises(StoreError) as info:
+        store.open_engine(url)
+    message = str(info.value)
+    assert expected in message and "s3cret" not in message and "\n" not in message
+
+
+def test_open_engine_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "digest.db"
+    path.write_bytes(b"this is a text file, not SQLite " * 100)
+    with pytest.raises(StoreError, match=rf"cannot open database sqlite:///{path}: .*not a data"):
+        store.open_engine(f"sqlite:///{path}")
+
+
+def test_a_second_writer_waits_for_the_first_instead_of_failing(engine: Engine) -> None:
+    other = store.open_engine(str(engine.url))  # another process, as far as SQLite knows
+    holding = threading.Event()
+    errors: list[BaseException] = []
+
+    def hold_the_write_lock() -> None:
+        try:
+            with write_bind(engine).begin() as conn:
+                conn.execute(text("INSERT INTO meta VALUES ('held', 'yes')"))
+                holding.set()
+                time.sleep(0.3)
+        except BaseException as e:  # reported to the test thread below
+            errors.append(e)
+            holding.set()
+
+    thread = threading.Thread(target=hold_the_write_lock)
+    thread.start()
+    assert holding.wait(5)
+    with Session(other) as session:
+        store.set_meta(session, "second", "waited")  # blocks on the busy timeout, then works
+        assert store.get_meta(session, "held") == "yes"
+    thread.join()
+    assert errors == []
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def versions(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(text("SELECT version FROM schema_version"))]
+
+
+def test_migrate_fresh_database_is_current_and_idempotent(tmp_path: Path) -> None:
+    engine = store.open_engine(f"sqlite:///{tmp_path}/fresh.db")
+    assert store.migrate(engine) == store.SCHEMA_VERSION == 1
+    assert set(inspect(engine).get_table_names()) == {*SQLModel.metadata.tables, "schema_version"}
+    assert store.migrate(engine) == 1  # nothing to do the second time
+    assert versions(engine) == [1]
+
+
+def test_migrated_schema_matches_the_models(engine: Engine) -> None:
+    """The frozen v1 snapshot must stay what models.py declares (add a migration, not edits)."""
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        for table in SQLModel.metadata.sorted_tables:
+            frozen = _V1.tables[table.name]
+            assert str(CreateTable(frozen).compile(dialect=dialect)) == str(
+                CreateTable(table).compile(dialect=dialect)
+            )
+            assert sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in frozen.indexes) == (
+                sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes)
+            )
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        reflected = {c["name"]: c["nullable"] for c in inspector.get_columns(table.name)}
+        assert reflected == {c.name: c.nullable for c in table.columns}
+
+
+def test_migrate_refuses_a_newer_database(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE schema_version SET version = 7"))
+    with pytest.raises(StoreError) as info:
+        store.migrate(engine)
+    assert str(info.value).startswith(
+        "database schema v7 is newer than this papers-digest (v1); upgrade the program"
+    )
+
+
+def add_language_column(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE papers ADD COLUMN language VARCHAR"))
+    conn.execute(text("UPDATE papers SET language = 'en'"))
+
+
+def test_migrate_upgrades_a_v1_database_to_v2_keeping_its_data(engine: Engine) -> None:
+    store.upsert_listings(engine, D1, [paper("2510.00001")], NOW)
+    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == 2
+    assert versions(engine) == [2]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, language FROM papers")).all() == [("2510.00001", "en")]
+    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == 2  # no rerun
+
+
+def test_a_failing_migration_rolls_back_entirely(engine: Engine) -> None:
+    def half_done(conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
+        conn.execute(text("ALTER TABLE papers ADD COLUMN title VARCHAR"))  # duplicate: fails
+
+    with pytest.raises(StoreError, match=r"migration v2 failed on sqlite:///.*duplicate column"):
+        store.migrate(engine, [*store.MIGRATIONS, half_done])
+    assert versions(engine) == [1]
+    assert "scratch" not in inspect(engine).get_table_names()  # the DDL was rolled back too
+
+
+def test_migrate_refuses_tables_made_without_migrations(tmp_path: Path) -> None:
+    engine = store.open_engine(f"sqlite:///{tmp_path}/create_all.db")
+    SQLModel.metadata.create_all(engine)
+    with pytest.raises(StoreError, match=r"migration v1 failed.*already exists"):
+        store.migrate(engine)
