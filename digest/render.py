@@ -1,0 +1,351 @@
+"""Digests: matches -> Jinja templates -> text and HTML bodies -> an EmailMessage. Pure.
+
+Owns: the Jinja environment (`Renderer`, built once: shipped templates, overridable
+by `MailConfig.templates`, CSS inlined at load by `render_css.py`), the per-paper
+view of a `Match`, and the 100 KB cap on the HTML. The words (summaries, authors,
+highlighting, subject) come from `render_text.py`; `render_message.py` turns the
+bodies into the message (headers, MIME).
+
+Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
+order given), storing the message (the outbox) or sending it (`delivery.py`). No
+clock, no database, no network: `now` and `slot` are passed in.
+
+Paper text never reaches the HTML unescaped (Jinja autoescaping, and `hl` escapes
+before it marks words) and never reaches a header (only topic names, the
+subscriber's name and config values do, each through `clean_header`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import itertools
+from collections.abc import Iterator, Sequence
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from markupsafe import Markup
+
+from digest.config import MailConfig, Subscriber
+from digest.errors import ConfigError
+from digest.models import Match, Paper
+from digest.render_css import Stylesheet, inline_template, parse_stylesheet
+from digest.render_message import (
+    DigestBodies,
+    build_digest_message,
+    clean_text,
+    message_id_for,
+    render_plain_message,
+    shorten,
+    unsubscribe_url,
+)
+from digest.render_text import (
+    SUMMARY_CAP_CHARS,
+    first_sentences,
+    format_authors,
+    format_day,
+    format_subject,
+    highlight,
+    safe_url,
+)
+
+__all__ = [
+    "DigestBodies",
+    "PaperView",
+    "Renderer",
+    "build_digest_message",
+    "message_id_for",
+    "pack_html",
+    "render_digest",
+    "render_digest_bodies",
+    "render_plain_message",
+]
+
+HTML_CAP_BYTES = 100_000  # Gmail clips a message's HTML at about 102 KB
+LISTING_URL = "https://huggingface.co/papers"
+
+
+def shipped_templates_dir() -> Path:
+    """The templates that come with the program: inside the wheel, else in the checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "digest.html.j2").is_file():
+            return candidate
+    raise ConfigError(f"the shipped templates are missing: looked in {here / 'templates'}")
+
+
+# ---------------------------------------------------------------------------
+# What the templates see
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PaperView:
+    """A matched paper, ready to show: cleaned text, checked URLs, the matching words."""
+
+    id: str
+    title: str
+    url: str
+    arxiv_url: str
+    pdf_url: str
+    authors_line: str
+    organization: str | None
+    upvotes: int
+    comments: int
+    thumbnail: str | None
+    summary: str
+    summary_is_ai: bool
+    github: str | None
+    project_page: str | None
+    topics: tuple[str, ...]
+    words: frozenset[str]
+
+
+def view_match(match: Match) -> PaperView:
+    """The view of one match: what `_paper.html.j2` and `digest.txt.j2` show."""
+    return PaperView(
+        **_paper_fields(match.paper),
+        topics=tuple(clean_text(t) for t in match.topics),
+        words=frozenset(w.lower() for w in match.words),
+    )
+
+
+@functools.lru_cache(maxsize=2048)
+def _paper_fields(paper: Paper) -> dict[str, Any]:
+    """Every PaperView field but the match's own (topics, words). Cached: at a slot,
+    many subscribers' digests hold the same few dozen papers of the day. Callers
+    must not change the dict."""
+    ai_summary = clean_text(paper.ai_summary or "")
+    org = paper.organization_fullname or paper.organization
+    return {
+        "id": paper.id,
+        "title": clean_text(paper.title) or paper.id,
+        "url": paper.url,
+        "arxiv_url": paper.arxiv_url,
+        "pdf_url": paper.pdf_url,
+        "authors_line": format_authors(paper.authors, paper.author_count),
+        "organization": clean_text(org) if org else None,
+        "upvotes": paper.upvotes,
+        "comments": paper.num_comments,
+        "thumbnail": safe_url(paper.thumbnail),
+        "summary": shorten(ai_summary, SUMMARY_CAP_CHARS) or first_sentences(paper.abstract),
+        "summary_is_ai": bool(ai_summary),
+        "github": safe_url(paper.github_repo),
+        "project_page": safe_url(paper.project_page),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The Jinja environment
+
+
+class _InliningLoader(jinja2.BaseLoader):
+    """Loads through `base` and inlines the stylesheet into every *.html.j2 source."""
+
+    def __init__(self, base: jinja2.BaseLoader, sheet: Stylesheet | None) -> None:
+        self.base = base
+        self.sheet = sheet
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Any]:
+        source, filename, uptodate = self.base.get_source(environment, template)
+        if self.sheet is not None and template.endswith(".html.j2"):
+            source = inline_template(source, self.sheet, where=filename or template)
+        return source, filename, uptodate
+
+
+class Renderer:
+    """The Jinja environment and the loaded templates. Build once, render many.
+
+    `templates_dir` (MailConfig.templates) holds files that override the shipped ones
+    by name: digest.html.j2, _paper.html.j2, _paper_link.html.j2, digest.txt.j2,
+    digest.css. `inline_css=False` keeps the classes and puts the whole stylesheet in
+    <head> (the benchmark's baseline, which then inlines per message).
+    """
+
+    def __init__(self, templates_dir: Path | None = None, *, inline_css: bool = True) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if templates_dir is not None:
+            if not templates_dir.is_dir():
+                raise ConfigError(f"mail.templates: {templates_dir} is not a folder")
+            loaders.append(jinja2.FileSystemLoader(templates_dir))
+        loaders.append(jinja2.FileSystemLoader(shipped_templates_dir()))
+        base = jinja2.ChoiceLoader(loaders)
+        self.env = jinja2.Environment(
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+        )
+        with _template_errors():
+            css_source, css_file, _ = base.get_source(self.env, "digest.css")
+            sheet = parse_stylesheet(css_source, where=css_file or "digest.css")
+            self.env.loader = _InliningLoader(base, sheet if inline_css else None)
+            self.head_css = Markup(sheet.residue if inline_css else css_source)
+            mark_attrs = sheet.attrs_for("hl") if inline_css else ' class="hl"'
+            self._mark_open = f"<mark{mark_attrs}>"
+            self.env.filters["hl"] = self._highlight
+            self.page = self.env.get_template("digest.html.j2")
+            self.paper = self.env.get_template("_paper.html.j2")
+            self.paper_link = self.env.get_template("_paper_link.html.j2")
+            self.text = self.env.get_template("digest.txt.j2")
+
+    def _highlight(self, text: str, words: frozenset[str]) -> Markup:
+        return highlight(text, words, self._mark_open)
+
+
+@contextlib.contextmanager
+def _template_errors() -> Iterator[None]:
+    """Turn a Jinja error into a ConfigError naming the template file and line."""
+    try:
+        yield
+    except jinja2.TemplateError as e:
+        where, line = getattr(e, "filename", None) or getattr(e, "name", None), None
+        line = getattr(e, "lineno", None)
+        tb = e.__traceback__
+        while tb is not None:  # runtime errors: the innermost template frame has the line
+            code = tb.tb_frame.f_code
+            if code.co_filename.endswith(".j2"):
+                where, line = code.co_filename, tb.tb_lineno
+            tb = tb.tb_next
+        message = e.message or type(e).__name__
+        raise ConfigError(f"template {where or '?'}, line {line or '?'}: {message}") from e
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+
+
+def render_digest(
+    renderer: Renderer,
+    *,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    matches: Sequence[Match],
+    mail: MailConfig,
+    now: dt.datetime,
+    total_matches: int | None = None,
+) -> EmailMessage:
+    """The digest for `subscriber` at `slot` as a multipart/alternative EmailMessage."""
+    bodies = render_digest_bodies(
+        renderer, subscriber=subscriber, slot=slot, matches=matches, mail=mail,
+        total_matches=total_matches,
+    )  # fmt: skip
+    return build_digest_message(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+
+
+def render_digest_bodies(
+    renderer: Renderer,
+    *,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    matches: Sequence[Match],
+    mail: MailConfig,
+    total_matches: int | None = None,
+) -> DigestBodies:
+    """Subject, text and HTML of a digest (HTML under HTML_CAP_BYTES)."""
+    local_day = _local(slot, subscriber).date()
+    views = [view_match(m) for m in matches]
+    n = len(views)
+    subject = format_subject(matches, local_day)
+    shown = f"{n} new paper{'' if n == 1 else 's'}" if n else "No new papers"
+    intro = format_day(local_day)
+    if total_matches is not None and total_matches > n:
+        intro += f" - the best {n} of {total_matches} matches"
+    context = {
+        "subject": subject,
+        "heading": f"{shown} for your topics",
+        "intro": intro,
+        "topics": [clean_text(t.name) for t in subscriber.topics],
+        "unsubscribe_url": unsubscribe_url(mail),
+        "listing_url": LISTING_URL,
+        "preheader": shorten(" · ".join(v.title for v in views[:3]) or shown, 200),
+        "head_css": renderer.head_css,
+    }
+    with _template_errors():
+        html = _render_capped_html(renderer, views, context)
+        text = renderer.text.render(views=views, **context)
+    return DigestBodies(subject=subject, text=text, html=html)
+
+
+def _render_capped_html(renderer: Renderer, views: list[PaperView], context: dict[str, Any]) -> str:
+    """The HTML part. Past HTML_CAP_BYTES the last papers become title links, and past
+    that a count: one render when it fits, measured blocks and a few more when not."""
+
+    def page(full: int, linked: int) -> str:
+        omitted = len(views) - linked
+        html = renderer.page.render(
+            views=views, full=full, linked=linked, omitted=omitted, **context
+        )
+        return pack_html(html)
+
+    n = len(views)
+    html = page(n, n)
+    if _wire_size(html) < HTML_CAP_BYTES:
+        return html
+    # sizes[i]: bytes of paper i in full, links[i]: as a title link (+ line ends around it)
+    sizes = [_wire_size(_ascii(renderer.paper.render(p=v))) + 2 for v in views]
+    links = [_wire_size(_ascii(renderer.paper_link.render(p=v))) + 2 for v in views]
+    budget = HTML_CAP_BYTES - (_wire_size(html) - sum(sizes)) - 600  # 600: the "more" heading
+    full_upto = [0, *itertools.accumulate(sizes)]
+    link_upto = [0, *itertools.accumulate(links)]
+    full = 0  # the most papers in full such that every other one still fits as a link
+    while full < n and full_upto[full + 1] + link_upto[n] - link_upto[full + 1] <= budget:
+        full += 1
+    linked = n  # and if even the links do not all fit, as many as do
+    while linked > full and full_upto[full] + link_upto[linked] - link_upto[full] > budget:
+        linked -= 1
+    html = page(full, linked)
+    while _wire_size(html) >= HTML_CAP_BYTES and linked > 0:  # the estimate was short
+        full, linked = (full - 1, linked) if full > 0 else (0, linked - 1)
+        html = page(full, linked)
+    return html
+
+
+def _wire_size(html: str) -> int:
+    """Bytes of ASCII HTML as sent: every line end becomes CRLF."""
+    return len(html) + html.count("\n")
+
+
+def _ascii(html: str) -> str:
+    """HTML with every non-ASCII character as an entity: the part then travels as 7bit."""
+    return html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+def pack_html(html: str, width: int = 800) -> str:
+    """HTML ready for the message: ASCII only, and short lines joined with a space, up
+    to `width` characters a line.
+
+    To HTML a line end and a space are the same whitespace (the templates have no
+    <pre>); to the email serialiser every line costs a couple of writes, so a digest
+    with a quarter of the lines is noticeably cheaper to turn into bytes.
+    """
+    out: list[str] = []
+    current: list[str] = []
+    length = 0
+    for line in _ascii(html).split("\n"):
+        if current and length + len(line) >= width:
+            out.append(" ".join(current))
+            current, length = [], 0
+        current.append(line)
+        length += len(line) + 1
+    out.append(" ".join(current))
+    return "\n".join(out)
+
+
+def _local(instant: dt.datetime, subscriber: Subscriber) -> dt.datetime:
+    if instant.tzinfo is None:
+        raise ValueError(f"slot {instant.isoformat()} must be timezone-aware (UTC)")
+    try:
+        zone = ZoneInfo(subscriber.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(
+            f"subscriber {subscriber.email}: unknown timezone {subscriber.timezone!r}"
+        ) from e
+    return instant.astimezone(zone)

@@ -1,0 +1,90 @@
+"""Helpers for the render tests: real corpus papers, a subscriber, and a digest
+rendered, serialised and parsed back the way a mail client sees it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email
+import email.policy
+import functools
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+
+from digest.config import MailConfig, Subscriber, Topic
+from digest.models import Match, Paper, TopicHit
+from digest.render import Renderer, render_digest
+from digest.schedule import Schedule
+from digest.sources.hf_api import parse_api
+
+CORPUS_DAY = Path("/work/shared/corpus/hf-api/2025-10-01.json")
+SLOT = dt.datetime(2025, 10, 1, 6, 0, tzinfo=dt.UTC)  # 08:00 in Berlin
+NOW = dt.datetime(2025, 10, 1, 6, 0, 5, tzinfo=dt.UTC)
+MAIL = MailConfig(from_addr="Papers Digest <digest@example.org>")
+RL = TopicHit("Reinforcement learning", frozenset({"reinforcement", "learning", "rl"}))
+VLM = TopicHit("Vision-language models", frozenset({"vlm", "vlms", "vision"}))
+
+
+def make_subscriber(**changes: object) -> Subscriber:
+    base = Subscriber(
+        email="ada@example.org",
+        schedule=Schedule("daily 08:00"),
+        timezone="Europe/Berlin",
+        name="Ada",
+        topics=(Topic("Reinforcement learning", "rl"), Topic("Vision-language models", "vlm")),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@functools.cache
+def corpus_papers() -> tuple[Paper, ...]:
+    """The 37 real papers of 2025-10-01, through the real API parser."""
+    return tuple(parse_api(CORPUS_DAY.read_bytes(), dt.date(2025, 10, 1)))
+
+
+def render(renderer: Renderer, matches: list[Match], **kw: object) -> EmailMessage:
+    """Render, serialise and parse back: what a mail client would see."""
+    args: dict[str, object] = {"subscriber": make_subscriber(), "slot": SLOT, "mail": MAIL}
+    args.update(kw)
+    msg = render_digest(renderer, matches=matches, now=NOW, **args)  # type: ignore[arg-type]
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    text_part, html_part = msg.iter_parts()
+    assert text_part.get_content_type() == "text/plain"
+    assert html_part.get_content_type() == "text/html"
+    return text_part.get_content(), html_part.get_content()
+
+
+class Html(HTMLParser):
+    """Every start tag with its attributes, the visible text, and the <mark>ed words."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.marked: list[str] = []
+        self._in_mark = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._in_mark = tag == "mark"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_mark = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_mark:
+            self.marked.append(data)
+
+    def hrefs(self) -> list[str]:
+        return [str(a["href"]) for t, a in self.tags if t == "a" and a.get("href")]
+
+    def all_text(self) -> str:
+        return " ".join(" ".join(self.text).split())
