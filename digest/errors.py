@@ -16,6 +16,7 @@ The tree::
     ├── StoreError                  the database failed or has an unknown schema
     └── DeliveryError               mail could not be handed over
         ├── TransientDeliveryError  4xx, dropped connection, server down: retry later
+        │   └── MailServerUnavailableError  down, TLS or AUTH refused: stop the batch
         └── PermanentDeliveryError  5xx for a recipient: record as failed, go on
 """
 
@@ -81,3 +82,8 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     pass
+
+
+class MailServerUnavailableError(TransientDeliveryError):
+    """The server takes no mail at all right now (unreachable, TLS or AUTH refused):
+    every digest stays pending and the drain stops instead of trying each one."""

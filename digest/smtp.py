@@ -1,0 +1,251 @@
+"""Handing messages to an SMTP server with aiosmtplib: the one place that talks SMTP.
+
+Owns: TLS (implicit TLS, or STARTTLS that is required, never a plaintext fallback;
+plaintext only to a loopback host), certificate verification against the system CA
+store plus an optional extra CA file, AUTH, a pool of reused connections, a
+messages/second cap, retries with backoff inside one send (4xx, dropped connections,
+connect failures), and turning aiosmtplib's exceptions into the DeliveryError tree,
+once, with ``raise ... from e``.
+
+Does not own: the outbox or what to do with a digest after a failure (delivery.py),
+building messages (render.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+
+import aiosmtplib
+
+from digest.config import SmtpConfig
+from digest.errors import (
+    ConfigError,
+    MailServerUnavailableError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def build_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verification on: the system CA store, plus `ca_file` when given."""
+    context = ssl.create_default_context()  # with cafile= it would drop the system store
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"mail.smtp.ca_file: cannot load {ca_file}: {e}") from e
+    return context
+
+
+class RateLimiter:
+    """At most `rate` starts per second, evenly spaced (no burst); 0 or less: no cap."""
+
+    def __init__(self, rate: float, *, clock: Clock, sleep: Sleep) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + self._interval  # reserved before awaiting: safe for many tasks
+        if start > now:
+            await self._sleep(start - now)
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth another try; `error` is raised when none is left."""
+
+    def __init__(self, error: TransientDeliveryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class SmtpTransport:
+    """An SMTP relay as a Transport: ``async with`` it, then ``await send(...)`` from many
+    tasks; at most ``max_connections`` connections, each reused for the next message."""
+
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        backoff: float = 1.0,  # seconds before the first retry inside a send; doubles
+    ) -> None:
+        if config.security == "none" and not is_loopback(config.host):
+            raise ConfigError(
+                f'mail.smtp.security = "none" would send mail and passwords in plaintext to '
+                f'{config.host!r}: allowed only for a loopback host; use "tls" or "starttls"'
+            )
+        if config.max_connections < 1:
+            raise ConfigError(
+                f"mail.smtp.max_connections must be >= 1, not {config.max_connections}"
+            )
+        self.config = config
+        self._where = f"{config.host}:{config.port}"
+        self._tls = build_tls_context(config.ca_file) if config.security != "none" else None
+        self._sleep = sleep
+        self._backoff = backoff
+        self._rate = RateLimiter(config.rate_per_second, clock=clock, sleep=sleep)
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self._idle: list[aiosmtplib.SMTP] = []
+        self.connections_opened = 0  # for status and benchmarks
+
+    @property
+    def pool_size(self) -> int:
+        return self.config.max_connections
+
+    async def __aenter__(self) -> SmtpTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """QUIT every idle connection (best effort: the server may be gone)."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """Hand one message over; return the server's reply to DATA.
+
+        Raises PermanentDeliveryError (5xx for this message), MailServerUnavailableError
+        (cannot connect, TLS or AUTH refused) or TransientDeliveryError (4xx or dropped
+        connections on every try).
+        """
+        async with self._slots:
+            last: _Retryable | None = None
+            for attempt in range(self.config.retries + 1):
+                if attempt:
+                    await self._sleep(self._backoff * 2 ** (attempt - 1))
+                await self._rate.wait()
+                try:
+                    return await self._send_once(sender, recipient, message)
+                except _Retryable as retry:
+                    last = retry
+            assert last is not None  # the loop runs at least once
+            raise last.error from last.__cause__
+
+    async def _send_once(self, sender: str, recipient: str, message: bytes) -> str:
+        client = await self._checkout()
+        try:
+            _errors, reply = await client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as e:
+            self._idle.append(client)  # the envelope was reset; the connection is fine
+            refusal = e.recipients[0]
+            raise self._classify(refusal.code, refusal.message, recipient) from e
+        except aiosmtplib.SMTPResponseException as e:
+            if e.code == 421 or not client.is_connected:
+                client.close()
+            else:
+                self._idle.append(client)
+            raise self._classify(e.code, e.message, recipient) from e
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as e:
+            client.close()
+            raise _Retryable(
+                TransientDeliveryError(
+                    f"{self._where} dropped the connection sending to {recipient}: {e}"
+                )
+            ) from e
+        except (aiosmtplib.SMTPException, ValueError) as e:  # e.g. an address it cannot encode
+            self._idle.append(client)
+            raise PermanentDeliveryError(f"{recipient}: {self._where} cannot take it: {e}") from e
+        self._idle.append(client)
+        return f"250 {reply}"  # aiosmtplib hands back the text; DATA's success code is 250
+
+    def _classify(self, code: int, text: str, recipient: str) -> Exception:
+        reply = f"{recipient}: {self._where} replied {code} {text}"
+        if 500 <= code < 600:
+            return PermanentDeliveryError(reply)
+        return _Retryable(TransientDeliveryError(reply))
+
+    async def _checkout(self) -> aiosmtplib.SMTP:
+        """A connected client: an idle one from the pool, or a new one."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+            client.close()  # the server closed it while idle
+        return await self._connect()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        config = self.config
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            use_tls=config.security == "tls",
+            start_tls=config.security == "starttls",  # True: required, no plaintext fallback
+            tls_context=self._tls,
+            timeout=config.timeout,
+        )
+        try:
+            await client.connect()
+            if config.username is not None:
+                await client.login(config.username, config.password or "")
+        except aiosmtplib.SMTPAuthenticationError as e:
+            client.close()
+            raise MailServerUnavailableError(
+                f"{self._where} refused AUTH as {config.username!r}: {e.code} {e.message}"
+            ) from e
+        except (
+            aiosmtplib.SMTPConnectError,
+            aiosmtplib.SMTPTimeoutError,
+            aiosmtplib.SMTPServerDisconnected,
+            OSError,
+        ) as e:
+            client.close()
+            if _tls_failure(e) is not None:
+                raise MailServerUnavailableError(
+                    f"TLS with {self._where} failed: {_tls_failure(e)}"
+                ) from e
+            raise _Retryable(
+                MailServerUnavailableError(f"cannot connect to {self._where}: {e}")
+            ) from e
+        except aiosmtplib.SMTPException as e:  # STARTTLS or AUTH not offered, ...
+            client.close()
+            raise MailServerUnavailableError(f"{self._where}: {e}") from e
+        self.connections_opened += 1
+        return client
+
+
+def _tls_failure(error: BaseException) -> ssl.SSLError | None:
+    """The ssl error somewhere in `error`'s cause chain (certificate not trusted, ...)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

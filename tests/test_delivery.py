@@ -1,0 +1,265 @@
+"""Delivery against real servers: aiosmtpd on 127.0.0.1, a real SQLite outbox, a real Maildir."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import mailbox
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from digest import outbox
+from digest.config import MailConfig
+from digest.delivery import (
+    MAX_ATTEMPTS,
+    DrainReport,
+    MaildirTransport,
+    drain_outbox,
+    make_transport,
+    retry_delay,
+)
+from digest.errors import (
+    StoreError,
+)
+from digest.models import DeliveryRow, DigestRow
+from digest.smtp import SmtpTransport
+from tests.smtpd_helpers import (
+    SENDER,
+    T0,
+    RecordingHandler,
+    Sleeps,
+    SmtpServer,
+    add_digests,
+    clock,
+    drain,
+    free_port,
+    message_id_for,
+    new_outbox,
+    plain,
+    recipients,
+    rows,
+)
+
+
+def test_happy_path_sends_each_digest_once_and_records_deliveries(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    people = recipients(5)
+    add_digests(engine, people)
+    with SmtpServer() as server:
+        report = drain(engine, SmtpTransport(plain(server.port)))
+    assert report == DrainReport(sent=5, failed=0, retried=0, pending=0)
+    got = server.handler.by_recipient()
+    assert sorted(got) == people
+    for person in people:
+        (item,) = got[person]
+        assert item.mail_from == SENDER
+        message = item.parsed()
+        assert message["To"] == person
+        assert message["Message-ID"] == message_id_for(person, T0)
+        assert message["Subject"] == f"Papers digest for {person}"
+        assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+        assert f"Hello {person}" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    stored = rows(engine)
+    assert {r.status for r in stored.values()} == {"sent"}
+    assert all(r.last_reply and "queued" in r.last_reply for r in stored.values())
+    with Session(engine) as session:
+        deliveries = session.exec(select(DeliveryRow)).all()
+    assert len(deliveries) == 10  # two papers per digest
+    assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 5, "failed": 0}
+
+
+def test_451_once_then_success(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, ["ada@example.org"])
+    handler = RecordingHandler(rcpt_script={"ada@example.org": ["451 4.7.1 greylisted"]})
+    sleeps = Sleeps()
+    with SmtpServer(handler) as server:
+        report = drain(engine, SmtpTransport(plain(server.port, rate_per_second=0), sleep=sleeps))
+    assert report == DrainReport(sent=1, pending=0)
+    assert len(server.handler.received) == 1
+    assert sleeps.waits == [1.0]  # one backoff before the second try
+
+
+def test_550_for_one_recipient_fails_that_digest_and_the_batch_goes_on(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    people = recipients(6)
+    add_digests(engine, people)
+    bad = people[2]
+    handler = RecordingHandler(refuse={bad: "550 5.1.1 no such user"})
+    with SmtpServer(handler) as server:
+        report = drain(engine, SmtpTransport(plain(server.port, max_connections=2)))
+    assert report == DrainReport(sent=5, failed=1, retried=0, pending=0)
+    stored = rows(engine)
+    assert stored[bad].status == "failed"
+    assert "550 5.1.1 no such user" in str(stored[bad].last_reply)
+    assert sorted(server.handler.by_recipient()) == sorted(set(people) - {bad})
+    with Session(engine) as session:
+        delivered = {d.subscriber for d in session.exec(select(DeliveryRow)).all()}
+    assert delivered == set(people) - {bad}
+
+
+def test_connection_dropped_mid_data_is_retried_and_delivered_once(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    people = recipients(3)
+    add_digests(engine, people)
+    handler = RecordingHandler(drop_data=1)
+    with SmtpServer(handler) as server:
+        transport = SmtpTransport(plain(server.port, max_connections=1), sleep=Sleeps())
+        report = drain(engine, transport)
+        assert server.connections == 2  # the dropped connection was replaced, then reused
+    assert handler.dropped == 1
+    assert report.sent == 3
+    assert {p: len(v) for p, v in handler.by_recipient().items()} == dict.fromkeys(people, 1)
+
+
+def test_server_down_leaves_every_digest_pending(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(10))
+    sleeps = Sleeps()
+    transport = SmtpTransport(plain(free_port(), max_connections=2, retries=2), sleep=sleeps)
+    report = drain(engine, transport)
+    assert report.sent == 0 and report.failed == 0
+    assert report.pending == 10
+    assert report.error is not None and "cannot connect to 127.0.0.1" in report.error
+    assert report.retried <= 2  # only the messages in flight counted an attempt
+    stored = rows(engine).values()
+    assert {r.status for r in stored} == {"pending"}
+    tried = [r for r in stored if r.attempts]
+    assert all(r.next_attempt_at is not None for r in tried)
+    # the untried ones are due again at once, not held by the lease
+    assert len(outbox.claim_due(engine, T0, 100)) == 10 - len(tried)
+
+
+def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    ids = add_digests(engine, ["ada@example.org"])
+    with Session(engine) as session:
+        row = session.get(DigestRow, ids["ada@example.org"])
+        assert row is not None
+        row.attempts = MAX_ATTEMPTS - 2
+        session.add(row)
+        session.commit()
+    handler = RecordingHandler(refuse={"ada@example.org": "452 4.2.2 mailbox full"})
+    with SmtpServer(handler) as server:
+        config = plain(server.port, retries=0)
+        first = drain(engine, SmtpTransport(config))
+        assert first == DrainReport(retried=1, pending=1)
+        row2 = rows(engine)["ada@example.org"]
+        assert row2.next_attempt_at is not None
+        later = row2.next_attempt_at.replace(tzinfo=dt.UTC)
+        assert later - T0 == retry_delay(MAX_ATTEMPTS - 1)
+
+        async def again() -> DrainReport:
+            transport = SmtpTransport(config)
+            async with transport:
+                return await drain_outbox(engine, transport, now=lambda: later)
+
+        second = asyncio.run(again())
+    assert second == DrainReport(failed=1, pending=0)
+    final = rows(engine)["ada@example.org"]
+    assert final.status == "failed" and final.attempts == MAX_ATTEMPTS
+    assert final.last_reply is not None and "452 4.2.2 mailbox full" in final.last_reply
+
+
+def test_stop_finishes_in_flight_and_leaves_the_rest_due(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(20))
+    handler = RecordingHandler(data_delay=0.02)
+
+    async def go(port: int) -> DrainReport:
+        stop = asyncio.Event()
+        transport = SmtpTransport(plain(port, max_connections=2, rate_per_second=0))
+
+        async def stop_soon() -> None:
+            while len(handler.received) < 4:
+                await asyncio.sleep(0.005)
+            stop.set()
+
+        async with transport:
+            stopper = asyncio.create_task(stop_soon())
+            report = await drain_outbox(engine, transport, now=clock, stop=stop)
+            await stopper
+            return report
+
+    with SmtpServer(handler) as server:
+        report = asyncio.run(go(server.port))
+    assert 4 <= report.sent <= 4 + 2
+    assert report.sent == len(handler.received)  # everything accepted was marked sent
+    assert report.pending == 20 - report.sent
+    assert len(outbox.claim_due(engine, T0, 100)) == report.pending  # released, due at once
+
+
+def test_maildir_messages_land_as_files_a_maildir_reads_back(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    people = recipients(3)
+    add_digests(engine, people)
+    folder = tmp_path / "mail"
+    transport = make_transport(MailConfig(maildir=folder))
+    assert isinstance(transport, MaildirTransport)
+    report = drain(engine, transport)
+    assert report == DrainReport(sent=3, pending=0)
+    files = sorted((folder / "new").iterdir())
+    assert len(files) == 3
+    stored = rows(engine)
+    assert sorted(f.read_bytes() for f in files) == sorted(r.message for r in stored.values())
+    box = mailbox.Maildir(folder, create=False)
+    assert sorted(str(m["To"]) for m in box) == people
+    assert all(
+        json.loads(r.paper_ids_json) and r.last_reply and "maildir" in r.last_reply
+        for r in stored.values()
+    )
+
+
+def test_a_stop_set_before_draining_sends_nothing(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(3))
+    folder = tmp_path / "mail"
+
+    async def go() -> DrainReport:
+        stop = asyncio.Event()
+        stop.set()
+        async with MaildirTransport(folder) as transport:
+            return await drain_outbox(engine, transport, now=clock, stop=stop)
+
+    assert asyncio.run(go()) == DrainReport(pending=3)
+    assert not folder.exists()  # not even the folder: nothing was sent
+
+
+def test_a_database_failure_after_the_accept_raises_store_error_and_keeps_it_pending(
+    tmp_path: Path,
+) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(3))
+    with engine.begin() as conn:  # the deliveries write fails: mark_sent cannot commit
+        conn.execute(
+            text("CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
+                 "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        )  # fmt: skip
+    with SmtpServer() as server:
+        config = plain(server.port, max_connections=1, rate_per_second=0)
+        with pytest.raises(StoreError, match="disk full"):
+            drain(engine, SmtpTransport(config))
+    # the first accept failed to commit and nothing else was started: it stays pending and
+    # repeats (at most the messages in flight)
+    assert len(server.handler.received) == 1
+    assert {r.status for r in rows(engine).values()} == {"pending"}  # so it will repeat
+
+
+def test_maildir_in_an_existing_empty_folder_and_an_unwritable_one(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(2))
+    folder = tmp_path / "mail"
+    folder.mkdir()  # made by hand, without tmp/ new/ cur/
+    assert drain(engine, MaildirTransport(folder)) == DrainReport(sent=2, pending=0)
+    assert len(mailbox.Maildir(folder, create=False)) == 2
+
+    add_digests(engine, recipients(1), slot=T0 + dt.timedelta(days=1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    report = drain(engine, MaildirTransport(blocker / "mail"))
+    assert report.sent == 0 and report.pending == 1
+    assert report.error is not None and f"maildir {blocker / 'mail'}: cannot create" in report.error

@@ -1,0 +1,198 @@
+"""The outbox state machine on a real SQLite file (migrated by store.migrate)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from digest import outbox
+from digest.errors import StoreError
+from digest.models import DeliveryRow, DigestRow
+from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+def add(engine: object, subscriber: str, slot: dt.datetime, papers: list[str]) -> int | None:
+    return outbox.add_digest(
+        engine,  # type: ignore[arg-type]
+        subscriber=subscriber,
+        slot=slot,
+        recipient=subscriber,
+        sender=SENDER,
+        message_id=f"<{slot:%Y%m%d}.{subscriber}>",
+        subject="Papers digest",
+        paper_ids=papers,
+        message=build_message(subscriber, slot),
+        now=slot,
+    )
+
+
+def get(engine: object, digest_id: int) -> DigestRow:
+    with Session(engine) as session:  # type: ignore[arg-type]
+        row = session.get(DigestRow, digest_id)
+        assert row is not None
+        return row
+
+
+def deliveries(engine: object) -> list[tuple[str, str, int]]:
+    with Session(engine) as session:  # type: ignore[arg-type]
+        found = session.exec(select(DeliveryRow)).all()
+        return sorted((d.subscriber, d.paper_id, d.digest_id) for d in found)
+
+
+def test_add_digest_is_idempotent_on_subscriber_and_slot(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    first = add(engine, "ada@example.org", T0, ["2401.00001"])
+    assert first is not None
+    assert add(engine, "ada@example.org", T0, ["2401.99999"]) is None
+    # the same slot given in another timezone is the same instant: still a duplicate
+    berlin = T0.astimezone(dt.timezone(dt.timedelta(hours=1)))
+    assert add(engine, "ada@example.org", berlin, ["2401.99999"]) is None
+    other_slot = add(engine, "ada@example.org", T0 + dt.timedelta(days=1), [])
+    other_person = add(engine, "bob@example.org", T0, [])
+    assert other_slot not in (None, first) and other_person not in (None, first, other_slot)
+    assert outbox.outbox_counts(engine) == {"pending": 3, "sent": 0, "failed": 0}
+    row = get(engine, first)
+    assert json.loads(row.paper_ids_json) == ["2401.00001"]  # the first one stays
+
+
+def test_stored_message_bytes_come_back_exactly(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    message = build_message("ada@example.org") + b"\r\n\x00\xff binary tail"
+    digest_id = outbox.add_digest(
+        engine,
+        subscriber="ada@example.org",
+        slot=T0,
+        recipient="ada@example.org",
+        sender=SENDER,
+        message_id="<x@y>",
+        subject="s",
+        paper_ids=[],
+        message=message,
+        now=T0,
+    )
+    assert digest_id is not None
+    (item,) = outbox.claim_due(engine, T0, 10)
+    assert item.message == message and item.id == digest_id and item.message_id == "<x@y>"
+
+
+def test_claim_due_takes_due_rows_and_leases_them(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    ids = add_digests(engine, recipients(5))
+    later = list(ids.values())[4]
+    outbox.mark_retry(engine, later, "451 later", T0, 10 * MINUTE)  # due at T0 + 10 min
+    claimed = outbox.claim_due(engine, T0, 3, lease=5 * MINUTE)
+    assert [c.id for c in claimed] == list(ids.values())[:3]
+    assert all(c.attempts == 0 and c.sender == SENDER for c in claimed)
+    # leased: a second claim (another process) does not see them
+    again = outbox.claim_due(engine, T0, 10, lease=5 * MINUTE)
+    assert [c.id for c in again] == [list(ids.values())[3]]
+    assert outbox.claim_due(engine, T0 + 4 * MINUTE, 10) == []
+    # after the lease the first three are due again; the retried one after its delay
+    expired = outbox.claim_due(engine, T0 + 6 * MINUTE, 10)
+    assert sorted(c.id for c in expired) == sorted(list(ids.values())[:4])
+    (retry,) = outbox.claim_due(engine, T0 + 10 * MINUTE, 10)
+    assert retry.id == later and retry.attempts == 1
+
+
+def test_release_makes_claimed_rows_due_at_once(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    ids = add_digests(engine, recipients(3))
+    claimed = outbox.claim_due(engine, T0, 10)
+    assert outbox.claim_due(engine, T0, 10) == []
+    outbox.release(engine, [c.id for c in claimed[:2]])
+    assert sorted(c.id for c in outbox.claim_due(engine, T0, 10)) == sorted(list(ids.values())[:2])
+
+
+def test_sent_and_failed_rows_are_never_claimed(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    ids = list(add_digests(engine, recipients(3)).values())
+    outbox.mark_sent(engine, ids[0], "250 ok", T0)
+    outbox.mark_failed(engine, ids[1], "550 no such user", T0)
+    assert [c.id for c in outbox.claim_due(engine, T0 + dt.timedelta(days=9), 10)] == [ids[2]]
+    # a late retry or failure does not resurrect a sent digest
+    outbox.mark_retry(engine, ids[0], "451", T0, MINUTE)
+    outbox.mark_failed(engine, ids[0], "554", T0)
+    assert get(engine, ids[0]).status == "sent"
+    failed = get(engine, ids[1])
+    assert failed.status == "failed" and failed.last_reply == "550 no such user"
+    assert outbox.outbox_counts(engine) == {"pending": 1, "sent": 1, "failed": 1}
+
+
+def test_mark_sent_records_every_paper_as_delivered(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    digest_id = add(engine, "ada@example.org", T0, ["2401.00001", "2401.00002"])
+    assert digest_id is not None
+    assert deliveries(engine) == []
+    outbox.mark_sent(engine, digest_id, "250 2.0.0 queued", T0 + MINUTE)
+    row = get(engine, digest_id)
+    assert row.status == "sent" and row.last_reply == "250 2.0.0 queued"
+    assert row.sent_at is not None and row.sent_at.replace(tzinfo=dt.UTC) == T0 + MINUTE
+    assert deliveries(engine) == [
+        ("ada@example.org", "2401.00001", digest_id),
+        ("ada@example.org", "2401.00002", digest_id),
+    ]
+
+
+def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    digest_id = add(engine, "ada@example.org", T0, ["2401.00001", "2401.00002", "2401.00003"])
+    assert digest_id is not None
+    with engine.begin() as conn:  # the database refuses the second paper's delivery row
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON deliveries "
+                "WHEN NEW.paper_id = '2401.00002' "
+                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+            )
+        )
+    expected = rf"cannot mark digest {digest_id} sent on sqlite:.*: IntegrityError: disk says no"
+    with pytest.raises(StoreError, match=expected):
+        outbox.mark_sent(engine, digest_id, "250 ok", T0)
+    row = get(engine, digest_id)
+    assert row.status == "pending" and row.sent_at is None  # nothing half-done
+    assert deliveries(engine) == []
+
+
+def test_mark_retry_counts_attempts_and_delays(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    (digest_id,) = add_digests(engine, ["ada@example.org"]).values()
+    outbox.mark_retry(engine, digest_id, "451 greylisted", T0, 5 * MINUTE)
+    outbox.mark_retry(engine, digest_id, "421 busy", T0 + 5 * MINUTE, 30 * MINUTE)
+    row = get(engine, digest_id)
+    assert row.status == "pending" and row.attempts == 2 and row.last_reply == "421 busy"
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at.replace(tzinfo=dt.UTC) == T0 + 35 * MINUTE
+
+
+def test_unknown_digest_and_broken_database_are_store_errors(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    with pytest.raises(StoreError, match="digest 42 does not exist"):
+        outbox.mark_sent(engine, 42, "250", T0)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE deliveries"))
+        conn.execute(text("DROP TABLE digests"))
+    with pytest.raises(StoreError, match="outbox: cannot claim due digests"):
+        outbox.claim_due(engine, T0, 10)
+    with pytest.raises(StoreError, match="outbox: cannot count digests"):
+        outbox.outbox_counts(engine)
+
+
+def test_a_paper_delivered_twice_keeps_its_first_delivery(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    first = add(engine, "ada@example.org", T0, ["2401.00001"])
+    second = add(engine, "ada@example.org", T0 + dt.timedelta(days=1), ["2401.00001", "2401.7"])
+    assert first is not None and second is not None
+    outbox.mark_sent(engine, first, "250 ok", T0)
+    outbox.mark_sent(engine, second, "250 ok", T0 + dt.timedelta(days=1))
+    assert deliveries(engine) == [
+        ("ada@example.org", "2401.00001", first),
+        ("ada@example.org", "2401.7", second),
+    ]
+    assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 2, "failed": 0}
