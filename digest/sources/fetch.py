@@ -259,7 +259,11 @@ async def _get_once(
                 raise _Retryable(f"HTTP {status}", server_wait(response.headers))
             if status not in (200, 304):
                 raise FetchError(f"GET {url}: HTTP {status} {response.reason_phrase}".rstrip())
-            body = b"" if status == 304 else await _read_capped(response, url, source)
+            if status == 304:
+                await response.aread()  # empty; reading it lets the connection be reused
+                body = b""
+            else:
+                body = await _read_capped(response, url, source)
             return _Response(
                 status=status,
                 body=body,
