@@ -1,0 +1,409 @@
+"""Turn the dict tomllib read from the subscription file into a validated `Config`.
+
+Owns: every rule about what a key may hold, the defaults and the [defaults]
+table, and the error lines (file, line, subscriber, field). Does not own: reading
+the file or TOML syntax (config.py), the meaning of a schedule (schedule.py) or a
+query (query.py): their parsers are called only to validate.
+
+Every problem is collected, none stops the walk; `build_config` raises one
+ConfigError listing them all, sorted by line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from digest.config import (
+    AlertsConfig,
+    Config,
+    DaemonConfig,
+    MailConfig,
+    SmtpConfig,
+    SourceConfig,
+    StorageConfig,
+    Subscriber,
+    Topic,
+)
+from digest.config_lines import Path as KeyPath
+from digest.config_lines import key_lines, line_of
+from digest.config_values import (
+    Invalid,
+    at_least,
+    boolean,
+    describe,
+    in_range,
+    is_loopback,
+    non_empty,
+    one_of,
+    parse_base_url,
+    parse_duration,
+    parse_email,
+    parse_from,
+    parse_schedule_value,
+    parse_timezone,
+    parse_unsubscribe,
+    positive_duration,
+    positive_number,
+    query_message,
+    single_line,
+    string,
+)
+from digest.errors import ConfigError, QuerySyntaxError
+from digest.schedule import parse_schedule
+
+T = TypeVar("T")
+
+TOP_KEYS = ("source", "storage", "mail", "alerts", "daemon", "defaults", "subscribers")
+# the file's keys are the dataclass fields, except where noted
+SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(SourceConfig))
+MAIL_KEYS = ("from", "transport", "maildir", "smtp", "templates", "unsubscribe")
+SMTP_KEYS = tuple(  # the password itself comes from the environment variable password_env
+    "password_env" if f.name == "password" else f.name for f in dataclasses.fields(SmtpConfig)
+)
+SUBSCRIBER_KEYS = tuple(f.name for f in dataclasses.fields(Subscriber))
+DEFAULT_KEYS = tuple(k for k in SUBSCRIBER_KEYS if k not in ("email", "name"))
+DEFAULT_SCHEDULE = "daily 08:00"  # when neither the subscriber nor [defaults] gives one
+SMTP_PORTS = {"tls": 465, "starttls": 587, "none": 25}  # the default port per security
+
+
+def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[str, str]) -> Config:
+    """Validate `data` (tomllib's reading of `text`, the content of `path`) into a Config."""
+    b = Builder(path, text, env, data)
+    top = b.table((), data, TOP_KEYS)
+    source = b.source(b.table(("source",), top.get("source", {}), SOURCE_KEYS))
+    storage = b.storage(b.table(("storage",), top.get("storage", {}), ("url",)))
+    mail = b.mail(b.table(("mail",), top.get("mail", {}), MAIL_KEYS))
+    alerts_t = b.table(("alerts",), top.get("alerts", {}), ("email", "after_failed_polls"))
+    alerts = AlertsConfig(
+        email=b.field(alerts_t, ("alerts",), "email", None, parse_email),
+        after_failed_polls=b.field(alerts_t, ("alerts",), "after_failed_polls", 3, at_least(1)),
+    )
+    daemon_t = b.table(("daemon",), top.get("daemon", {}), ("catch_up",))
+    daemon = DaemonConfig(
+        catch_up=b.field(daemon_t, ("daemon",), "catch_up", dt.timedelta(hours=24), parse_duration)
+    )
+    subscribers = b.subscribers(top.get("defaults", {}), top.get("subscribers", []))
+    if b.problems:
+        problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0].splitlines()[0] + more, problems=problems)
+    return Config(
+        path=path,
+        source=source,
+        storage=storage,
+        mail=mail,
+        subscribers=subscribers,
+        alerts=alerts,
+        daemon=daemon,
+    )
+
+
+class Builder:
+    def __init__(self, path: Path, text: str, env: Mapping[str, str], data: dict[str, Any]) -> None:
+        self.path = path
+        self.base = path.absolute().parent  # relative paths in the file resolve against it
+        self.text = text
+        self._lines: dict[KeyPath, int] | None = None
+        self.valid_queries: set[str] = set()  # 100k subscribers often share queries
+        self.env = env
+        self.problems: list[tuple[int, str]] = []
+        subs = data.get("subscribers")
+        self.emails = {  # subscriber index -> email, for labels
+            i: s["email"].strip().lower()
+            for i, s in enumerate(subs if isinstance(subs, list) else [])
+            if isinstance(s, dict) and isinstance(s.get("email"), str)
+        }
+
+    # -- reporting
+
+    @property
+    def lines(self) -> dict[KeyPath, int]:
+        """Key path -> line, scanned on the first problem only (a valid file never pays)."""
+        if self._lines is None:
+            self._lines = key_lines(self.text)
+        return self._lines
+
+    def problem(self, where: KeyPath, message: str) -> None:
+        line = line_of(self.lines, where)
+        self.problems.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))
+
+    def label(self, where: KeyPath) -> str:
+        out = ""
+        for i, part in enumerate(where):
+            if isinstance(part, int):
+                out += f"[{part + 1}]"  # 1-based: "the first [[subscribers]]" is [1]
+                if where[:i] == ("subscribers",) and part in self.emails:
+                    out += f" ({self.emails[part]})"
+            else:
+                out += f".{part}" if out else part
+        return out or "(top level)"
+
+    # -- generic readers
+
+    def table(self, where: KeyPath, value: object, allowed: Iterable[str]) -> dict[str, Any]:
+        """`value` as a table whose keys are all in `allowed`; {} (and a problem) if not."""
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a table, got {describe(value)}")
+            return {}
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = (
+                    f'; did you mean "{close[0]}"?'
+                    if close
+                    else (f"; expected one of: {', '.join(allowed)}")
+                )
+                self.problem((*where, key), f'unknown key "{key}"{hint}')
+        return {k: v for k, v in value.items() if k in allowed}
+
+    def field(
+        self,
+        table: dict[str, Any],
+        where: KeyPath,
+        key: str,
+        default: T,
+        convert: Callable[[Any], T],
+    ) -> T:
+        """table[key] through `convert`, or `default` when absent or invalid (reported)."""
+        if key not in table:
+            return default
+        try:
+            return convert(table[key])
+        except Invalid as e:
+            self.problem((*where, key), str(e))
+            return default
+
+    def local_path(self, raw: str) -> Path:
+        return (self.base / Path(raw).expanduser()).absolute()
+
+    # -- sections
+
+    def source(self, t: dict[str, Any]) -> SourceConfig:
+        w: KeyPath = ("source",)
+        d = SourceConfig()
+        mode: str = self.field(t, w, "mode", "auto", one_of("api", "html", "auto"))
+        return SourceConfig(
+            base_url=self.field(t, w, "base_url", d.base_url, parse_base_url),
+            mode=cast(Literal["api", "html", "auto"], mode),
+            poll_interval=self.field(t, w, "poll_interval", d.poll_interval, positive_duration),
+            lookback_days=self.field(t, w, "lookback_days", d.lookback_days, at_least(0)),
+            timeout=self.field(t, w, "timeout", d.timeout, positive_number),
+            retries=self.field(t, w, "retries", d.retries, at_least(0)),
+            max_retry_wait=self.field(t, w, "max_retry_wait", d.max_retry_wait, positive_number),
+            concurrency=self.field(t, w, "concurrency", d.concurrency, at_least(1)),
+            max_body_bytes=self.field(t, w, "max_body_bytes", d.max_body_bytes, at_least(1)),
+        )
+
+    def storage(self, t: dict[str, Any]) -> StorageConfig:
+        url = self.field(t, ("storage",), "url", StorageConfig().url, string)
+        try:
+            parsed = make_url(url)
+        except ArgumentError as e:
+            self.problem(("storage", "url"), f"not a database URL ({e})")
+            return StorageConfig()
+        db = parsed.database
+        if (
+            parsed.get_backend_name() == "sqlite"
+            and db
+            and db != ":memory:"
+            and not (db.startswith("file:") or Path(db).expanduser().is_absolute())
+        ):  # a relative SQLite file lives next to the config, wherever we are started from
+            url = parsed.set(database=str(self.local_path(db))).render_as_string(
+                hide_password=False
+            )
+        return StorageConfig(url=url)
+
+    def mail(self, t: dict[str, Any]) -> MailConfig:
+        w: KeyPath = ("mail",)
+        d = MailConfig()
+        smtp = None
+        if "smtp" in t:
+            smtp_t = self.table((*w, "smtp"), t["smtp"], SMTP_KEYS)
+            smtp = self.smtp(smtp_t) if isinstance(t["smtp"], dict) else None
+        transport = self.field(
+            t, w, "transport", "smtp" if "smtp" in t else "maildir", one_of("maildir", "smtp")
+        )
+        if transport == "smtp" and "smtp" not in t:
+            self.problem((*w, "transport"), 'is "smtp" but [mail] has no smtp = { host = ... }')
+        templates = self.field(t, w, "templates", None, string)
+        templates_dir = self.local_path(templates) if templates is not None else None
+        if templates_dir is not None and not templates_dir.is_dir():
+            self.problem((*w, "templates"), f'no such folder "{templates_dir}"')
+        from_addr = self.field(t, w, "from", d.from_addr, parse_from)
+        unsubscribe = self.field(t, w, "unsubscribe", None, parse_unsubscribe)
+        maildir = self.field(t, w, "maildir", str(d.maildir), string)
+        return MailConfig(
+            from_addr=from_addr,
+            transport=cast(Literal["maildir", "smtp"], transport),
+            maildir=self.local_path(maildir),
+            smtp=smtp,
+            templates=templates_dir,
+            unsubscribe=unsubscribe,
+        )
+
+    def smtp(self, t: dict[str, Any]) -> SmtpConfig | None:
+        w: KeyPath = ("mail", "smtp")
+        if "host" not in t:
+            self.problem(w, "missing host")
+        host = self.field(t, w, "host", "", non_empty).strip("[]")
+        security = self.field(t, w, "security", "starttls", one_of("tls", "starttls", "none"))
+        if security == "none" and host and not is_loopback(host):
+            self.problem(
+                (*w, "security"),
+                f'"none" sends mail and password in plain text; it '
+                f"is only allowed for a loopback host (127.0.0.0/8, ::1, localhost), "
+                f'not "{host}"',
+            )
+        username = self.field(t, w, "username", None, non_empty)
+        password_env = self.field(t, w, "password_env", None, non_empty)
+        password = None
+        if password_env is not None:
+            password = self.env.get(password_env)
+            if password is None:
+                self.problem(
+                    (*w, "password_env"),
+                    f"the environment variable {password_env} "
+                    "is not set (it should hold the SMTP password)",
+                )
+        if (username is None) != (password_env is None):
+            given, missing = (
+                ("username", "password_env") if username else ("password_env", "username")
+            )
+            self.problem((*w, given), f"{given} is set but {missing} is not; AUTH needs both")
+        ca = self.field(t, w, "ca_file", None, string)
+        ca_file = self.local_path(ca) if ca is not None else None
+        if ca_file is not None and not ca_file.is_file():
+            self.problem((*w, "ca_file"), f'no such file "{ca_file}"')
+        d = SmtpConfig(host=host)
+        return SmtpConfig(
+            host=host,
+            port=self.field(t, w, "port", SMTP_PORTS[security], in_range(1, 65535)),
+            security=cast(Literal["tls", "starttls", "none"], security),
+            username=username,
+            password=password,
+            ca_file=ca_file,
+            timeout=self.field(t, w, "timeout", d.timeout, positive_number),
+            max_connections=self.field(t, w, "max_connections", d.max_connections, at_least(1)),
+            rate_per_second=self.field(t, w, "rate_per_second", d.rate_per_second, positive_number),
+            retries=self.field(t, w, "retries", d.retries, at_least(0)),
+        )
+
+    # -- subscribers
+
+    def subscribers(self, defaults_raw: object, subs_raw: object) -> tuple[Subscriber, ...]:
+        defaults_t = self.table(("defaults",), defaults_raw, DEFAULT_KEYS)
+        defaults: dict[str, Any] = {}
+        for key, value in defaults_t.items():
+            ok, converted = self.subscriber_key(("defaults",), key, value)
+            if ok:
+                defaults[key] = converted
+        if not isinstance(subs_raw, list):
+            self.problem(
+                ("subscribers",), f"expected [[subscribers]] tables, got {describe(subs_raw)}"
+            )
+            return ()
+        out: list[Subscriber] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(subs_raw):
+            where: KeyPath = ("subscribers", i)
+            t = self.table(where, raw, SUBSCRIBER_KEYS)
+            values: dict[str, Any] = {}
+            ok = isinstance(raw, dict)
+            for key in SUBSCRIBER_KEYS:
+                if key in t:
+                    good, values[key] = self.subscriber_key(where, key, t[key])
+                    ok = ok and good
+                elif key in defaults:
+                    values[key] = defaults[key]
+                elif key in defaults_t:  # an invalid default, already reported
+                    ok = False
+            email = values.get("email")
+            if isinstance(raw, dict) and "email" not in t:
+                self.problem(where, "missing email")
+                ok = False
+            elif email is not None and email in seen:
+                first = seen[email]
+                self.problem(
+                    (*where, "email"),
+                    f'duplicate email "{email}" (also '
+                    f"subscribers[{first + 1}] at line "
+                    f"{line_of(self.lines, ('subscribers', first, 'email'))})",
+                )
+                ok = False
+            elif email is not None:
+                seen[email] = i
+            if isinstance(raw, dict) and (
+                values.get("topics") == () or ("topics" not in t and "topics" not in defaults_t)
+            ):
+                self.problem(where, "no topics; add topics = [{ name = ..., query = ... }]")
+                ok = False
+            if ok:
+                values.setdefault("schedule", parse_schedule(DEFAULT_SCHEDULE))
+                out.append(Subscriber(**values))
+        return tuple(out)
+
+    def subscriber_key(self, where: KeyPath, key: str, value: object) -> tuple[bool, Any]:
+        """Validate one subscriber (or [defaults]) key; (False, None) if reported bad."""
+        if key == "topics":
+            topics = self.topics((*where, key), value)
+            return topics is not None, topics
+        convert: Callable[[Any], Any] = {
+            "email": parse_email,
+            "name": single_line,
+            "timezone": parse_timezone,
+            "schedule": parse_schedule_value,
+            "max_papers": at_least(1),
+            "min_upvotes": at_least(0),
+            "send_empty": boolean,
+            "window_days": at_least(1),
+        }[key]
+        try:
+            return True, convert(value)
+        except Invalid as e:
+            self.problem((*where, key), str(e))
+            return False, None
+
+    def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
+        from digest.query import parse_query  # imported late: only to validate queries
+
+        if not isinstance(value, list):
+            self.problem(
+                where, f"expected an array of {{ name, query }} tables, got {describe(value)}"
+            )
+            return None
+        out: list[Topic] = []
+        names: set[str] = set()
+        ok = True
+        for k, raw in enumerate(value):
+            tw: KeyPath = (*where, k)
+            t = self.table(tw, raw, ("name", "query"))
+            name = self.field(t, tw, "name", None, single_line)
+            query = self.field(t, tw, "query", None, non_empty)
+            for key in ("name", "query"):
+                if key not in t and isinstance(raw, dict):
+                    self.problem(tw, f"missing {key}")
+            if name is not None and name in names:
+                self.problem((*tw, "name"), f'duplicate topic name "{name}"')
+                name = None
+            if query is not None and query not in self.valid_queries:
+                try:
+                    parse_query(query)
+                    self.valid_queries.add(query)
+                except QuerySyntaxError as e:
+                    self.problem((*tw, "query"), query_message(e))
+                    query = None
+            if name is None or query is None:
+                ok = False
+                continue
+            names.add(name)
+            out.append(Topic(name=name, query=query))
+        return tuple(out) if ok else None
