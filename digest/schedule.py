@@ -11,6 +11,9 @@ Syntax (keywords are case-insensitive):
 - ``daily HH:MM``
 - ``weekly DAY HH:MM`` with DAY in mon..sun or monday..sunday
 - ``weekdays HH:MM`` (Monday to Friday)
+- ``every N{s,m,h}`` (e.g. ``every 6h``): instants that are multiples of the interval
+  since the Unix epoch, the same in every time zone; short ones make tests and soaks
+  drive the daemon in seconds
 - a 5-field cron expression ``minute hour day-of-month month day-of-week``:
   ``*``, ``a-b``, ``a,b``, ``*/n``, ``a-b/n``, month names jan..dec, day names
   sun..sat, day-of-week 0 or 7 = Sunday. As in Vixie cron, when both
@@ -47,6 +50,8 @@ _FULL_DAY_NAMES = tuple(calendar.day_name[i].lower() for i in range(7))
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _CRON_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron numbering 0..6
 _TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_EVERY_RE = re.compile(r"^(\d{1,6})([smhSMH])$")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # the longest gap between two matching days of any valid schedule: Feb 29 across a
 # non-leap century year (2096-02-29 -> 2104-02-29) is 2922 days; search a little longer
 _SEARCH_DAYS = 3000
@@ -61,7 +66,8 @@ class Schedule:
     """
 
     text: str  # as written in the config: "daily 08:00", "weekly mon 08:00", "0 8 * * 1-5"
-    kind: str = field(init=False, compare=False)  # "daily" | "weekly" | "weekdays" | "cron"
+    kind: str = field(init=False, compare=False)  # daily | weekly | weekdays | cron | every
+    interval: dt.timedelta | None = field(init=False, compare=False, repr=False)  # every
     minutes: frozenset[int] = field(init=False, compare=False, repr=False)
     hours: frozenset[int] = field(init=False, compare=False, repr=False)
     days: frozenset[int] = field(init=False, compare=False, repr=False)  # of the month, 1..31
@@ -73,6 +79,7 @@ class Schedule:
     def __post_init__(self) -> None:
         kind, fields = _parse(self.text)
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "interval", fields.pop("interval", None))
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
@@ -103,6 +110,10 @@ def slots_between(
 ) -> list[dt.datetime]:
     """The slots in (start, end], oldest first, as aware UTC instants."""
     _check_aware(start, end)
+    if schedule.interval is not None:
+        first_slot = next_slot(schedule, tz, start)
+        count = max(0, (end - first_slot) // schedule.interval + 1)
+        return [first_slot + n * schedule.interval for n in range(count)]
     first = start.astimezone(tz).date() - dt.timedelta(days=1)
     last = end.astimezone(tz).date() + dt.timedelta(days=1)
     out: list[dt.datetime] = []
@@ -116,6 +127,8 @@ def slots_between(
 def latest_slot(schedule: Schedule, tz: ZoneInfo, now: dt.datetime) -> dt.datetime | None:
     """The latest slot at or before `now` (UTC), or None if there is none (year 1)."""
     _check_aware(now)
+    if schedule.interval is not None:
+        return _EPOCH + ((now - _EPOCH) // schedule.interval) * schedule.interval
     for day in _days(now.astimezone(tz).date() + dt.timedelta(days=1), step=-1):
         earlier = [s for s in _day_slots(schedule, tz, day) if s <= now]
         if earlier:
@@ -126,6 +139,8 @@ def latest_slot(schedule: Schedule, tz: ZoneInfo, now: dt.datetime) -> dt.dateti
 def next_slot(schedule: Schedule, tz: ZoneInfo, after: dt.datetime) -> dt.datetime:
     """The first slot strictly after `after` (UTC)."""
     _check_aware(after)
+    if schedule.interval is not None:
+        return _EPOCH + ((after - _EPOCH) // schedule.interval + 1) * schedule.interval
     for day in _days(after.astimezone(tz).date() - dt.timedelta(days=1), step=1):
         later = [s for s in _day_slots(schedule, tz, day) if s > after]
         if later:
@@ -142,6 +157,8 @@ def default_window_days(schedule: Schedule) -> int:
     weekdays (Friday to Monday). Computed on the wall clock, ignoring DST, over a
     whole 400-year Gregorian cycle when the schedule depends on the calendar.
     """
+    if schedule.interval is not None:
+        return math.ceil(schedule.interval / dt.timedelta(days=1)) + 1
     matching, span = _matching_days_in_cycle(schedule)
     times = schedule.times
     first, last = times[0], times[-1]
@@ -231,6 +248,8 @@ def _parse(text: str) -> tuple[str, dict[str, object]]:
         raise ValueError('empty schedule; expected e.g. "daily 08:00" or "weekly mon 08:00"')
     head = words[0].lower()
     every_day = frozenset(range(7))
+    if head == "every":
+        return "every", _parse_every(text, words)
     if head in ("daily", "weekdays") and len(words) == 2:
         hour, minute = _parse_time(words[1])
         weekdays = every_day if head == "daily" else frozenset(range(5))
@@ -262,6 +281,15 @@ def _fields(
         "days_star": True,
         "weekdays_star": weekdays_star,
     }
+
+
+def _parse_every(text: str, words: list[str]) -> dict[str, object]:
+    m = _EVERY_RE.match(words[1]) if len(words) == 2 else None
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f'bad schedule "{text}": expected "every N" with N like 30s, 15m or 6h')
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2).lower()]
+    fields = _fields(set(), set(), weekdays=frozenset(range(7)), weekdays_star=True)
+    return fields | {"interval": dt.timedelta(seconds=seconds)}
 
 
 def _parse_time(word: str) -> tuple[int, int]:

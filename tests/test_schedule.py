@@ -357,3 +357,32 @@ def test_digest_window_uses_the_slot_local_date() -> None:
     )
     with pytest.raises(ValueError, match="at least 1"):
         digest_window(daily, berlin, midnight, 0)
+
+
+# ---------------------------------------------------------------------------
+# "every N": epoch-aligned intervals, the same instants in every zone
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Asia/Kolkata"])
+def test_every_interval_slots_are_epoch_multiples_in_any_zone(zone: str) -> None:
+    every = parse_schedule("every 5s")
+    tz = ZoneInfo(zone)
+    now = dt.datetime(2026, 11, 22, 19, 0, 3, tzinfo=dt.UTC)
+    assert latest_slot(every, tz, now) == dt.datetime(2026, 11, 22, 19, 0, 0, tzinfo=dt.UTC)
+    assert next_slot(every, tz, now) == dt.datetime(2026, 11, 22, 19, 0, 5, tzinfo=dt.UTC)
+    on_slot = dt.datetime(2026, 11, 22, 19, 0, 5, tzinfo=dt.UTC)
+    assert latest_slot(every, tz, on_slot) == on_slot
+    assert next_slot(every, tz, on_slot) == on_slot + dt.timedelta(seconds=5)
+    assert slots_between(every, tz, now, now + dt.timedelta(seconds=12)) == [
+        dt.datetime(2026, 11, 22, 19, 0, s, tzinfo=dt.UTC) for s in (5, 10, 15)
+    ]
+    assert slots_between(every, tz, now, now + dt.timedelta(seconds=1)) == []
+
+
+def test_every_interval_window_and_spelling() -> None:
+    assert default_window_days(parse_schedule("every 6h")) == 2
+    assert default_window_days(parse_schedule("every 48h")) == 3
+    assert parse_schedule("EVERY 15M").interval == dt.timedelta(minutes=15)
+    for bad in ("every", "every 0s", "every 5x", "every 5 s", "every -5s"):
+        with pytest.raises(ValueError, match="every N"):
+            parse_schedule(bad)
