@@ -1,0 +1,469 @@
+"""The topic query language: words, parsing to an AST, compiling to bitset operations.
+
+Owns: `parse_query` (text -> AST of frozen dataclasses, or QuerySyntaxError with
+a 1-based column) and `compile_query` (AST -> CompiledQuery, which evaluates as
+set operations over any `LeafResolver`). Does not own: what a word is
+(`words.py`; `tokenize` is re-exported here), the paper index, ranking or
+highlighting (`match.py`), nor reading queries from the config (`config.py`).
+Pure: no I/O, no clock.
+
+The language (DESIGN.md, "The topic query language"), with the choices made here:
+
+- Words are `words.tokenize`'s: runs of letters, digits and their combining marks,
+  NFKC-normalised and case-folded.
+- A term's text is tokenised like a document: ``GPT-4o`` and ``title:text-to-image``
+  are phrases (``gpt 4o``, ``text to image``); ``$\\alpha$`` is the word ``alpha``.
+- ``word*`` is a prefix; ``*`` is allowed only right after a letter or digit at the
+  end of a term, or on the last word of a quoted phrase.
+- ``AND``/``OR``/``NOT`` are operators only in upper case and unquoted; ``-x`` is
+  ``NOT x``. Juxtaposition is AND. Precedence NOT > AND > OR.
+- Fields (case-insensitive names): ``title:``, ``abstract:``, ``author:`` (a phrase
+  within one author's name), ``org:`` (organisation name or full name), ``keyword:``
+  (within one HF ai_keyword), ``id:`` (the raw arXiv id, exact or ``id:2407.*``).
+  A bare term searches title and abstract. A field applies to one word or one
+  quoted phrase; ``title:(a OR b)`` is an error.
+- A query that would match a paper with no text at all (``NOT survey``,
+  ``a OR -b``) is an error: a query needs something positive to match.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, NamedTuple, Protocol
+
+from digest.errors import QuerySyntaxError
+from digest.words import is_word_char, tokenize, word_spans
+
+Field = Literal["title", "abstract", "author", "org", "keyword", "id"]
+FIELDS: tuple[Field, ...] = ("title", "abstract", "author", "org", "keyword", "id")
+
+# ---------------------------------------------------------------------------
+# The AST
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One word (for ``id:``, the raw id); ``prefix`` for ``word*``; field None: title+abstract."""
+
+    word: str
+    prefix: bool = False
+    field: Field | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Phrase:
+    """Consecutive words within one field value; ``prefix_last`` for ``"a b*"``."""
+
+    words: tuple[str, ...]
+    prefix_last: bool = False
+    field: Field | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    parts: tuple[Query, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    parts: tuple[Query, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    part: Query
+
+
+Query = Term | Phrase | And | Or | Not
+
+# ---------------------------------------------------------------------------
+# Lexing
+
+
+_Kind = Literal["(", ")", "AND", "OR", "NOT", "TERM"]
+_OPERATORS: dict[str, _Kind] = {"AND": "AND", "OR": "OR", "NOT": "NOT"}
+_FIELD_BY_NAME: dict[str, Field] = {f: f for f in FIELDS}
+
+
+class _Tok(NamedTuple):
+    kind: _Kind
+    col: int  # 1-based
+    node: Term | Phrase | None = None
+
+
+_FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
+_MAX_DEPTH = 32  # nested parentheses and NOTs; keeps the parser and compiled shapes shallow
+
+
+def _error(message: str, query: str, col: int) -> QuerySyntaxError:
+    return QuerySyntaxError(f"{message} at column {col}", query, col)
+
+
+def _make_term(text: str, field: Field | None, col: int, query: str, quoted: bool) -> _Tok:
+    """A TERM token from a term's text (`col` is where the text starts)."""
+    for k, ch in enumerate(text):
+        if ch == "*" and not (
+            k == len(text) - 1 and k > 0 and (field == "id" or is_word_char(text[k - 1]))
+        ):
+            where = "the last word of a phrase" if quoted else "a word"
+            raise _error(f"'*' must come at the end of {where}", query, col + k)
+    prefix = text.endswith("*")
+    body = text[:-1] if prefix else text
+    if field == "id":
+        raw = body.strip()  # never empty: an empty value or a lone '*' failed above
+        if any(c.isspace() for c in raw):
+            raise _error("an arXiv id has no spaces", query, col)
+        return _Tok("TERM", col, Term(raw, prefix, "id"))
+    words = tokenize(body)
+    if not words:
+        shown = f'"{text}"' if quoted else f"'{text}'"
+        raise _error(f"{shown} has no letters or digits to match", query, col)
+    if len(words) == 1:
+        return _Tok("TERM", col, Term(words[0], prefix, field))
+    return _Tok("TERM", col, Phrase(tuple(words), prefix, field))
+
+
+def _lex(query: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n = 0, len(query)
+    while i < n:
+        ch = query[i]
+        col = i + 1
+        if ch.isspace():
+            i += 1
+        elif ch in "()":
+            toks.append(_Tok("(" if ch == "(" else ")", col))
+            i += 1
+        elif ch == "-":
+            if i + 1 >= n or query[i + 1].isspace() or query[i + 1] == ")":
+                raise _error("'-' must be followed directly by a word, phrase or '('", query, col)
+            toks.append(_Tok("NOT", col))
+            i += 1
+        elif ch == '"':
+            i = _lex_quoted(query, i, None, col, toks)
+        else:
+            j = i
+            while j < n and not query[j].isspace() and query[j] not in '()"':
+                j += 1
+            run = query[i:j]
+            op = _OPERATORS.get(run)
+            if op is not None:
+                toks.append(_Tok(op, col))
+                i = j
+                continue
+            m = _FIELD_PREFIX.match(run)
+            if m is None:
+                toks.append(_make_term(run, None, col, query, quoted=False))
+                i = j
+                continue
+            name = m.group(1).lower()
+            field = _FIELD_BY_NAME.get(name)
+            if field is None:
+                known = ", ".join(FIELDS)
+                raise _error(f"unknown field '{m.group(1)}:' (known: {known})", query, col)
+            value_start = i + m.end()
+            if value_start < j:
+                toks.append(_make_term(query[value_start:j], field, value_start + 1, query, False))
+                i = j
+            elif j < n and query[j] == '"':
+                i = _lex_quoted(query, j, field, col, toks)
+            else:
+                raise _error(f"'{name}:' needs a word or a quoted phrase after it", query, col)
+    return toks
+
+
+def _lex_quoted(query: str, i: int, field: Field | None, col: int, toks: list[_Tok]) -> int:
+    """Lex the quoted phrase whose opening quote is at index `i`; return the index after it."""
+    end = query.find('"', i + 1)
+    if end < 0:
+        raise _error("unterminated quote", query, i + 1)
+    text = query[i + 1 : end]
+    if not text.strip():
+        raise _error("empty phrase", query, i + 1)
+    tok = _make_term(text, field, i + 2, query, quoted=True)
+    toks.append(tok._replace(col=col))
+    return end + 1
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+class _Parser:
+    """Recursive descent over the tokens.
+
+    or := and (OR and)*;  and := unary (AND? unary)*;  unary := NOT unary | primary;
+    primary := TERM | '(' or ')'.
+    """
+
+    def __init__(self, query: str, toks: list[_Tok]) -> None:
+        self.query = query
+        self.toks = toks
+        self.pos = 0
+        self.depth = 0
+
+    def peek(self) -> _Tok | None:
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def fail(self, message: str, col: int) -> QuerySyntaxError:
+        return _error(message, self.query, col)
+
+    def parse(self) -> Query:
+        node = self.parse_or()
+        tok = self.peek()
+        if tok is not None:  # only a stray ')' can stop parse_or early
+            raise self.fail("unmatched ')'", tok.col)
+        return node
+
+    def parse_or(self) -> Query:
+        parts = [self.parse_and()]
+        while (tok := self.peek()) is not None and tok.kind == "OR":
+            self.pos += 1
+            self.expect_operand(tok)
+            parts.append(self.parse_and())
+        return _join(Or, parts)
+
+    def parse_and(self) -> Query:
+        parts = [self.parse_unary()]
+        while (tok := self.peek()) is not None and tok.kind in ("AND", "NOT", "TERM", "("):
+            if tok.kind == "AND":
+                self.pos += 1
+                self.expect_operand(tok)
+            parts.append(self.parse_unary())
+        return _join(And, parts)
+
+    def parse_unary(self) -> Query:
+        tok = self.peek()
+        if tok is not None and tok.kind == "NOT":
+            self.pos += 1
+            self.expect_operand(tok)
+            self.enter(tok)
+            node = Not(self.parse_unary())
+            self.depth -= 1
+            return node
+        return self.parse_primary()
+
+    def enter(self, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise self.fail(f"query nested too deeply (more than {_MAX_DEPTH} levels)", tok.col)
+
+    def parse_primary(self) -> Query:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("empty query", 1)
+        if tok.kind == "TERM":
+            self.pos += 1
+            assert tok.node is not None  # TERM tokens always carry their node
+            return tok.node
+        if tok.kind == "(":
+            self.pos += 1
+            close = self.peek()
+            if close is not None and close.kind == ")":
+                raise self.fail("empty parentheses", tok.col)
+            self.enter(tok)
+            node = self.parse_or()
+            self.depth -= 1
+            close = self.peek()
+            if close is None or close.kind != ")":
+                raise self.fail("unclosed '('", tok.col)
+            self.pos += 1
+            return node
+        if tok.kind == ")":
+            raise self.fail("unmatched ')'", tok.col)
+        raise self.fail(f"'{tok.kind}' needs a word, phrase or '(' before it", tok.col)
+
+    def expect_operand(self, op: _Tok) -> None:
+        """After a binary or NOT operator: something must follow that can start an operand."""
+        nxt = self.peek()
+        shown = "-" if self.query[op.col - 1] == "-" else op.kind
+        if nxt is None or nxt.kind == ")":
+            raise self.fail(f"'{shown}' needs a word, phrase or '(' after it", op.col)
+        if nxt.kind in ("AND", "OR"):
+            raise self.fail(f"unexpected '{nxt.kind}' after '{shown}'", nxt.col)
+
+
+def _join(kind: type[And] | type[Or], parts: list[Query]) -> Query:
+    if len(parts) == 1:
+        return parts[0]
+    flat: list[Query] = []
+    for p in parts:
+        flat.extend(p.parts if isinstance(p, kind) else (p,))
+    return kind(tuple(flat))
+
+
+def _matches_empty_paper(node: Query) -> bool:
+    """Would `node` match a paper with no words, no authors and no id at all?"""
+    if isinstance(node, Term | Phrase):
+        return False
+    if isinstance(node, Not):
+        return not _matches_empty_paper(node.part)
+    if isinstance(node, And):
+        return all(_matches_empty_paper(p) for p in node.parts)
+    return any(_matches_empty_paper(p) for p in node.parts)
+
+
+def parse_query(text: str) -> Query:
+    """Parse a topic query; raise QuerySyntaxError (message, query, 1-based column)."""
+    toks = _lex(text)
+    if not toks:
+        raise _error("empty query", text, 1)
+    node = _Parser(text, toks).parse()
+    if _matches_empty_paper(node):
+        first_not = next(t.col for t in toks if t.kind == "NOT")
+        raise _error(
+            "a query needs something positive to match (this one matches every paper "
+            "without the negated words)",
+            text,
+            first_not,
+        )
+    return node
+
+
+# ---------------------------------------------------------------------------
+# Compiling
+
+
+class Leaf(NamedTuple):
+    """A query's atom as the index sees it: a word, prefix or phrase within one field."""
+
+    field: Field | None  # None: title or abstract
+    words: tuple[str, ...]  # one word for a term; the raw id for "id"
+    prefix: bool  # the last word is a prefix
+
+    @property
+    def key(self) -> str:
+        """A string key, cheap to hash (str caches its hash): ``"title|x|reward model"``."""
+        return f"{self.field or '*'}|{'p' if self.prefix else 'x'}|{' '.join(self.words)}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Leaf:
+        field, flag, words = key.split("|", 2)
+        return cls(
+            _FIELD_BY_NAME[field] if field != "*" else None, tuple(words.split(" ")), flag == "p"
+        )
+
+
+class LeafResolver(Protocol):
+    """What a compiled query runs against: `match.PaperIndex` implements it."""
+
+    @property
+    def all_bits(self) -> int:
+        """Every paper of the batch as a bitset."""
+        ...
+
+    @property
+    def leaf_bits(self) -> Mapping[str, int]:
+        """Leaf key -> the papers (a bitset over batch positions) that leaf matches."""
+        ...
+
+
+# A query's shape, e.g. ``(m[k[0]] | m[k[1]]) & ~m[k[2]]``, as a function of
+# (m: leaf key -> bitset, k: this query's leaf keys, a: all papers).
+ShapeFunction = Callable[[Mapping[str, int], tuple[str, ...], int], int]
+
+
+@lru_cache(maxsize=4096)
+def _shape_function(expression: str) -> ShapeFunction:
+    """Compile a shape once; every query with that shape shares the function.
+
+    `expression` is built by `_shape_of` from the AST's structure alone (indices,
+    ``&``, ``|``, ``~``, parentheses): no text of the query reaches `eval`.
+    """
+    function: ShapeFunction = eval(f"lambda m, k, a: {expression}", {"__builtins__": {}})
+    return function
+
+
+def _shape_of(node: Query, keys: dict[str, int]) -> str:
+    """The bitset expression of `node`; fills `keys` (leaf key -> index in k)."""
+    if isinstance(node, Term | Phrase):
+        index = keys.setdefault(sys.intern(_leaf_of(node).key), len(keys))
+        return f"m[k[{index}]]"
+    if isinstance(node, Not):
+        return f"(a & ~{_shape_of(node.part, keys)})"
+    if isinstance(node, Or):
+        return "(" + " | ".join(_shape_of(p, keys) for p in node.parts) + ")"
+    positive = [_shape_of(p, keys) for p in node.parts if not isinstance(p, Not)]
+    negative = [f"~{_shape_of(p.part, keys)}" for p in node.parts if isinstance(p, Not)]
+    return "(" + " & ".join((positive or ["a"]) + negative) + ")"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledQuery:
+    """A query ready to run: ``evaluate(index)`` returns the matching papers as a bitset.
+
+    ``keys`` are the leaf keys the shape function reads. ``positive`` lists the
+    leaves not under a NOT (their words explain a match, for highlighting), each
+    with its words when those are the same in every paper it matches (a word, a
+    phrase without ``*``, an id: none) or None (a prefix: the paper decides).
+    ``fixed_words``: the highlight words of every match, when the query is a plain
+    conjunction of such leaves (``a "b c" -d``), else None. Small on purpose (the
+    daemon keeps one per topic per subscriber); keys are interned, shared strings.
+    """
+
+    function: ShapeFunction
+    keys: tuple[str, ...]
+    positive: tuple[tuple[str, frozenset[str] | None], ...]
+    fixed_words: frozenset[str] | None
+
+    def evaluate(self, resolver: LeafResolver) -> int:
+        return self.function(resolver.leaf_bits, self.keys, resolver.all_bits)
+
+
+def _leaf_of(node: Term | Phrase) -> Leaf:
+    if isinstance(node, Term):
+        return Leaf(node.field, (node.word,), node.prefix)
+    return Leaf(node.field, node.words, node.prefix_last)
+
+
+def _positive_leaves(node: Query, negated: bool, out: dict[str, Leaf]) -> None:
+    if isinstance(node, Term | Phrase):
+        if not negated:
+            leaf = _leaf_of(node)
+            out[sys.intern(leaf.key)] = leaf
+    elif isinstance(node, Not):
+        _positive_leaves(node.part, not negated, out)
+    else:
+        for p in node.parts:
+            _positive_leaves(p, negated, out)
+
+
+@lru_cache(maxsize=65536)  # one shared set per leaf: compiled queries stay small
+def _fixed_words(leaf: Leaf) -> frozenset[str] | None:
+    if leaf.field == "id":
+        return frozenset()
+    return None if leaf.prefix else frozenset(leaf.words)
+
+
+def compile_query(q: Query) -> CompiledQuery:
+    """Compile an AST into its shape's shared function plus this query's leaf keys."""
+    keys: dict[str, int] = {}
+    expression = _shape_of(q, keys)
+    leaves: dict[str, Leaf] = {}
+    _positive_leaves(q, False, leaves)
+    positive = tuple((key, _fixed_words(leaf)) for key, leaf in leaves.items())
+    direct = [p for p in (q.parts if isinstance(q, And) else (q,)) if not isinstance(p, Not)]
+    fixed = [words for _, words in positive if words is not None]
+    conjunction = len(direct) == len(fixed) == len(positive)
+    if conjunction and all(isinstance(p, Term | Phrase) for p in direct):
+        fixed_words: frozenset[str] | None = (
+            fixed[0] if len(fixed) == 1 else frozenset().union(*fixed)
+        )
+    else:
+        fixed_words = None
+    return CompiledQuery(_shape_function(expression), tuple(keys), positive, fixed_words)
+
+
+__all__ = [
+    "FIELDS",
+    "CompiledQuery",
+    "Leaf",
+    "compile_query",
+    "parse_query",
+    "tokenize",
+    "word_spans",
+]
