@@ -1,0 +1,112 @@
+"""The command line: parses arguments, runs one command, turns errors into exit codes.
+
+Exit 0 on success, 1 on a runtime failure, 2 on bad usage or a bad config, always with
+one clear line on stderr. This is the one place that catches DigestError; the command
+bodies live in `commands.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from digest import __version__, commands
+from digest.errors import ConfigError, DigestError, UsageError
+from digest.logs import setup_logging
+
+
+def common_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name. Only the top level
+    holds defaults, so `digest -c x.toml check` is not undone by the subcommand's copy."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=default(Path(os.environ.get("DIGEST_CONFIG", "digest.toml"))),
+        help="subscription file (default: $DIGEST_CONFIG, then ./digest.toml)",
+    )
+    common.add_argument(
+        "--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING"]
+    )
+    common.add_argument("--log-format", default=default("text"), choices=["text", "json"])
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digest", parents=[common_options(defaults=True)], description=__doc__
+    )
+    parser.add_argument("--version", action="version", version=f"papers-digest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_options(defaults=False)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help)
+
+    p = command("init", "write a commented example digest.toml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    command("check", "validate the config and print a summary")
+
+    p = command("fetch", "fetch listings into the database; print new and updated papers")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--date", type=commands.parse_day, help="one day, YYYY-MM-DD")
+    when.add_argument("--since", type=commands.parse_day, help="first day of a range")
+    p.add_argument("--until", type=commands.parse_day, help="last day of the range (default today)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = command("match", "show what each subscriber's next digest would hold; changes nothing")
+    p.add_argument("--since", type=commands.parse_day, help="papers listed on or after this day")
+    p.add_argument("--subscriber", help="only this email")
+    p.add_argument("--json", action="store_true", help="one JSON object per subscriber")
+
+    p = command("preview", "render a subscriber's next digest without sending it")
+    p.add_argument("--subscriber", required=True, help="email")
+    p.add_argument("--out", type=Path, help="FILE.html or FILE.eml (default: text to stdout)")
+
+    p = command("send", "poll, then build and deliver every digest due now (fit for cron)")
+    p.add_argument("--dry-run", action="store_true", help="print what would go to whom")
+    p.add_argument("--no-fetch", action="store_true", help="do not poll the source first")
+
+    command("run", "the daemon")
+
+    p = command("status", "last fetch, papers stored, outbox, each subscriber's next slot")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        if args.command == "fetch" and args.until and not args.since:
+            raise UsageError("--until needs --since")
+        return commands.run(args, sys.stdout)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"digest: {problem}", file=sys.stderr)
+        return e.exit_code
+    except DigestError as e:
+        print(f"digest: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # `digest fetch | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("digest: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

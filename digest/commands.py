@@ -1,0 +1,365 @@
+"""The bodies of the CLI commands: each reads like a recipe over `pipeline` and the edges.
+
+Owns what each command prints (to the `out` stream it is given) and its exit code on
+success or partial failure. Does not own argument parsing or turning errors into exit
+codes (`cli.py`), nor any step of the pipeline itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from digest import pipeline, store
+from digest.config import Config, Subscriber, example_config, load_config, summarize_config
+from digest.delivery import drain_outbox, make_transport
+from digest.errors import DeliveryError, SourceError, UsageError
+from digest.models import Match, Paper, as_utc
+from digest.render import Renderer, render_digest
+from digest.schedule import next_slot
+from digest.sources.fetch import make_client
+
+log = logging.getLogger("digest")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    handlers: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+        "init": cmd_init,
+        "check": cmd_check,
+        "fetch": cmd_fetch,
+        "match": cmd_match,
+        "preview": cmd_preview,
+        "send": cmd_send,
+        "run": cmd_run,
+        "status": cmd_status,
+    }
+    return handlers[args.command](args, out)
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, os.environ)
+
+
+def open_store(config: Config) -> Engine:
+    engine = store.open_engine(config.storage.url)
+    store.migrate(engine)
+    return engine
+
+
+# --------------------------------------------------------------------------- init, check
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
+    path = args.config
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} already exists; use --force to overwrite it")
+    path.write_text(example_config(), encoding="utf-8")
+    out.write(f"wrote {path}: edit the subscribers, then run `digest check`\n")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    Renderer(config.mail.templates)  # a broken template folder is a config problem too
+    for line in summarize_config(config):
+        out.write(line + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    engine = open_store(config)
+    now = utcnow()
+    if args.date:
+        days = [args.date]
+    elif args.since:
+        days = pipeline.days_between(args.since, args.until or now.date())
+    else:
+        days = pipeline.days_to_poll(now, config.source.lookback_days)
+    progress = Progress(len(days)) if len(days) > 1 else None
+
+    def on_day(outcome: pipeline.DayOutcome) -> None:
+        for paper in outcome.new:
+            write_paper(out, paper, "new", args.json)
+        for paper in outcome.updated:
+            write_paper(out, paper, "updated", args.json)
+        if progress:
+            progress.step(outcome)
+
+    report = asyncio.run(_poll(config, engine, days, on_day))
+    if progress:
+        progress.close()
+    log.info(report.summary())
+    fail_on_poll_errors(report)
+    return 0
+
+
+async def _poll(
+    config: Config,
+    engine: Engine,
+    days: list[dt.date],
+    on_day: Callable[[pipeline.DayOutcome], None] | None = None,
+) -> pipeline.PollReport:
+    async with make_client(config.source) as client:
+        return await pipeline.poll(config, engine, client, days, now=utcnow, on_day=on_day)
+
+
+def fail_on_poll_errors(report: pipeline.PollReport) -> None:
+    if report.errors:
+        first = report.errors[0]
+        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise SourceError(
+            f"fetch failed for {len(report.errors)} of {len(report.days)} days: {first}{more}"
+        )
+
+
+def write_paper(out: TextIO, paper: Paper, status: str, as_json: bool) -> None:
+    if as_json:
+        record = {
+            "id": paper.id,
+            "title": paper.title,
+            "listed_on": paper.listed_on.isoformat(),
+            "status": status,
+            "upvotes": paper.upvotes,
+            "url": paper.url,
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        out.write(
+            f"{status:<8} {paper.listed_on} {paper.id:<12} {paper.upvotes:>4}  {paper.title}\n"
+        )
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.new = 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, outcome: pipeline.DayOutcome) -> None:
+        self.done += 1
+        self.new += len(outcome.new)
+        state = outcome.error or (
+            "unchanged"
+            if outcome.not_modified
+            else f"{len(outcome.new)} new, {len(outcome.updated)} updated"
+        )
+        if not self.tty:
+            log.info("fetched %s (%d/%d): %s", outcome.day, self.done, self.total, state)
+            return
+        width = 30
+        filled = width * self.done // self.total
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"days, {self.new} new  {outcome.day}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------------- match, preview
+
+
+def select_subscribers(config: Config, email: str | None) -> list[Subscriber]:
+    if email is None:
+        return list(config.subscribers)
+    chosen = [s for s in config.subscribers if s.email == email.strip().lower()]
+    if not chosen:
+        raise UsageError(f"no subscriber {email!r} in {config.path}")
+    return chosen
+
+
+def next_digest(
+    planner: pipeline.Planner, subscriber: Subscriber, now: dt.datetime, since: dt.date | None
+) -> tuple[dt.datetime, list[Match], int]:
+    """What the subscriber's next digest would hold: the due slot if one is waiting, else
+    the next one; with `since`, every paper listed from that day on."""
+    tz = ZoneInfo(subscriber.timezone)
+    with Session(planner.engine) as session:
+        state = store.get_subscriber_state(session, subscriber.email)
+    last_slot = as_utc(state.last_slot) if state and state.last_slot else None
+    slot = pipeline.due_slot(subscriber.schedule, tz, now, last_slot=last_slot)
+    slot = slot or next_slot(subscriber.schedule, tz, now)
+    if since is not None:
+        first, last = since, now.date() + dt.timedelta(days=1)
+    else:
+        first, last = pipeline.digest_days(subscriber, slot, last_slot)
+    matches, total = planner.matches_for(subscriber, first, last)
+    return slot, matches, total
+
+
+def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    planner = pipeline.Planner(config, open_store(config))
+    now = utcnow()
+    for subscriber in select_subscribers(config, args.subscriber):
+        slot, matches, total = next_digest(planner, subscriber, now, args.since)
+        if args.json:
+            papers = [
+                {
+                    "id": m.paper.id,
+                    "title": m.paper.title,
+                    "topics": list(m.topics),
+                    "score": m.score,
+                    "upvotes": m.paper.upvotes,
+                    "listed_on": m.paper.listed_on.isoformat(),
+                }
+                for m in matches
+            ]
+            record = {
+                "subscriber": subscriber.email,
+                "slot": slot.isoformat(),
+                "total": total,
+                "papers": papers,
+            }
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            continue
+        local = slot.astimezone(ZoneInfo(subscriber.timezone))
+        out.write(
+            f"{subscriber.email}: {len(matches)} of {total} matching papers "
+            f"for {local:%a %Y-%m-%d %H:%M %Z}\n"
+        )
+        for m in matches:
+            out.write(
+                f"  {m.paper.id:<12} {m.paper.upvotes:>4}  {m.paper.title[:70]:<70}  "
+                f"[{', '.join(m.topics)}]\n"
+            )
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    planner = pipeline.Planner(config, open_store(config))
+    now = utcnow()
+    (subscriber,) = select_subscribers(config, args.subscriber)
+    slot, matches, total = next_digest(planner, subscriber, now, None)
+    message = render_digest(
+        planner.renderer,
+        subscriber=subscriber,
+        slot=slot,
+        matches=matches,
+        mail=config.mail,
+        now=now,
+        total_matches=total,
+    )
+    if args.out is None:
+        text = message.get_body(("plain",))
+        out.write(text.get_content() if text is not None else "")
+        return 0
+    suffix = args.out.suffix.lower()
+    if suffix == ".eml":
+        args.out.write_bytes(message.as_bytes())
+    elif suffix in (".html", ".htm"):
+        html = message.get_body(("html",))
+        args.out.write_text(html.get_content() if html is not None else "", encoding="utf-8")
+    else:
+        raise UsageError(f"--out {args.out}: use a .html or .eml file name")
+    out.write(f"wrote {args.out}: {len(matches)} papers for {subscriber.email}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- send, run, status
+
+
+def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    engine = open_store(config)
+    return asyncio.run(_send(config, engine, args, out))
+
+
+async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    poll_report = None
+    if not args.no_fetch:
+        days = pipeline.days_to_poll(utcnow(), config.source.lookback_days)
+        async with make_client(config.source) as client:
+            poll_report = await pipeline.poll(config, engine, client, days, now=utcnow)
+        log.info(poll_report.summary())
+        for error in poll_report.errors:
+            log.warning("fetch %s", error)
+    planner = pipeline.Planner(config, engine)
+    planned = pipeline.plan_due(
+        planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run
+    )
+    if args.dry_run:
+        for p in planned:
+            out.write(
+                f"would send {len(p.matches)} papers to {p.subscriber.email} "
+                f"(slot {p.slot.isoformat()})\n"
+            )
+        return 0
+    async with make_transport(config.mail) as transport:
+        report = await drain_outbox(engine, transport, now=utcnow)
+    out.write(
+        f"{len(planned)} digests due, {report.sent} sent, {report.failed} failed, "
+        f"{report.pending} pending\n"
+    )
+    if report.error:
+        raise DeliveryError(f"mail not sent, {report.pending} digests stay pending: {report.error}")
+    if report.retried:
+        raise DeliveryError(
+            f"{report.retried} digests refused for now and left pending; "
+            "`digest send` retries them once their backoff is over"
+        )
+    if report.failed:
+        raise DeliveryError(f"{report.failed} digests refused permanently: see `digest status`")
+    if poll_report is not None:
+        fail_on_poll_errors(poll_report)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.daemon import run_daemon
+
+    return run_daemon(args.config, os.environ)
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    engine = open_store(config)
+    now = utcnow()
+    with Session(engine) as session:
+        stats = store.store_stats(session)
+    slots = {
+        s.email: next_slot(s.schedule, ZoneInfo(s.timezone), now).astimezone(ZoneInfo(s.timezone))
+        for s in config.subscribers
+    }
+    if args.json:
+        record = stats.as_dict() | {"subscribers": {e: t.isoformat() for e, t in slots.items()}}
+        out.write(json.dumps(record, default=str) + "\n")
+        return 0
+    for line in stats.lines():
+        out.write(line + "\n")
+    for email, when in slots.items():
+        out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}\n")
+    return 0

@@ -1,0 +1,394 @@
+"""The recipes: every command and every daemon job is one of these, composed from the layers.
+
+    poll:  fetch_day (sources.fetch) | upsert_listings (store)                    -> PollReport
+    plan:  due_slot (pure) | candidate_papers (store) | match_subscriber (match)
+             | render_digest (render) | add_digest (outbox)                       -> PlanReport
+    send:  drain_outbox (delivery)                                                -> DrainReport
+
+Owns the order of the steps and what counts as due; owns no parsing, matching, rendering
+or SMTP. Each step takes `now` from its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from digest import match, outbox, store
+from digest.config import Config, Subscriber
+from digest.errors import SourceError
+from digest.models import DayRow, DigestRow, Match, Paper, as_utc
+from digest.render import Renderer, message_id_for, render_digest
+from digest.schedule import Schedule, default_window_days, digest_window, latest_slot
+from digest.sources.fetch import DayFetch, Validators, fetch_day
+
+log = logging.getLogger(__name__)
+
+MAX_FOLD_DAYS = 31  # missed slots fold into the next digest, but never more than a month back
+
+
+# --------------------------------------------------------------------------- poll
+
+
+@dataclass(frozen=True)
+class DayOutcome:
+    day: dt.date
+    source: str | None = None
+    not_modified: bool = False
+    new: tuple[Paper, ...] = ()
+    updated: tuple[Paper, ...] = ()
+    error: str | None = None
+
+
+@dataclass
+class PollReport:
+    days: list[DayOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def new(self) -> list[Paper]:
+        return [p for d in self.days for p in d.new]
+
+    @property
+    def updated(self) -> list[Paper]:
+        return [p for d in self.days for p in d.updated]
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{d.day}: {d.error}" for d in self.days if d.error]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def sources(self) -> str:
+        used = sorted({d.source for d in self.days if d.source})
+        return "+".join(used) if used else "-"
+
+    def summary(self) -> str:
+        return (
+            f"poll: {len(self.days)} days, {len(self.new)} new, {len(self.updated)} updated, "
+            f"{sum(d.not_modified for d in self.days)} unchanged (304), "
+            f"{len(self.errors)} failed, source {self.sources}, {self.seconds:.1f}s"
+        )
+
+
+def days_to_poll(now: dt.datetime, lookback_days: int) -> list[dt.date]:
+    """Today (UTC) and the `lookback_days` before it, oldest first: lists keep growing."""
+    today = now.astimezone(dt.UTC).date()
+    return [today - dt.timedelta(days=n) for n in range(lookback_days, -1, -1)]
+
+
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+async def poll(
+    config: Config,
+    engine: Engine,
+    client: httpx.AsyncClient,
+    days: Sequence[dt.date],
+    *,
+    now: Callable[[], dt.datetime],
+    on_day: Callable[[DayOutcome], None] | None = None,
+) -> PollReport:
+    """Fetch `days` (a few at a time), store each as it arrives, and record the poll."""
+    started = time.monotonic()
+    report = PollReport()
+    with Session(engine) as session:
+        poll_id = store.start_poll(session, now())
+        validators = {d: _validators(store.get_day(session, d)) for d in days}
+    gate = asyncio.Semaphore(max(1, config.source.concurrency))
+
+    async def fetch_one(day: dt.date) -> DayFetch | SourceError:
+        async with gate:
+            try:
+                return await fetch_day(client, config.source, day, validators=validators[day])
+            except SourceError as e:
+                return e
+
+    tasks = [asyncio.create_task(fetch_one(d)) for d in days]
+    try:
+        for day, task in zip(days, tasks, strict=True):
+            result = await task
+            outcome = _store_day(engine, day, result, now())
+            if outcome.error:
+                log.warning("fetch %s failed: %s", day, outcome.error)
+            report.days.append(outcome)
+            if on_day is not None:
+                on_day(outcome)
+    finally:
+        for task in tasks:
+            task.cancel()
+        report.seconds = time.monotonic() - started
+        with Session(engine) as session:
+            store.finish_poll(
+                session,
+                poll_id,
+                now=now(),
+                days=len(report.days),
+                new=len(report.new),
+                updated=len(report.updated),
+                source=report.sources,
+                ok=report.ok and len(report.days) == len(days),
+                error="; ".join(report.errors)[:2000] or None,
+            )
+    return report
+
+
+def _validators(row: DayRow | None) -> Validators | None:
+    """What the last fetch of a day returned, for a conditional GET (None: fetch it all)."""
+    if row is None or not (row.etag or row.last_modified):
+        return None
+    return Validators(etag=row.etag, last_modified=row.last_modified, source=row.source)
+
+
+def _store_day(
+    engine: Engine, day: dt.date, result: DayFetch | SourceError, now: dt.datetime
+) -> DayOutcome:
+    if isinstance(result, SourceError):
+        return DayOutcome(day=day, error=str(result))
+    if result.not_modified:
+        return DayOutcome(day=day, source=result.source, not_modified=True)
+    upserted = store.upsert_listings(engine, day, result.papers, now)
+    with Session(engine) as session:
+        store.save_day(
+            session,
+            day,
+            source=result.source,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            paper_count=len(result.papers),
+            now=now,
+        )
+    return DayOutcome(
+        day=day,
+        source=result.source,
+        new=tuple(upserted.new),
+        updated=tuple(upserted.updated),
+    )
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def due_slot(
+    schedule: Schedule,
+    tz: ZoneInfo,
+    now: dt.datetime,
+    *,
+    last_slot: dt.datetime | None,
+    not_before: dt.datetime | None = None,
+    catch_up: dt.timedelta | None = None,
+) -> dt.datetime | None:
+    """The slot a digest is due for now, or None. Pure.
+
+    The latest slot at or before `now`, if it is later than `last_slot` (the last slot
+    already handled) and than `not_before` (the daemon's first sight of a subscriber), and,
+    with `catch_up`, no older than that. Older missed slots are not sent one by one: the
+    next digest's window reaches back to `last_slot` instead (see `digest_days`).
+    """
+    slot = latest_slot(schedule, tz, now)
+    if slot is None:
+        return None
+    if last_slot is not None and slot <= last_slot:
+        return None
+    if not_before is not None and slot < not_before:
+        return None
+    if catch_up is not None and now - slot > catch_up:
+        return None
+    return slot
+
+
+def digest_days(
+    subscriber: Subscriber, slot: dt.datetime, last_slot: dt.datetime | None
+) -> tuple[dt.date, dt.date]:
+    """The listing days a digest at `slot` covers: its window, stretched back to the
+    previous handled slot when slots were missed (capped at MAX_FOLD_DAYS)."""
+    tz = ZoneInfo(subscriber.timezone)
+    window = subscriber.window_days or default_window_days(subscriber.schedule)
+    first, last = digest_window(subscriber.schedule, tz, slot, window)
+    if last_slot is not None:
+        folded = last_slot.astimezone(tz).date()
+        first = max(min(first, folded), last - dt.timedelta(days=MAX_FOLD_DAYS))
+    return first, last
+
+
+@dataclass(frozen=True)
+class PlannedDigest:
+    subscriber: Subscriber
+    slot: dt.datetime
+    matches: tuple[Match, ...]
+    total_matches: int
+    digest_id: int | None  # None: not written (dry run, empty, or it existed already)
+
+
+class Planner:
+    """Matches and renders digests, caching what many subscribers share: the candidate
+    index per window, each subscriber's compiled topics."""
+
+    def __init__(self, config: Config, engine: Engine, renderer: Renderer | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self._renderer = renderer
+        self._indexes: dict[tuple[dt.date, dt.date], match.PaperIndex] = {}
+        self._compiled: dict[str, list[match.CompiledTopic]] = {}
+
+    @property
+    def renderer(self) -> Renderer:
+        """Loaded on first use: `digest match` never renders."""
+        if self._renderer is None:
+            self._renderer = Renderer(self.config.mail.templates)
+        return self._renderer
+
+    def index_for(self, first: dt.date, last: dt.date) -> match.PaperIndex:
+        key = (first, last)
+        if key not in self._indexes:
+            with Session(self.engine) as session:
+                papers = store.candidate_papers(session, first, last)
+            self._indexes[key] = match.PaperIndex.build(papers)
+        return self._indexes[key]
+
+    def matches_for(
+        self, subscriber: Subscriber, first: dt.date, last: dt.date
+    ) -> tuple[list[Match], int]:
+        """The subscriber's best matches in the window, and how many matched in all."""
+        compiled = self._compiled.get(subscriber.email)
+        if compiled is None:
+            compiled = self._compiled[subscriber.email] = match.compile_topics(subscriber.topics)
+        with Session(self.engine) as session:
+            exclude = store.delivered_ids(session, subscriber.email)
+            exclude |= _pending_paper_ids(session, subscriber.email)
+        index = self.index_for(first, last)
+        best = match.match_subscriber(
+            index,
+            compiled,
+            min_upvotes=subscriber.min_upvotes,
+            max_papers=subscriber.max_papers,
+            exclude=exclude,
+        )
+        total = match.count_matches(
+            index, compiled, min_upvotes=subscriber.min_upvotes, exclude=exclude
+        )
+        return best, total
+
+    def plan(
+        self,
+        subscriber: Subscriber,
+        slot: dt.datetime,
+        *,
+        last_slot: dt.datetime | None,
+        now: dt.datetime,
+        write: bool = True,
+    ) -> PlannedDigest:
+        """Build the digest for one (subscriber, slot); with `write`, put it in the outbox
+        and remember the slot as handled (also when it is empty and not sent)."""
+        first, last = digest_days(subscriber, slot, last_slot)
+        matches, total = self.matches_for(subscriber, first, last)
+        digest_id = None
+        if write:
+            if matches or subscriber.send_empty:
+                digest_id = self.write(subscriber, slot, matches, total, now)
+            with Session(self.engine) as session:
+                store.save_subscriber_state(session, subscriber.email, last_slot=slot)
+        return PlannedDigest(subscriber, slot, tuple(matches), total, digest_id)
+
+    def write(
+        self,
+        subscriber: Subscriber,
+        slot: dt.datetime,
+        matches: Sequence[Match],
+        total: int,
+        now: dt.datetime,
+    ) -> int | None:
+        mail = self.config.mail
+        message = render_digest(
+            self.renderer,
+            subscriber=subscriber,
+            slot=slot,
+            matches=matches,
+            mail=mail,
+            now=now,
+            total_matches=total,
+        )
+        return outbox.add_digest(
+            self.engine,
+            subscriber=subscriber.email,
+            slot=slot,
+            recipient=subscriber.email,
+            sender=envelope_sender(mail.from_addr),
+            message_id=message_id_for(subscriber.email, slot, mail.from_addr),
+            subject=str(message["Subject"]),
+            paper_ids=[m.paper.id for m in matches],
+            message=message.as_bytes(),
+            now=now,
+        )
+
+
+def _pending_paper_ids(session: Session, subscriber: str) -> set[str]:
+    """Papers already on their way to `subscriber` in a pending digest: not offered again."""
+    rows = session.exec(
+        select(DigestRow.paper_ids_json).where(
+            DigestRow.subscriber == subscriber, DigestRow.status == "pending"
+        )
+    ).all()
+    return {pid for row in rows for pid in json.loads(row)}
+
+
+def envelope_sender(from_addr: str) -> str:
+    """The bare address of a From header value ("Digest <d@x.org>" -> "d@x.org")."""
+    return parseaddr(from_addr)[1] or from_addr
+
+
+def plan_due(
+    planner: Planner,
+    subscribers: Sequence[Subscriber],
+    now: dt.datetime,
+    *,
+    daemon: bool,
+    write: bool = True,
+) -> list[PlannedDigest]:
+    """Plan every digest that is due at `now`.
+
+    `digest send` (daemon=False) takes each subscriber's latest slot at or before now that
+    has not been handled, new subscribers included. The daemon starts a subscriber it has
+    never seen with their next slot, and sends a missed slot only within `catch_up`.
+    """
+    planned = []
+    for subscriber in subscribers:
+        with Session(planner.engine) as session:
+            state = store.get_subscriber_state(session, subscriber.email)
+        if state is None and write:
+            # a session of its own: upgrading the read above to a write fails at once on
+            # SQLite (SQLITE_BUSY_SNAPSHOT) when a poll commits in between (the daemon)
+            with Session(planner.engine) as session:
+                store.save_subscriber_state(session, subscriber.email, first_seen_at=now)
+        last_slot = as_utc(state.last_slot) if state and state.last_slot else None
+        not_before = None
+        if daemon:
+            not_before = as_utc(state.first_seen_at) if state else now
+        slot = due_slot(
+            subscriber.schedule,
+            ZoneInfo(subscriber.timezone),
+            now,
+            last_slot=last_slot,
+            not_before=not_before,
+            catch_up=planner.config.daemon.catch_up if daemon else None,
+        )
+        if slot is not None:
+            planned.append(
+                planner.plan(subscriber, slot, last_slot=last_slot, now=now, write=write)
+            )
+    return planned

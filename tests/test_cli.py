@@ -1,0 +1,229 @@
+"""The command line end to end, in-process: real config file, real fixture server over
+HTTP, real SQLite file, real Maildir. Exit codes and stderr lines are the contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import mailbox
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from digest import store
+from digest.cli import main
+from tests.hfserver import HFServer, closed_port, shared_dir
+
+CAPTURE = shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json"
+
+
+def write_config(tmp_path: Path, base_url: str, subscribers: str | None = None) -> Path:
+    if subscribers is None:
+        subscribers = """
+[[subscribers]]
+email = "ada@example.org"
+name = "Ada"
+schedule = "daily 00:00"
+topics = [
+  { name = "Agents", query = 'agent*' },
+  { name = "Video", query = 'video OR "image generation"' },
+]
+"""
+    path = tmp_path / "digest.toml"
+    path.write_text(
+        f"""
+[source]
+base_url = "{base_url}"
+mode = "api"
+retries = 1
+timeout = 5.0
+lookback_days = 1
+
+[storage]
+url = "sqlite:///digest.db"
+
+[mail]
+from = "Papers Digest <digest@example.org>"
+maildir = "mail"
+{subscribers}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def papers_stored(config: Path) -> int:
+    engine = store.open_engine(f"sqlite:///{config.parent / 'digest.db'}")
+    with Session(engine) as session:
+        count = store.store_stats(session).papers
+    engine.dispose()
+    return count
+
+
+def test_init_writes_an_example_that_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "digest.toml"
+    assert main(["init", "-c", str(config)]) == 0
+    assert main(["check", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "ada@example.org" in out
+
+    assert main(["init", "-c", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"digest: {config} already exists; use --force to overwrite it"]
+
+
+def test_bad_config_exits_2_naming_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        "http://127.0.0.1:1",
+        subscribers="""
+[[subscribers]]
+email = "ada@example.org"
+timezon = "Europe/Berlin"
+topics = [{ name = "x", query = 'diffusion AND (' }]
+""",
+    )
+    lines = config.read_text().splitlines()
+    typo = 1 + next(n for n, line in enumerate(lines) if line.startswith("timezon"))
+    for command in (["check"], ["fetch"], ["send"], ["run"]):
+        assert main([*command, "-c", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert f"{config}:{typo}: subscribers[1] (ada@example.org).timezon: unknown key" in err
+        assert f"{config}:{typo + 1}: subscribers[1] (ada@example.org).topics[1].query" in err
+    assert not (tmp_path / "digest.db").exists()
+
+
+def test_fetch_prints_new_papers_once(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, hf_server.base_url)
+    assert main(["fetch", "-c", str(config), "--date", "2024-08-01", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = json.loads(
+        (shared_dir() / "fixtures/hf/api-daily_papers-2024-08-01.json").read_text()
+    )
+    assert sorted(r["id"] for r in lines) == sorted(r["paper"]["id"] for r in expected)
+    assert {(r["listed_on"], r["status"]) for r in lines} == {("2024-08-01", "new")}
+    assert all(r["title"] for r in lines)
+
+    assert main(["fetch", "-c", str(config), "--date", "2024-08-01", "--json"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_unreachable_source_is_one_line_exit_1_and_loses_nothing(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, hf_server.base_url)
+    assert main(["fetch", "-c", str(config), "--date", "2024-08-01"]) == 0
+    stored = papers_stored(config)
+    assert stored == 11
+    capsys.readouterr()
+
+    write_config(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    assert main(["fetch", "-c", str(config), "--date", "2024-08-01"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("digest:")]
+    assert len(err) == 1 and "2024-08-01" in err[0] and "127.0.0.1" in err[0], err
+    assert papers_stored(config) == stored
+
+
+def test_backfill_stores_every_distinct_corpus_paper(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = sorted((shared_dir() / "corpus" / "hf-api").glob("*.json"))
+    ids = {r["paper"]["id"] for p in corpus for r in json.loads(p.read_bytes())}
+    config = write_config(tmp_path, hf_server.base_url)
+    first, last = corpus[0].stem, corpus[-1].stem
+    assert main(["fetch", "-c", str(config), "--since", first, "--until", last, "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len({r["id"] for r in printed if r["status"] == "new"}) == len(ids)
+    assert papers_stored(config) == len(ids) == 6106
+
+
+def serve_today(hf: HFServer) -> list[dict[str, object]]:
+    """Serve a real capture as today's and yesterday's list, so digests have news."""
+    body = CAPTURE.read_bytes()
+    for day in (today(), today() - dt.timedelta(days=1)):
+        hf.set_api_body(day, body)
+    records: list[dict[str, object]] = json.loads(body)
+    return records
+
+
+def test_match_json_shows_the_next_digest_and_changes_nothing(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    assert main(["fetch", "-c", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["match", "-c", str(config), "--json"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["subscriber"] == "ada@example.org"
+    papers = record["papers"]
+    assert papers, "the capture has agent and video papers"
+    for paper in papers:
+        assert set(paper) >= {"id", "title", "topics", "score"}
+        assert paper["topics"] and set(paper["topics"]) <= {"Agents", "Video"}
+        assert paper["score"] == len(paper["topics"])
+    scores = [p["score"] for p in papers]
+    assert scores == sorted(scores, reverse=True)
+    assert main(["match", "-c", str(config), "--json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [record]
+
+
+def test_send_delivers_once_to_the_maildir(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    assert main(["send", "-c", str(config), "--dry-run"]) == 0
+    assert "would send" in capsys.readouterr().out
+    assert not list(mailbox.Maildir(tmp_path / "mail", create=True))
+
+    assert main(["send", "-c", str(config)]) == 0
+    assert main(["send", "-c", str(config)]) == 0
+    assert main(["send", "-c", str(config), "--no-fetch"]) == 0
+    messages = list(mailbox.Maildir(tmp_path / "mail"))
+    assert len(messages) == 1
+    message = message_from_bytes(messages[0].as_bytes(), policy=policy.default)
+    assert message["To"] == "Ada <ada@example.org>"
+    assert "new paper" in message["Subject"]
+    html = message.get_body(("html",))
+    assert html is not None and "huggingface.co/papers/" in html.get_content()
+
+    capsys.readouterr()
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["digests"]["sent"] == 1
+    assert "ada@example.org" in status["subscribers"]
+
+
+def test_preview_writes_html_and_eml_without_sending(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    assert main(["fetch", "-c", str(config)]) == 0
+    for name in ("next.html", "next.eml"):
+        out = tmp_path / name
+        assert (
+            main(
+                ["preview", "-c", str(config), "--subscriber", "Ada@Example.org", "--out", str(out)]
+            )
+            == 0
+        )
+        assert out.stat().st_size > 1000
+    eml = message_from_bytes((tmp_path / "next.eml").read_bytes(), policy=policy.default)
+    assert eml.get_content_type() == "multipart/alternative"
+    assert "<table" in (tmp_path / "next.html").read_text()
+    assert not (tmp_path / "mail").exists() or not list(mailbox.Maildir(tmp_path / "mail"))
+    assert main(["preview", "-c", str(config), "--subscriber", "nobody@example.org"]) == 2

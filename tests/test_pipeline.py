@@ -1,0 +1,154 @@
+"""What is due, and which days a digest covers: the pure decisions of pipeline.py, and
+plan_due over a real SQLite file (new subscribers, restarts, catch-up)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from digest import outbox, pipeline, store
+from digest.config import Config, DaemonConfig, Subscriber, Topic
+from digest.schedule import parse_schedule
+from digest.sources.hf_api import parse_api
+from tests.hfserver import shared_dir
+
+BERLIN = ZoneInfo("Europe/Berlin")
+DAILY_8 = parse_schedule("daily 08:00")
+
+
+def at(text: str, tz: ZoneInfo = BERLIN) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("now", "last_slot", "not_before", "catch_up", "expected"),
+    [
+        # the day's slot has passed and was not handled: due
+        ("2026-03-10 09:00", None, None, None, "2026-03-10 08:00"),
+        ("2026-03-10 08:00", None, None, None, "2026-03-10 08:00"),  # at the slot itself
+        ("2026-03-10 07:59", None, None, None, "2026-03-09 08:00"),
+        # handled already: nothing, however often asked
+        ("2026-03-10 09:00", "2026-03-10 08:00", None, None, None),
+        # the daemon first saw the subscriber after that slot: wait for the next one
+        ("2026-03-10 09:00", None, "2026-03-10 08:30", None, None),
+        ("2026-03-11 08:00", None, "2026-03-10 08:30", None, "2026-03-11 08:00"),
+        # after downtime: the latest missed slot once, if within catch_up
+        ("2026-03-13 09:00", "2026-03-10 08:00", None, dt.timedelta(hours=24), "2026-03-13 08:00"),
+        ("2026-03-13 07:00", "2026-03-10 08:00", None, dt.timedelta(hours=12), None),
+    ],
+)
+def test_due_slot(
+    now: str, last_slot: str | None, not_before: str | None,
+    catch_up: dt.timedelta | None, expected: str | None,
+) -> None:
+    got = pipeline.due_slot(
+        DAILY_8, BERLIN, at(now),
+        last_slot=at(last_slot) if last_slot else None,
+        not_before=at(not_before) if not_before else None,
+        catch_up=catch_up,
+    )
+    assert got == (at(expected) if expected else None)
+
+
+def subscriber(email: str = "ada@example.org", **kw: object) -> Subscriber:
+    fields: dict[str, object] = {
+        "email": email, "schedule": DAILY_8, "timezone": "Europe/Berlin",
+        "topics": (Topic("Agents", "agent*"),),
+    }
+    fields.update(kw)
+    return Subscriber(**fields)  # type: ignore[arg-type]  # test data, checked by the call
+
+
+def test_digest_days_is_the_window_stretched_back_to_missed_slots() -> None:
+    slot = at("2026-03-13 08:00")
+    d = dt.date
+    assert pipeline.digest_days(subscriber(), slot, None) == (d(2026, 3, 12), d(2026, 3, 13))
+    assert pipeline.digest_days(subscriber(window_days=5), slot, None) == (
+        d(2026, 3, 9), d(2026, 3, 13))
+    # the last handled slot was three days earlier: its days are folded in
+    assert pipeline.digest_days(subscriber(), slot, at("2026-03-10 08:00")) == (
+        d(2026, 3, 10), d(2026, 3, 13))
+    # but never more than a month back
+    first, _ = pipeline.digest_days(subscriber(), slot, at("2025-01-01 08:00"))
+    assert first == d(2026, 3, 13) - dt.timedelta(days=pipeline.MAX_FOLD_DAYS)
+
+
+def test_days_to_poll_is_today_and_the_lookback_oldest_first() -> None:
+    now = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC)
+    assert pipeline.days_to_poll(now, 2) == [
+        dt.date(2026, 2, 27), dt.date(2026, 2, 28), dt.date(2026, 3, 1)]
+
+
+# --------------------------------------------------------------------------- plan_due
+
+
+@pytest.fixture
+def planner(tmp_path: Path) -> pipeline.Planner:
+    """A store holding the real 2025-10-01 list as listed on 2026-03-12 and 13."""
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
+    store.migrate(engine)
+    body = (shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json").read_bytes()
+    for day in (dt.date(2026, 3, 12), dt.date(2026, 3, 13)):
+        store.upsert_listings(engine, day, parse_api(body, day), at("2026-03-13 00:00"))
+    config = Config(path=tmp_path / "digest.toml", subscribers=(subscriber(),),
+                    daemon=DaemonConfig(catch_up=dt.timedelta(hours=24)))
+    return pipeline.Planner(config, engine)
+
+
+def sent_ids(planner: pipeline.Planner, digest_id: int, now: dt.datetime) -> list[str]:
+    """Mark a digest sent (as the outbox does) and return its paper ids."""
+    (item,) = [i for i in outbox.claim_due(planner.engine, now, 100) if i.id == digest_id]
+    outbox.mark_sent(planner.engine, item.id, "250 ok", now)
+    with store_session(planner) as session:
+        row = session.get(outbox.DigestRow, digest_id)
+        assert row is not None
+        return list(json.loads(row.paper_ids_json))
+
+
+def store_session(planner: pipeline.Planner):  # type: ignore[no-untyped-def]
+    from sqlmodel import Session
+
+    return Session(planner.engine)
+
+
+def test_send_mode_plans_the_latest_slot_once(planner: pipeline.Planner) -> None:
+    subs = planner.config.subscribers
+    now = at("2026-03-13 09:00")
+    (first,) = pipeline.plan_due(planner, subs, now, daemon=False)
+    assert first.slot == at("2026-03-13 08:00") and first.digest_id is not None
+    assert first.matches and all("Agents" in m.topics for m in first.matches)
+    assert pipeline.plan_due(planner, subs, now, daemon=False) == []
+    assert pipeline.plan_due(planner, subs, now + dt.timedelta(hours=3), daemon=False) == []
+
+
+def test_dry_run_writes_nothing(planner: pipeline.Planner) -> None:
+    subs = planner.config.subscribers
+    now = at("2026-03-13 09:00")
+    (dry,) = pipeline.plan_due(planner, subs, now, daemon=False, write=False)
+    assert dry.digest_id is None and dry.matches
+    (real,) = pipeline.plan_due(planner, subs, now, daemon=False)
+    assert real.digest_id is not None and real.matches == dry.matches
+
+
+def test_daemon_starts_a_new_subscriber_at_their_next_slot(planner: pipeline.Planner) -> None:
+    subs = planner.config.subscribers
+    assert pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=True) == []
+    (next_day,) = pipeline.plan_due(planner, subs, at("2026-03-14 08:00:01"), daemon=True)
+    assert next_day.slot == at("2026-03-14 08:00")
+
+
+def test_a_paper_is_never_offered_twice(planner: pipeline.Planner) -> None:
+    subs = planner.config.subscribers
+    (first,) = pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=False)
+    assert first.digest_id is not None
+    # still pending: the next slot's digest does not repeat its papers
+    (second,) = pipeline.plan_due(planner, subs, at("2026-03-14 09:00"), daemon=False)
+    assert not {m.paper.id for m in first.matches} & {m.paper.id for m in second.matches}
+    delivered = sent_ids(planner, first.digest_id, at("2026-03-14 09:00"))
+    assert delivered == [m.paper.id for m in first.matches]
+    (third,) = pipeline.plan_due(planner, subs, at("2026-03-15 09:00"), daemon=False)
+    assert not set(delivered) & {m.paper.id for m in third.matches}
