@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +22,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from digest import match, outbox, store
 from digest.config import Config, Subscriber
 from digest.errors import SourceError
-from digest.models import DayRow, DigestRow, Match, Paper, as_utc
-from digest.render import Renderer, message_id_for, render_digest
+from digest.models import DayRow, Match, Paper, as_utc
+from digest.render import Renderer, message_id_for, render_digest_bytes
 from digest.schedule import Schedule, default_window_days, digest_window, latest_slot
 from digest.sources.fetch import DayFetch, Validators, fetch_day
 
@@ -237,13 +236,17 @@ class PlannedDigest:
 
 class Planner:
     """Matches and renders digests, caching what many subscribers share: the candidate
-    index per window, each subscriber's compiled topics."""
+    index per window, each subscriber's compiled topics.
+
+    One Planner serves one planning run: its window cache is a snapshot of the store (a
+    digest it writes updates the snapshot; a poll after it is not seen)."""
 
     def __init__(self, config: Config, engine: Engine, renderer: Renderer | None = None) -> None:
         self.config = config
         self.engine = engine
         self._renderer = renderer
-        self._indexes: dict[tuple[dt.date, dt.date], match.PaperIndex] = {}
+        self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, dict[str, set[str]]]]
+        self._windows = {}
         self._compiled: dict[str, list[match.CompiledTopic]] = {}
 
     @property
@@ -254,12 +257,20 @@ class Planner:
         return self._renderer
 
     def index_for(self, first: dt.date, last: dt.date) -> match.PaperIndex:
+        return self._window(first, last)[0]
+
+    def _window(
+        self, first: dt.date, last: dt.date
+    ) -> tuple[match.PaperIndex, dict[str, set[str]]]:
+        """The candidate papers of a window, indexed once, and which of them each subscriber
+        already has (delivered or pending): two reads for every subscriber sharing it."""
         key = (first, last)
-        if key not in self._indexes:
+        if key not in self._windows:
             with Session(self.engine) as session:
                 papers = store.candidate_papers(session, first, last)
-            self._indexes[key] = match.PaperIndex.build(papers)
-        return self._indexes[key]
+                taken = store.papers_taken(session, [p.id for p in papers])
+            self._windows[key] = (match.PaperIndex.build(papers), taken)
+        return self._windows[key]
 
     def matches_for(
         self, subscriber: Subscriber, first: dt.date, last: dt.date
@@ -268,9 +279,8 @@ class Planner:
         compiled = self._compiled.get(subscriber.email)
         if compiled is None:
             compiled = self._compiled[subscriber.email] = match.compile_topics(subscriber.topics)
-        with Session(self.engine) as session:
-            exclude = store.delivered_ids(session, subscriber.email)
-            exclude |= _pending_paper_ids(session, subscriber.email)
+        index, taken = self._window(first, last)
+        exclude = taken.get(subscriber.email, set())
         index = self.index_for(first, last)
         best = match.match_subscriber(
             index,
@@ -301,6 +311,8 @@ class Planner:
         if write:
             if matches or subscriber.send_empty:
                 digest_id = self.write(subscriber, slot, matches, total, now)
+                taken = self._window(first, last)[1]
+                taken.setdefault(subscriber.email, set()).update(m.paper.id for m in matches)
             with Session(self.engine) as session:
                 store.save_subscriber_state(session, subscriber.email, last_slot=slot)
         return PlannedDigest(subscriber, slot, tuple(matches), total, digest_id)
@@ -314,7 +326,7 @@ class Planner:
         now: dt.datetime,
     ) -> int | None:
         mail = self.config.mail
-        message = render_digest(
+        subject, message = render_digest_bytes(
             self.renderer,
             subscriber=subscriber,
             slot=slot,
@@ -330,21 +342,11 @@ class Planner:
             recipient=subscriber.email,
             sender=envelope_sender(mail.from_addr),
             message_id=message_id_for(subscriber.email, slot, mail.from_addr),
-            subject=str(message["Subject"]),
+            subject=subject,
             paper_ids=[m.paper.id for m in matches],
-            message=message.as_bytes(),
+            message=message,
             now=now,
         )
-
-
-def _pending_paper_ids(session: Session, subscriber: str) -> set[str]:
-    """Papers already on their way to `subscriber` in a pending digest: not offered again."""
-    rows = session.exec(
-        select(DigestRow.paper_ids_json).where(
-            DigestRow.subscriber == subscriber, DigestRow.status == "pending"
-        )
-    ).all()
-    return {pid for row in rows for pid in json.loads(row)}
 
 
 def envelope_sender(from_addr: str) -> str:

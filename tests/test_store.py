@@ -303,3 +303,41 @@ def test_delivered_ids_and_stats(engine: Engine) -> None:
         "papers: 3 stored, 4 listings, 2 days fetched, 2025-10-01 to 2025-10-06",
         "digests: 2 pending, 1 sent, 1 failed",
     ]
+
+
+def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
+    tmp_path: Path,
+) -> None:
+    from digest import outbox
+
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'taken.db'}")
+    store.migrate(engine)
+    now = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
+
+    def digest(subscriber: str, slot_hour: int, ids: list[str]) -> int:
+        digest_id = outbox.add_digest(
+            engine,
+            subscriber=subscriber,
+            slot=now.replace(hour=slot_hour),
+            recipient=subscriber,
+            sender="d@example.org",
+            message_id=f"<{subscriber}{slot_hour}>",
+            subject="s",
+            paper_ids=ids,
+            message=b"Subject: s\r\n\r\nx\r\n",
+            now=now,
+        )
+        assert digest_id is not None
+        return digest_id
+
+    sent = digest("ada@example.org", 8, ["p1", "p2"])
+    (item,) = outbox.claim_due(engine, now, 10)
+    outbox.mark_sent(engine, item.id, "250 ok", now)
+    assert item.id == sent
+    digest("ada@example.org", 9, ["p3", "outside"])  # pending
+    failed = digest("bob@example.org", 8, ["p1"])
+    outbox.mark_failed(engine, failed, "550 no", now)  # failed: may be offered again
+
+    with Session(engine) as session:
+        taken = store.papers_taken(session, ["p1", "p2", "p3", "p4"])
+    assert taken == {"ada@example.org": {"p1", "p2", "p3"}}

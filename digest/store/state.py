@@ -15,6 +15,8 @@ Datetimes go in as any aware value and come back as aware UTC.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +122,29 @@ def delivered_ids(session: Session, subscriber: str) -> set[str]:
     with wrap_db_errors(f"reading the papers delivered to {subscriber}", session_url(session)):
         query = select(DeliveryRow.paper_id).where(DeliveryRow.subscriber == subscriber)
         return set(session.exec(query).all())
+
+
+def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[str]]:
+    """Of `paper_ids`, the ones each subscriber already has or is about to get: delivered
+    (a sent digest held them) or in a pending digest. One read for a whole planning run."""
+    wanted = set(paper_ids)
+    taken: dict[str, set[str]] = {}
+    with wrap_db_errors("reading the papers already delivered", session_url(session)):
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 500):
+            query = select(DeliveryRow.subscriber, DeliveryRow.paper_id).where(
+                col(DeliveryRow.paper_id).in_(ids[start : start + 500])
+            )
+            for subscriber, paper_id in session.exec(query):
+                taken.setdefault(subscriber, set()).add(paper_id)
+        pending = select(DigestRow.subscriber, DigestRow.paper_ids_json).where(
+            DigestRow.status == "pending"
+        )
+        for subscriber, paper_ids_json in session.exec(pending):
+            taken.setdefault(subscriber, set()).update(
+                wanted.intersection(json.loads(paper_ids_json))
+            )
+    return taken
 
 
 def get_subscriber_state(session: Session, email: str) -> SubscriberRow | None:
