@@ -11,7 +11,10 @@ Does not own: the bodies (`render.py` renders them) or sending (`delivery.py`).
 Speed: building and serialising a message is most of a digest's cost with the
 stdlib defaults, so this module parses each header name's class once
 (`_CachedHeaderRegistry`), parses and folds the headers that repeat across
-messages once (`_same_header`), and encodes parts in C (`_text_part`).
+messages once (`_same_header`), and encodes parts in C (`_encode_part`).
+`build_digest_bytes` goes further: it folds the same header objects with the same
+policy but writes the MIME layout itself, skipping the EmailMessage tree and
+`email.generator` (the bytes are identical to `build_digest_message(...).as_bytes()`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from digest.errors import ConfigError
 
 # C0/C1 controls, zero-width and bidi-override characters, line/paragraph separators.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NL_RE = re.compile(r"\r\n|\r|\n")  # what email.generator takes for a line end
 _DOMAIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
@@ -151,23 +155,88 @@ def build_digest_message(
     now: dt.datetime,
 ) -> EmailMessage:
     """The headers around rendered bodies: text part first, HTML last."""
+    head = _digest_headers(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+    msg = EmailMessage(policy=_POLICY)
+    for name, value in head.values:
+        msg.set_raw(name, value)
+    msg.attach(_text_part(bodies.text, "plain", head.boundary))
+    msg.attach(_text_part(bodies.html, "html", head.boundary))
+    return msg
+
+
+def build_digest_bytes(
+    bodies: DigestBodies,
+    *,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    mail: MailConfig,
+    now: dt.datetime,
+) -> tuple[str, bytes]:
+    """The Subject and the bytes of `build_digest_message(...).as_bytes()`, without
+    the EmailMessage tree and the generator: the same header objects folded by the
+    same policy, the parts laid out as `email.generator.BytesGenerator` lays them out
+    (the tests compare the two byte for byte)."""
+    head = _digest_headers(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+    out = [_POLICY.fold_binary(name, value) for name, value in head.values]
+    dash = f"--{head.boundary}".encode("ascii")
+    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.text, "plain", head.boundary)]
+    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.html, "html", head.boundary)]
+    out += [b"\r\n", dash, b"--\r\n"]
+    return str(head.subject), b"".join(out)
+
+
+@dataclass(frozen=True)
+class _Headers:
+    """A digest's top-level headers, in order, as parsed header objects."""
+
+    values: list[tuple[str, Any]]
+    subject: Any
+    boundary: str
+
+
+def _digest_headers(
+    bodies: DigestBodies,
+    *,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    mail: MailConfig,
+    now: dt.datetime,
+) -> _Headers:
+    """Every top-level header, each parsed by the policy as `msg[name] = value` would:
+    header objects never hold a CR or LF."""
+    if now.tzinfo is None:
+        raise ValueError(f"now {now.isoformat()} must be timezone-aware")
     sender = parse_address(mail.from_addr, what="mail.from")
     recipient = parse_address(subscriber.email, what=f"subscriber {subscriber.email!r}")
     message_id = message_id_for(subscriber.email, slot, mail.from_addr)
-    msg = _new_message(sender, now)
-    msg["To"] = Address(display_name=clean_header(subscriber.name or ""),
-                        username=recipient.username, domain=recipient.domain)  # fmt: skip
-    msg["Subject"] = clean_header(bodies.subject, limit=250)
-    msg["Message-ID"] = message_id
-    msg.set_raw("List-ID", _same_header("List-ID", f"<papers-digest.{_domain_of(sender)}>"))
-    msg.set_raw("List-Unsubscribe", _same_header("List-Unsubscribe", f"<{unsubscribe_url(mail)}>"))
-    msg.set_raw("Auto-Submitted", _same_header("Auto-Submitted", "auto-generated"))
-    msg.set_raw("MIME-Version", _same_header("MIME-Version", "1.0"))
+    to = Address(display_name=clean_header(subscriber.name or ""),
+                 username=recipient.username, domain=recipient.domain)  # fmt: skip
+    subject = _parse_header("Subject", clean_header(bodies.subject, limit=250))
     boundary = "=_alt_" + message_id[len("<digest-") : message_id.index("@")]
-    msg["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
-    msg.attach(_text_part(bodies.text, "plain"))
-    msg.attach(_text_part(bodies.html, "html"))
-    return msg
+    values = [
+        ("From", _same_header("From", str(sender))),
+        ("Date", _date_header(format_datetime(now))),
+        ("To", _parse_header("To", to)),
+        ("Subject", subject),
+        ("Message-ID", _parse_header("Message-ID", message_id)),
+        ("List-ID", _same_header("List-ID", f"<papers-digest.{_domain_of(sender)}>")),
+        ("List-Unsubscribe", _same_header("List-Unsubscribe", f"<{unsubscribe_url(mail)}>")),
+        ("Auto-Submitted", _same_header("Auto-Submitted", "auto-generated")),
+        ("MIME-Version", _same_header("MIME-Version", "1.0")),
+        ("Content-Type",
+         _parse_header("Content-Type", f'multipart/alternative; boundary="{boundary}"')),
+    ]  # fmt: skip
+    return _Headers(values=values, subject=subject, boundary=boundary)
+
+
+def _parse_header(name: str, value: Any) -> Any:
+    return _POLICY.header_store_parse(name, value)[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _date_header(value: str) -> Any:
+    """The Date header: a batch of digests is usually built with one `now`."""
+    return _parse_header("Date", value)
 
 
 def _same_header(name: str, value: str) -> Any:
@@ -184,22 +253,52 @@ def _same_header(name: str, value: str) -> Any:
     return header
 
 
-def _text_part(text: str, subtype: str) -> EmailMessage:
-    """A text/* part encoded in C: 7bit when it can travel as is, else quoted-printable.
+def _encode_part(text: str, boundary: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, payload) of a text/* part, encoded in C: 7bit when it
+    can travel as is, else quoted-printable (whose `=3D` also keeps `boundary` out).
 
     (EmailMessage.set_content would pick quoted-printable for any line over 78 chars
     and encode it in pure Python: most of the cost of a digest.)
     """
+    if text.isascii() and boundary not in text and _longest_line(text) <= 998:
+        return "7bit", text
+    data = text.encode("utf-8", "replace")  # a lone surrogate (from JSON) becomes "?"
+    return "quoted-printable", binascii.b2a_qp(data, istext=True).decode("ascii")
+
+
+def _text_part(text: str, subtype: str, boundary: str) -> EmailMessage:
+    """A text/* part as an EmailMessage (see `_encode_part`)."""
+    cte, payload = _encode_part(text, boundary)
     part = EmailMessage(policy=_POLICY)
     part.set_raw("Content-Type", _same_header("Content-Type", f'text/{subtype}; charset="utf-8"'))
-    if text.isascii() and max(map(len, text.splitlines()), default=0) <= 998:
-        cte, payload = "7bit", text
-    else:
-        cte = "quoted-printable"
-        payload = binascii.b2a_qp(text.encode(), istext=True).decode("ascii")
     part.set_raw("Content-Transfer-Encoding", _same_header("Content-Transfer-Encoding", cte))
     part.set_payload(payload)
     return part
+
+
+def _part_bytes(text: str, subtype: str, boundary: str) -> list[bytes]:
+    """What `_text_part(...)` becomes in a message's bytes: its folded headers, a blank
+    line, and the payload with every line end as CRLF (as `BytesGenerator` writes it)."""
+    cte, payload = _encode_part(text, boundary)
+    content_type = _same_header("Content-Type", f'text/{subtype}; charset="utf-8"')
+    encoding = _same_header("Content-Transfer-Encoding", cte)
+    return [
+        _POLICY.fold_binary("Content-Type", content_type),
+        _POLICY.fold_binary("Content-Transfer-Encoding", encoding),
+        b"\r\n",
+        _crlf(payload).encode("ascii"),
+    ]
+
+
+def _longest_line(text: str) -> int:
+    """The longest line of `text`, splitting as `email.generator` does."""
+    lines = text.split("\n") if "\r" not in text else _NL_RE.split(text)
+    return max(map(len, lines))
+
+
+def _crlf(text: str) -> str:
+    """`text` with every line end (CRLF, CR or LF) as CRLF."""
+    return text.replace("\n", "\r\n") if "\r" not in text else _NL_RE.sub("\r\n", text)
 
 
 def render_plain_message(

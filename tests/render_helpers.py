@@ -14,7 +14,7 @@ from pathlib import Path
 
 from digest.config import MailConfig, Subscriber, Topic
 from digest.models import Match, Paper, TopicHit
-from digest.render import Renderer, render_digest
+from digest.render import Renderer, render_digest, render_digest_bytes
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api
 
@@ -44,11 +44,17 @@ def corpus_papers() -> tuple[Paper, ...]:
 
 
 def render(renderer: Renderer, matches: list[Match], **kw: object) -> EmailMessage:
-    """Render, serialise and parse back: what a mail client would see."""
+    """Render, serialise and parse back: what a mail client would see.
+
+    Renders both ways, `render_digest_bytes` (the outbox's bytes) and `render_digest`
+    (an EmailMessage), and checks that they agree byte for byte."""
     args: dict[str, object] = {"subscriber": make_subscriber(), "slot": SLOT, "mail": MAIL}
     args.update(kw)
     msg = render_digest(renderer, matches=matches, now=NOW, **args)  # type: ignore[arg-type]
-    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    subject, data = render_digest_bytes(renderer, matches=matches, now=NOW, **args)  # type: ignore[arg-type]
+    assert data == msg.as_bytes()
+    assert subject == str(msg["Subject"])
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
