@@ -7,8 +7,11 @@ reused connections (smtp-source -d) to one smtp-sink on 127.0.0.1. Rows:
   (RFC 2920) when the server offers PIPELINING, as smtp-sink does by default;
 - smtp-source, no PIPELINING: the same into a second smtp-sink started with -p, the
   fair comparison for aiosmtplib, which waits for each reply (4 round trips a message);
+- aiosmtplib sendmail: the same reused connections driven by aiosmtplib's own
+  `sendmail` (what SmtpTransport did before smtp_wire.py: no pipelining, 4 round trips);
 - SmtpTransport: digest.smtp's pool, `send()` called for every message at once;
-- drain_outbox: the same pool fed from a SQLite outbox (claim, send, mark sent per message).
+- drain_outbox: the same pool fed from a SQLite outbox (each worker claims one digest
+  just before sending it; outcomes and next claims group-committed).
 
 Usage: .venv/bin/python benchmarks/send.py [--messages N] [--size BYTES] [--sessions S]
 Needs /usr/sbin/smtp-sink and smtp-source (Debian: apt-get install postfix).
@@ -27,6 +30,8 @@ import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
+
+import aiosmtplib
 
 # Run as a script from a checkout: the repo root is not on sys.path, the package need not
 # be installed.
@@ -109,6 +114,24 @@ async def run_pool(port: int, messages: list[bytes], sessions: int) -> float:
         return time.perf_counter() - started
 
 
+async def run_sendmail(port: int, messages: list[bytes], sessions: int) -> float:
+    """aiosmtplib's sendmail over `sessions` reused connections, the messages shared out."""
+    clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(sessions)]
+    for client in clients:
+        await client.connect()
+
+    async def one_connection(client: aiosmtplib.SMTP, share: list[bytes]) -> None:
+        for message in share:
+            await client.sendmail(SENDER, [RECIPIENT], message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_connection(c, messages[n::sessions]) for n, c in enumerate(clients)))
+    took = time.perf_counter() - started
+    for client in clients:
+        await client.quit()
+    return took
+
+
 async def run_drain(port: int, messages: list[bytes], sessions: int, folder: Path) -> float:
     engine = store.open_engine(f"sqlite:///{folder / 'bench.db'}")
     store.migrate(engine)
@@ -159,6 +182,9 @@ def main() -> None:
                 BASELINE: run_smtp_source(source, port, args.messages, size, args.sessions),
                 NO_PIPELINING: run_smtp_source(
                     source, plain_port, args.messages, size, args.sessions
+                ),
+                "aiosmtplib sendmail (before)": asyncio.run(
+                    run_sendmail(port, messages, args.sessions)
                 ),
                 "SmtpTransport pool": asyncio.run(run_pool(port, messages, args.sessions)),
             }

@@ -6,6 +6,12 @@ schedule across runs, stopping cleanly, and choosing a transport from the config
 Does not own: SMTP itself (smtp.py), the outbox table's transactions (outbox.py),
 rendering (render.py). The caller owns the transport's lifetime (``async with``).
 
+Claiming: each of `concurrency` workers claims one due digest just before sending it and
+the next one as soon as it is done, with a lease the transport derives from its own
+timeouts (seconds, not minutes). So a drain killed with SIGKILL leaves at most
+`concurrency` digests leased, and a rerun a few seconds later sends them again (the
+"messages in flight"); everything else is due at once.
+
 Retry policy across runs (a transient failure: 4xx, dropped connections, server down):
 the digest stays pending and is due again after 1 min, 5 min, 30 min, 2 h, then every
 6 h; the 12th failed attempt (about 45 hours after the first) marks it failed.
@@ -57,6 +63,12 @@ class Transport(Protocol):
     @property
     def pool_size(self) -> int: ...
 
+    @property
+    def claim_lease(self) -> dt.timedelta:
+        """How long a claimed digest stays invisible to other drains: longer than one
+        `send` can take, short enough that a crash delays the in-flight ones by seconds."""
+        ...
+
     async def __aenter__(self) -> Transport: ...
 
     async def __aexit__(
@@ -73,6 +85,7 @@ class MaildirTransport:
     """Every message into one Maildir folder, bytes exactly as given (``mutt -f DIR``)."""
 
     pool_size = 1
+    claim_lease = dt.timedelta(seconds=5)  # a local file write
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -139,26 +152,26 @@ async def drain_outbox(
     transport: Transport,
     *,
     now: Callable[[], dt.datetime],
-    batch: int = 100,
     concurrency: int | None = None,
     stop: asyncio.Event | None = None,
-    lease: dt.timedelta = outbox.DEFAULT_LEASE,
+    lease: dt.timedelta | None = None,
 ) -> DrainReport:
-    """Send every due digest: claim `batch` rows at a time, send up to `concurrency` at
-    once (default: the transport's pool size), record each outcome in its own transaction
-    as soon as it is known. Returns when nothing is due, when `stop` is set (after the
-    messages in flight), or when the server takes no mail (digests stay pending)."""
+    """Send every due digest with `concurrency` workers (default: the transport's pool
+    size); each claims one digest just before sending it (leased for `lease`, default
+    the transport's `claim_lease`) and records its outcome in its own transaction as soon
+    as it is known. Returns when nothing is due, when `stop` is set (after the messages in
+    flight), or when the server takes no mail (digests stay pending)."""
     with ThreadPoolExecutor(1, thread_name_prefix="outbox") as executor:
         db_thread = None if _in_memory(engine) else executor
         drain = _Drain(
             engine,
             transport,
             now,
-            asyncio.Semaphore(concurrency or transport.pool_size),
             stop if stop is not None else asyncio.Event(),
             db_thread,
+            lease if lease is not None else transport.claim_lease,
         )
-        return await drain.run(batch, lease)
+        return await drain.run(max(1, concurrency or transport.pool_size))
 
 
 def _in_memory(engine: Engine) -> bool:
@@ -167,25 +180,36 @@ def _in_memory(engine: Engine) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+Sent = tuple[int, str]  # (digest id, the server's reply): accepted, not yet recorded
+
+
 class _Drain:
     """One drain_outbox call. The outbox's transactions run one at a time on one worker
-    thread, so SQLite's writes overlap the SMTP conversations instead of pausing them."""
+    thread, so SQLite's writes overlap the SMTP conversations instead of pausing them.
+
+    Group commit: a worker that has sent a digest hands (id, reply) to `settle`, which
+    marks it sent and claims the worker's next digest in one transaction, together with
+    whatever the other workers queued meanwhile. Each worker holds at most one digest,
+    so at most `concurrency` are claimed or accepted-but-unrecorded at any moment."""
 
     def __init__(
         self,
         engine: Engine,
         transport: Transport,
         now: Callable[[], dt.datetime],
-        gate: asyncio.Semaphore,
         stop: asyncio.Event,
         db_thread: ThreadPoolExecutor | None,
+        lease: dt.timedelta,
     ) -> None:
         self.engine = engine
         self.transport = transport
         self.now = now
-        self.gate = gate
         self.stop = stop
         self.db_thread = db_thread
+        self.lease = lease
+        self.in_flight: set[int] = set()  # claimed by this drain and being sent
+        self.queue: list[tuple[Sent | None, asyncio.Future[outbox.OutboxItem | None]]] = []
+        self.settling = False  # a worker is running the queue's transactions
         self.sent = self.failed = self.retried = 0
         self.error: str | None = None  # set when the server takes no mail: stop claiming
         self.broken = False  # an outcome could not be recorded: start nothing more
@@ -200,44 +224,89 @@ class _Drain:
             self.broken = True
             raise
 
-    async def run(self, batch: int, lease: dt.timedelta) -> DrainReport:
-        while not self.stop.is_set() and self.error is None:
-            items = await self.db(outbox.claim_due, self.engine, self.now(), batch, lease)
-            if not items:
-                break
-            unsent: list[int] = []
-            tasks = [asyncio.create_task(self.deliver(item, unsent)) for item in items]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:  # a StoreError, or cancellation: stop the rest, raise as is
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
-            await self.db(outbox.release, self.engine, unsent)
+    def done(self) -> bool:
+        return self.stop.is_set() or self.error is not None or self.broken
+
+    async def run(self, workers: int) -> DrainReport:
+        tasks = [asyncio.create_task(self.work()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # a StoreError, or cancellation: stop the rest, raise as is
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         counts = await self.db(outbox.outbox_counts, self.engine)
         return DrainReport(self.sent, self.failed, self.retried, counts[outbox.PENDING], self.error)
 
-    async def deliver(self, item: outbox.OutboxItem, unsent: list[int]) -> None:
-        """Send one claimed digest and record what happened."""
-        async with self.gate:
-            if self.stop.is_set() or self.error is not None or self.broken:
-                unsent.append(item.id)  # never started: hand it back untouched
+    async def work(self) -> None:
+        """Claim a due digest, send it, record it; again until nothing is due."""
+        finished: Sent | None = None
+        while (item := await self.settle(finished)) is not None:
+            if self.done():  # stopped while claiming: hand it back untouched, due at once
+                self.in_flight.discard(item.id)
+                await self.db(outbox.release, self.engine, [item.id])
                 return
+            finished = await self.deliver(item)
+            self.in_flight.discard(item.id)
+
+    async def settle(self, finished: Sent | None) -> outbox.OutboxItem | None:
+        """Record `finished` as sent and claim this worker's next digest (None: nothing
+        due, or stopping); batched with the other workers' requests queued meanwhile."""
+        future: asyncio.Future[outbox.OutboxItem | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.queue.append((finished, future))
+        if not self.settling:  # this worker runs the transactions until the queue is empty
+            self.settling = True
             try:
-                reply = await self.transport.send(item.sender, item.recipient, item.message)
-            except PermanentDeliveryError as e:
-                log.warning("digest %s to %s failed: %s", item.id, item.recipient, e)
-                await self.db(outbox.mark_failed, self.engine, item.id, str(e), self.now())
-                self.failed += 1
-                return
-            except TransientDeliveryError as e:
-                if isinstance(e, MailServerUnavailableError):
-                    self.error = str(e)  # the others wait, each with its attempts
-                await self.record_transient(item, str(e))
-                return
-            await self.db(outbox.mark_sent, self.engine, item.id, reply, self.now())
-            self.sent += 1
+                while self.queue:
+                    batch, self.queue = self.queue, []
+                    await self.settle_batch(batch)
+            finally:
+                self.settling = False
+        return await future
+
+    async def settle_batch(
+        self, batch: list[tuple[Sent | None, asyncio.Future[outbox.OutboxItem | None]]]
+    ) -> None:
+        sent = [done for done, _ in batch if done is not None]
+        wanted = 0 if self.done() else len(batch)
+        try:
+            items = await self.db(
+                outbox.mark_sent_and_claim, self.engine, sent, self.now(),
+                wanted, self.lease, tuple(self.in_flight),
+            )  # fmt: skip
+        except BaseException as e:
+            for _, future in batch:
+                if isinstance(e, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(e)
+            if isinstance(e, Exception):
+                return  # each worker raises it from its own future
+            raise
+        self.sent += len(sent)
+        self.in_flight.update(item.id for item in items)
+        for n, (_, future) in enumerate(batch):
+            future.set_result(items[n] if n < len(items) else None)
+
+    async def deliver(self, item: outbox.OutboxItem) -> Sent | None:
+        """Send one claimed digest; a failure is recorded here, a success returned for
+        `settle` to record."""
+        try:
+            reply = await self.transport.send(item.sender, item.recipient, item.message)
+        except PermanentDeliveryError as e:
+            log.warning("digest %s to %s failed: %s", item.id, item.recipient, e)
+            await self.db(outbox.mark_failed, self.engine, item.id, str(e), self.now())
+            self.failed += 1
+            return None
+        except TransientDeliveryError as e:
+            if isinstance(e, MailServerUnavailableError):
+                self.error = str(e)  # the others wait, each with its attempts
+            await self.record_transient(item, str(e))
+            return None
+        return item.id, reply
 
     async def record_transient(self, item: outbox.OutboxItem, reply: str) -> None:
         attempts = item.attempts + 1

@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import Column, LargeBinary, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy.orm import relationship
+from sqlmodel import Field, Relationship, SQLModel
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -170,6 +171,8 @@ class DigestRow(SQLModel, table=True):
     """The outbox: one digest per (subscriber, slot), rendered once, sent at most once.
 
     status: "pending" -> "sent" | "failed" (permanent, with the server's reply).
+    The rendered bytes live in `DigestMessageRow`, written once: the UPDATEs of a row
+    (lease, sent, retry) then never rewrite 20-60 KB of message.
     """
 
     __tablename__ = "digests"
@@ -187,9 +190,29 @@ class DigestRow(SQLModel, table=True):
     sender: str  # envelope sender
     subject: str = ""
     paper_ids_json: str = "[]"
-    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: dt.datetime
     sent_at: dt.datetime | None = None
+    # loaded with the row (selectin) so `.message` works after its session is closed;
+    # outbox.py reads and writes the bytes with plain SQL and never loads this
+    body: DigestMessageRow | None = Relationship(
+        sa_relationship=relationship("DigestMessageRow", lazy="selectin", uselist=False)
+    )
+
+    @property
+    def message(self) -> bytes:
+        """The rendered message, as add_digest stored it (empty when it has none)."""
+        return self.body.message if self.body is not None else b""
+
+
+class DigestMessageRow(SQLModel, table=True):
+    """A digest's rendered message (RFC 5322 bytes), one row per digest, never updated."""
+
+    __tablename__ = "digest_messages"
+
+    digest_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("digests.id"), primary_key=True, autoincrement=False)
+    )
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class DeliveryRow(SQLModel, table=True):

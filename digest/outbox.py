@@ -1,11 +1,16 @@
 """The outbox: the digests table as a state machine, one short transaction per call.
 
 A digest is one row keyed by (subscriber, slot) and moves ``pending -> sent`` or
-``pending -> failed``. Owns: adding a rendered digest exactly once, claiming due rows
-(``FOR UPDATE SKIP LOCKED`` plus a short lease on PostgreSQL, so several processes can
-drain one outbox; the same code without row locks on SQLite), and recording each outcome.
-``mark_sent`` writes the DeliveryRows in the same transaction, so a paper counts as
-delivered only when its digest is sent.
+``pending -> failed``. Owns: adding a rendered digest exactly once (the row and its
+message bytes, which live in ``digest_messages`` and are never rewritten), claiming due
+rows (``FOR UPDATE SKIP LOCKED`` plus a short lease on PostgreSQL, so several processes
+can drain one outbox; the same code without row locks on SQLite), and recording each
+outcome. ``mark_sent`` writes the DeliveryRows in the same transaction, so a paper counts
+as delivered only when its digest is sent.
+
+The lease is the caller's: delivery.py claims a row just before sending it, with a lease
+a little longer than one send can take, so after a kill -9 only the messages that were
+really in flight stay invisible, and only for seconds.
 
 Does not own: rendering (render.py), SMTP or Maildir (delivery.py), the retry policy
 (delivery.py decides the delay and when to give up), or the engine (store.py).
@@ -16,10 +21,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, func, insert, or_, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -27,11 +32,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from digest.errors import StoreError
-from digest.models import DeliveryRow, DigestRow, as_utc
+from digest.models import DeliveryRow, DigestMessageRow, DigestRow, as_utc
 from digest.store.engine import describe_error, mask_url, write_bind
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
-DEFAULT_LEASE = dt.timedelta(minutes=10)  # a claimed row is invisible to others this long
+# how long a claimed row stays invisible to others when the caller names no lease;
+# drain_outbox passes its transport's much shorter claim_lease
+DEFAULT_LEASE = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +75,51 @@ def add_digest(
         message_id=message_id,
         subject=subject,
         paper_ids_json=json.dumps(list(paper_ids)),
-        message=message,
         created_at=as_utc(now),
     )
     try:
         with Session(engine) as session:
             session.add(row)
+            session.flush()  # the id, for the message row; the same transaction
+            digest_id = _id(row)
+            session.add(DigestMessageRow(digest_id=digest_id, message=message))
             session.commit()
-            session.refresh(row)
-            return row.id
+            return digest_id
     except IntegrityError:
         return None  # the unique (subscriber, slot) constraint: already in the outbox
     except SQLAlchemyError as e:
         raise _store_error(engine, f"add the digest for {subscriber} at {slot}", e) from e
+
+
+_DIGESTS = DigestRow.__table__  # type: ignore[attr-defined]  # SQLModel types no __table__
+_MESSAGES = DigestMessageRow.__table__  # type: ignore[attr-defined]  # as above
+# claim_due runs once per message sent: its statements are built once, here.
+_DUE = (
+    sa_select(  # OutboxItem's fields, in order
+        _DIGESTS.c.id,
+        _DIGESTS.c.recipient,
+        _DIGESTS.c.sender,
+        _MESSAGES.c.message,
+        _DIGESTS.c.attempts,
+        _DIGESTS.c.message_id,
+    )
+    .join(_MESSAGES, _MESSAGES.c.digest_id == _DIGESTS.c.id)
+    .where(
+        _DIGESTS.c.status == PENDING,
+        or_(_DIGESTS.c.next_attempt_at.is_(None), _DIGESTS.c.next_attempt_at <= bindparam("now")),
+        _DIGESTS.c.id.not_in(bindparam("skip", expanding=True)),
+    )
+    .order_by(_DIGESTS.c.id)  # the status index walks pending rows in id order: no sort
+    .limit(bindparam("limit"))
+)
+_DUE_BY_DIALECT = {  # PostgreSQL: other processes skip the rows this one locked
+    "postgresql": _DUE.with_for_update(skip_locked=True, of=_DIGESTS),
+}
+_LEASE = (
+    update(_DIGESTS)
+    .where(_DIGESTS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(next_attempt_at=bindparam("until"))
+)
 
 
 def claim_due(
@@ -88,48 +127,37 @@ def claim_due(
     now: dt.datetime,
     limit: int,
     lease: dt.timedelta = DEFAULT_LEASE,
+    skip: Collection[int] = (),
 ) -> list[OutboxItem]:
-    """Claim up to `limit` pending digests that are due, oldest first.
+    """Claim up to `limit` pending digests that are due, oldest first, with their messages.
 
     A claimed row gets ``next_attempt_at = now + lease``, so another process (or a restart
-    after a crash) does not pick it up while it is being sent; after the lease it is due again.
+    after a crash) does not pick it up while it is being sent; after the lease it is due
+    again. `skip`: ids the caller is sending right now (never claimed twice by one drain,
+    even when a send outlives its lease).
     """
-    now = as_utc(now)
-    due = (
-        select(DigestRow)
-        .where(
-            DigestRow.status == PENDING,
-            or_(col(DigestRow.next_attempt_at).is_(None), col(DigestRow.next_attempt_at) <= now),
-        )
-        .order_by(col(DigestRow.next_attempt_at).is_not(None), col(DigestRow.id))
-        .limit(limit)
-    )
     try:
-        with Session(write_bind(engine)) as session:  # SQLite: the write lock at BEGIN
-            if engine.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            rows = session.exec(due).all()
-            items = [
-                OutboxItem(
-                    id=_id(row),
-                    recipient=row.recipient,
-                    sender=row.sender,
-                    message=row.message,
-                    attempts=row.attempts,
-                    message_id=row.message_id,
-                )
-                for row in rows
-            ]
-            if items:
-                session.execute(
-                    update(DigestRow)
-                    .where(col(DigestRow.id).in_([i.id for i in items]))
-                    .values(next_attempt_at=now + lease)
-                )
-            session.commit()
-            return items
+        with write_bind(engine).begin() as conn:  # SQLite: the write lock at BEGIN
+            return _claim(conn, engine.dialect.name, as_utc(now), limit, lease, skip)
     except SQLAlchemyError as e:
         raise _store_error(engine, "claim due digests", e) from e
+
+
+def _claim(
+    conn: Connection,
+    dialect: str,
+    now: dt.datetime,
+    limit: int,
+    lease: dt.timedelta,
+    skip: Collection[int],
+) -> list[OutboxItem]:
+    """claim_due inside the caller's transaction."""
+    due = _DUE_BY_DIALECT.get(dialect, _DUE)
+    found = conn.execute(due, {"now": now, "skip": list(skip), "limit": limit})
+    items = [OutboxItem(*row) for row in found]
+    if items:
+        conn.execute(_LEASE, {"ids": [i.id for i in items], "until": now + lease})
+    return items
 
 
 def release(engine: Engine, digest_ids: Iterable[int]) -> None:
@@ -146,9 +174,9 @@ def release(engine: Engine, digest_ids: Iterable[int]) -> None:
 
 
 # mark_sent runs once per message sent: its statements are built once, here.
-_SENT_DIGEST = sa_select(col(DigestRow.subscriber), col(DigestRow.paper_ids_json)).where(
-    col(DigestRow.id) == bindparam("digest_id")
-)
+_SENT_DIGESTS = sa_select(
+    col(DigestRow.id), col(DigestRow.subscriber), col(DigestRow.paper_ids_json)
+).where(col(DigestRow.id).in_(bindparam("ids", expanding=True)))
 _MARK_SENT = (
     update(DigestRow)
     .where(col(DigestRow.id) == bindparam("digest_id"))
@@ -168,25 +196,62 @@ _INSERT_NEW_DELIVERIES = {  # keep the first delivery of a paper sent again
 def mark_sent(engine: Engine, digest_id: int, reply: str, now: dt.datetime) -> None:
     """The server accepted the digest: mark it sent and record its papers as delivered,
     all in one transaction."""
+    mark_sent_and_claim(engine, [(digest_id, reply)], now, 0)
+
+
+def mark_sent_and_claim(
+    engine: Engine,
+    sent: Sequence[tuple[int, str]],
+    now: dt.datetime,
+    limit: int,
+    lease: dt.timedelta = DEFAULT_LEASE,
+    skip: Collection[int] = (),
+) -> list[OutboxItem]:
+    """mark_sent for every (digest id, reply) in `sent`, then claim_due(limit, lease, skip),
+    in one transaction: a drain's group commit (one BEGIN/COMMIT for several outcomes
+    and the next claims). Returns the claimed digests."""
     now = as_utc(now)
+    ids = [digest_id for digest_id, _ in sent]
+    what = f"mark digest {ids[0]} sent" if len(ids) == 1 else "mark digests sent"
     try:
-        with write_bind(engine).begin() as conn:
-            found = conn.execute(_SENT_DIGEST, {"digest_id": digest_id}).first()
-            if found is None:
-                raise StoreError(f"outbox: digest {digest_id} does not exist")
-            subscriber, paper_ids_json = found
-            conn.execute(_MARK_SENT, {"digest_id": digest_id, "when": now, "reply_text": reply})
-            deliveries = [
-                {"subscriber": subscriber, "paper_id": paper_id, "digest_id": digest_id,
-                 "delivered_at": now}
-                for paper_id in json.loads(paper_ids_json)
-            ]  # fmt: skip
-            if deliveries:
-                # elsewhere a plain INSERT: a repeated paper is an IntegrityError, never silent
-                add = _INSERT_NEW_DELIVERIES.get(engine.dialect.name, insert(DeliveryRow))
-                conn.execute(add, deliveries)
+        with write_bind(engine).begin() as conn:  # SQLite: the write lock at BEGIN
+            if sent:
+                _mark_sent(conn, engine.dialect.name, sent, now)
+            if limit <= 0:
+                return []
+            what = "claim due digests"
+            return _claim(conn, engine.dialect.name, now, limit, lease, skip)
     except SQLAlchemyError as e:
-        raise _store_error(engine, f"mark digest {digest_id} sent", e) from e
+        raise _store_error(engine, what, e) from e
+
+
+def _mark_sent(
+    conn: Connection, dialect: str, sent: Sequence[tuple[int, str]], now: dt.datetime
+) -> None:
+    """mark_sent inside the caller's transaction."""
+    found = {
+        digest_id: (subscriber, paper_ids_json)
+        for digest_id, subscriber, paper_ids_json in conn.execute(
+            _SENT_DIGESTS, {"ids": [digest_id for digest_id, _ in sent]}
+        )
+    }
+    deliveries = []
+    for digest_id, _ in sent:
+        if digest_id not in found:
+            raise StoreError(f"outbox: digest {digest_id} does not exist")
+        subscriber, paper_ids_json = found[digest_id]
+        deliveries += [
+            {"subscriber": subscriber, "paper_id": paper_id, "digest_id": digest_id,
+             "delivered_at": now}
+            for paper_id in json.loads(paper_ids_json)
+        ]  # fmt: skip
+    conn.execute(
+        _MARK_SENT,
+        [{"digest_id": digest_id, "when": now, "reply_text": reply} for digest_id, reply in sent],
+    )
+    if deliveries:
+        # elsewhere a plain INSERT: a repeated paper is an IntegrityError, never silent
+        conn.execute(_INSERT_NEW_DELIVERIES.get(dialect, insert(DeliveryRow)), deliveries)
 
 
 def mark_retry(

@@ -1,11 +1,13 @@
-"""Handing messages to an SMTP server with aiosmtplib: the one place that talks SMTP.
+"""Handing messages to an SMTP server: the SmtpTransport pool.
 
-Owns: TLS (implicit TLS, or STARTTLS that is required, never a plaintext fallback;
-plaintext only to a loopback host), certificate verification against the system CA
-store plus an optional extra CA file, AUTH, a pool of reused connections, a
-messages/second cap, retries with backoff inside one send (4xx, dropped connections,
-connect failures), and turning aiosmtplib's exceptions into the DeliveryError tree,
-once, with ``raise ... from e``.
+Owns: opening connections with aiosmtplib (implicit TLS, or STARTTLS that is required,
+never a plaintext fallback; plaintext only to a loopback host; certificate verification
+against the system CA store plus an optional extra CA file; EHLO; AUTH), a pool of
+reused connections, a messages/second cap, retries with backoff inside one send (4xx,
+dropped connections, connect failures), the claim lease a drain should use, and turning
+aiosmtplib's and smtp_wire's exceptions into the DeliveryError tree, once, with
+``raise ... from e``. Each message itself goes through smtp_wire.py (MAIL, RCPT, DATA,
+pipelined when the server offers PIPELINING) on a connection aiosmtplib set up.
 
 Does not own: the outbox or what to do with a digest after a failure (delivery.py),
 building messages (render.py).
@@ -14,6 +16,7 @@ building messages (render.py).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import ssl
 import time
@@ -30,8 +33,10 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest.smtp_wire import Dropped, Refused, Wire, envelope_address, to_wire
 
 Sleep = Callable[[float], Awaitable[None]]
+MIN_LEASE = dt.timedelta(seconds=5)
 Clock = Callable[[], float]
 
 
@@ -112,12 +117,23 @@ class SmtpTransport:
         self._backoff = backoff
         self._rate = RateLimiter(config.rate_per_second, clock=clock, sleep=sleep)
         self._slots = asyncio.Semaphore(config.max_connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[Wire] = []
         self.connections_opened = 0  # for status and benchmarks
 
     @property
     def pool_size(self) -> int:
         return self.config.max_connections
+
+    @property
+    def claim_lease(self) -> dt.timedelta:
+        """Twice the longest one `send` normally takes: every try timing out once, the
+        backoff between tries, and the rate cap's wait for a whole pool; at least 5 s."""
+        tries = self.config.retries + 1
+        backoff = self._backoff * (2 ** (tries - 1) - 1)  # 1 + 2 + 4 ... seconds
+        rate = self.config.rate_per_second
+        queue = self.config.max_connections / rate if rate > 0 else 0.0
+        worst = self.config.timeout * tries + backoff + queue
+        return max(MIN_LEASE, dt.timedelta(seconds=2 * worst))
 
     async def __aenter__(self) -> SmtpTransport:
         return self
@@ -133,11 +149,8 @@ class SmtpTransport:
     async def aclose(self) -> None:
         """QUIT every idle connection (best effort: the server may be gone)."""
         idle, self._idle = self._idle, []
-        for client in idle:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        for wire in idle:
+            await wire.aclose()
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         """Hand one message over; return the server's reply to DATA.
@@ -160,31 +173,30 @@ class SmtpTransport:
             raise last.error from last.__cause__
 
     async def _send_once(self, sender: str, recipient: str, message: bytes) -> str:
-        client = await self._checkout()
         try:
-            _errors, reply = await client.sendmail(sender, [recipient], message)
-        except aiosmtplib.SMTPRecipientsRefused as e:
-            self._idle.append(client)  # the envelope was reset; the connection is fine
-            refusal = e.recipients[0]
-            raise self._classify(refusal.code, refusal.message, recipient) from e
-        except aiosmtplib.SMTPResponseException as e:
-            if e.code == 421 or not client.is_connected:
-                client.close()
+            envelope = envelope_address(sender), envelope_address(recipient)
+        except ValueError as e:
+            raise PermanentDeliveryError(f"{recipient}: {self._where} cannot take it: {e}") from e
+        wire = await self._checkout()
+        try:
+            reply = await wire.transact(*envelope, to_wire(message))
+        except Refused as e:
+            if e.code == 421 or not wire.is_connected:  # 421: the server is closing
+                wire.close()
             else:
-                self._idle.append(client)
-            raise self._classify(e.code, e.message, recipient) from e
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as e:
-            client.close()
+                self._idle.append(wire)  # the envelope was reset; the connection is fine
+            raise self._classify(e.code, e.text, recipient) from e
+        except asyncio.CancelledError:
+            wire.close()  # mid-transaction: this connection cannot carry another message
+            raise
+        except Dropped as e:  # the wire closed itself
             raise _Retryable(
                 TransientDeliveryError(
                     f"{self._where} dropped the connection sending to {recipient}: {e}"
                 )
             ) from e
-        except (aiosmtplib.SMTPException, ValueError) as e:  # e.g. an address it cannot encode
-            self._idle.append(client)
-            raise PermanentDeliveryError(f"{recipient}: {self._where} cannot take it: {e}") from e
-        self._idle.append(client)
-        return f"250 {reply}"  # aiosmtplib hands back the text; DATA's success code is 250
+        self._idle.append(wire)
+        return f"250 {reply}"
 
     def _classify(self, code: int, text: str, recipient: str) -> Exception:
         reply = f"{recipient}: {self._where} replied {code} {text}"
@@ -192,16 +204,17 @@ class SmtpTransport:
             return PermanentDeliveryError(reply)
         return _Retryable(TransientDeliveryError(reply))
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
+    async def _checkout(self) -> Wire:
         """A connected client: an idle one from the pool, or a new one."""
         while self._idle:
-            client = self._idle.pop()
-            if client.is_connected:
-                return client
-            client.close()  # the server closed it while idle
+            wire = self._idle.pop()
+            if wire.is_connected:
+                return wire
+            wire.close()  # the server closed it while idle
         return await self._connect()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> Wire:
+        """A new connection, through TLS, EHLO and AUTH (aiosmtplib), handed to a Wire."""
         config = self.config
         client = aiosmtplib.SMTP(
             hostname=config.host,
@@ -215,6 +228,11 @@ class SmtpTransport:
             await client.connect()
             if config.username is not None:
                 await client.login(config.username, config.password or "")
+            if client.is_ehlo_or_helo_needed:  # no STARTTLS or AUTH made it greet yet
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()  # an SMTP server from before ESMTP
         except aiosmtplib.SMTPAuthenticationError as e:
             client.close()
             raise MailServerUnavailableError(
@@ -237,8 +255,15 @@ class SmtpTransport:
         except aiosmtplib.SMTPException as e:  # STARTTLS or AUTH not offered, ...
             client.close()
             raise MailServerUnavailableError(f"{self._where}: {e}") from e
+        try:
+            wire = Wire.take_over(client, config.timeout)
+        except Dropped as e:
+            client.close()
+            raise _Retryable(
+                MailServerUnavailableError(f"cannot connect to {self._where}: {e}")
+            ) from e
         self.connections_opened += 1
-        return client
+        return wire
 
 
 def _tls_failure(error: BaseException) -> ssl.SSLError | None:

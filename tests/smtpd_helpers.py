@@ -4,8 +4,9 @@
 (so tests run in parallel without port clashes) and counts connections on the server
 side. `RecordingHandler` records what it received and can misbehave on request:
 scripted RCPT replies (451 once, 550 always), dropping the connection after the DATA
-content but before the final reply, and slow DATA. `tls_pair` makes a trustme CA and a
-server certificate for 127.0.0.1 and writes the CA PEM where the client can trust it.
+content but before the final reply, and slow DATA; it offers PIPELINING unless told not
+to. `tls_pair` makes a trustme CA and a server certificate for 127.0.0.1 and writes the
+CA PEM where the client can trust it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ class RecordingHandler:
     data_delay: float = 0.0  # seconds each DATA takes
     auth_log: list[tuple[str, bool]] = field(default_factory=list)  # (user, over TLS?)
     dropped: int = 0
+    pipelining: bool = True  # offer PIPELINING in the EHLO reply, as real servers do
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself without this hook
+        if self.pipelining:  # aiosmtpd reads commands one by one: pipelined input just works
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from digest import outbox
 from digest.config import MailConfig
@@ -263,3 +263,48 @@ def test_maildir_in_an_existing_empty_folder_and_an_unwritable_one(tmp_path: Pat
     report = drain(engine, MaildirTransport(blocker / "mail"))
     assert report.sent == 0 and report.pending == 1
     assert report.error is not None and f"maildir {blocker / 'mail'}: cannot create" in report.error
+
+
+def test_claim_lease_comes_from_the_transport_settings(tmp_path: Path) -> None:
+    fast = SmtpTransport(plain(2525, timeout=2, retries=0, rate_per_second=100))
+    assert fast.claim_lease == dt.timedelta(seconds=5)  # the floor
+    default = SmtpTransport(plain(2525))  # 30 s timeout, 3 retries, 4 connections at 10/s
+    assert default.claim_lease == dt.timedelta(seconds=2 * (30 * 4 + (1 + 2 + 4) + 4 / 10))
+    assert MaildirTransport(tmp_path).claim_lease == dt.timedelta(seconds=5)
+
+
+def test_only_the_messages_in_flight_are_ever_leased(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    add_digests(engine, recipients(30))
+    handler = RecordingHandler(data_delay=0.03)
+    leased: list[int] = []
+
+    def count_leased() -> int:
+        with Session(engine) as session:
+            return len(
+                session.exec(
+                    select(DigestRow.id).where(
+                        DigestRow.status == "pending", col(DigestRow.next_attempt_at) > T0
+                    )
+                ).all()
+            )
+
+    async def go(port: int) -> DrainReport:
+        async def watch() -> None:
+            while True:
+                leased.append(count_leased())
+                await asyncio.sleep(0.005)
+
+        transport = SmtpTransport(plain(port, max_connections=3, rate_per_second=0))
+        async with transport:
+            watcher = asyncio.create_task(watch())
+            try:
+                return await drain_outbox(engine, transport, now=clock)
+            finally:
+                watcher.cancel()
+
+    with SmtpServer(handler) as server:
+        report = asyncio.run(go(server.port))
+    assert report == DrainReport(sent=30, pending=0)
+    assert max(leased) == 3  # the pool kept full, and never more claimed than it can send
+    assert len(leased) > 20  # sampled all along the drain

@@ -1,69 +1,160 @@
-"""kill -9 in the middle of a drain: on the next run nothing is lost and at most the
-messages in flight repeat, recognisably (same Message-ID)."""
+"""kill -9 in the middle of `digest send`, through the real CLI in a subprocess: on the next
+run nothing is lost and at most the messages in flight repeat, recognisably (same
+Message-ID). Real parts only: the fixture HTTP server playing huggingface.co, aiosmtpd on
+127.0.0.1 in this process, a SQLite file in tmp_path."""
 
 from __future__ import annotations
 
-import json
+import datetime as dt
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
-from digest import outbox
+from digest import outbox, store
+from digest.config import SmtpConfig
 from digest.models import DeliveryRow, DigestRow
-from tests.smtpd_helpers import SmtpServer, add_digests, new_outbox, recipients
+from digest.smtp import SmtpTransport
+from tests.hfserver import HFServer, shared_dir
+from tests.smtpd_helpers import SmtpServer
 
 REPO = Path(__file__).resolve().parent.parent
-CONCURRENCY = 4
+CAPTURE = shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json"
 PEOPLE = 200
+POOL = 4  # max_connections: the most messages in flight at any moment
+RATE = 100.0  # messages/s: 200 digests take ~2 s, so the kill lands mid-batch
 
 
-def driver(db: Path, port: int, rate: float, shift: float) -> list[str]:
-    return [
-        sys.executable, "-m", "tests.drain_driver",
-        f"sqlite:///{db}", str(port), str(rate), str(CONCURRENCY), str(shift),
-    ]  # fmt: skip
+def people() -> list[str]:
+    return [f"user{n:03d}@example.org" for n in range(PEOPLE)]
 
 
-def test_kill_mid_batch_then_resume_repeats_at_most_the_in_flight(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
-    people = recipients(PEOPLE)
-    add_digests(engine, people)
-    db = tmp_path / "outbox.db"
+def write_config(tmp_path: Path, base_url: str, smtp_port: int) -> Path:
+    subscribers = "".join(
+        f'\n[[subscribers]]\nemail = "{who}"\nschedule = "daily 00:00"\n'
+        f"topics = [{{ name = \"Models\", query = 'model*' }}]\n"
+        for who in people()
+    )
+    path = tmp_path / "digest.toml"
+    path.write_text(
+        f"""
+[source]
+base_url = "{base_url}"
+mode = "api"
+retries = 1
+timeout = 5.0
+lookback_days = 1
+
+[storage]
+url = "sqlite:///digest.db"
+
+[mail]
+from = "Papers Digest <digest@example.org>"
+transport = "smtp"
+smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "none", max_connections = {POOL}, rate_per_second = {RATE:g}, timeout = 2, retries = 0 }}
+{subscribers}""",  # noqa: E501  # one TOML inline table must stay on one line
+        encoding="utf-8",
+    )
+    return path
+
+
+def digest_send(config: Path) -> list[str]:
+    return [sys.executable, "-m", "digest.cli", "send", "-c", str(config)]
+
+
+def run_send(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        digest_send(config), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=25
+    )
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def leased_now(config: Path) -> int:
+    """Pending digests a claim holds right now (invisible to a rerun until the lease ends)."""
+    engine = store.open_engine(f"sqlite:///{config.parent / 'digest.db'}")
+    try:
+        with Session(engine) as session:
+            return session.exec(
+                select(func.count())
+                .select_from(DigestRow)
+                .where(
+                    DigestRow.status == outbox.PENDING,
+                    col(DigestRow.next_attempt_at) > dt.datetime.now(dt.UTC),
+                )
+            ).one()
+    finally:
+        engine.dispose()
+
+
+def test_sigkill_mid_batch_then_send_again_repeats_at_most_the_in_flight(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    body = CAPTURE.read_bytes()
+    today = dt.datetime.now(dt.UTC).date()
+    for day in (today, today - dt.timedelta(days=1)):  # today's and yesterday's list
+        hf_server.set_api_body(day, body)
     with SmtpServer() as server:
-        received = server.handler.received
-        first = subprocess.Popen(driver(db, server.port, 100.0, 0), cwd=REPO)
-        deadline = time.monotonic() + 20
-        while len(received) < 40 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.005)
-        first.kill()  # SIGKILL: no cleanup, no final commit
-        first.wait(10)
-        assert first.returncode == -9
-        at_kill = len(received)
-        assert 40 <= at_kill < PEOPLE  # killed mid-batch
-        assert outbox.outbox_counts(engine)["pending"] > 0
+        config = write_config(tmp_path, hf_server.base_url, server.port)
+        smtp = SmtpConfig(
+            host="127.0.0.1",
+            port=server.port,
+            security="none",
+            max_connections=POOL,
+            rate_per_second=RATE,
+            timeout=2,
+            retries=0,
+        )
+        lease = SmtpTransport(smtp).claim_lease.total_seconds()
+        assert lease <= 10  # the wait below stays short
 
-        # the next run (its clock past the lease the killed run held) finishes the job
-        second = subprocess.run(
-            driver(db, server.port, 1000.0, outbox.DEFAULT_LEASE.total_seconds() + 60),
-            cwd=REPO, capture_output=True, text=True, timeout=60,
+        received = server.handler.received
+        first = subprocess.Popen(
+            digest_send(config), cwd=REPO, env=cli_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while len(received) < 30 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.002)
+        first.send_signal(signal.SIGKILL)  # no cleanup, no final commit
+        killed_at = time.monotonic()
+        _, err = first.communicate(timeout=10)
+        assert first.returncode == -signal.SIGKILL, err
+        at_kill = len(received)
+        assert 30 <= at_kill < PEOPLE  # killed mid-batch, after some were accepted
+
+        # only what was in flight is leased: an immediate rerun sends all the rest
+        held = leased_now(config)
+        assert held <= POOL
+        second = run_send(config)
         assert second.returncode == 0, second.stderr
-        report = json.loads(second.stdout)
-        assert report["pending"] == 0 and report["failed"] == 0
+        assert f"{held} pending" in second.stdout.splitlines()[-1]
+
+        # once the short lease is over, one more run sends the in-flight ones
+        time.sleep(max(0.0, killed_at + lease + 0.5 - time.monotonic()))
+        third = run_send(config)
+        assert third.returncode == 0, third.stderr
+        assert third.stdout.splitlines()[-1].endswith("0 failed, 0 pending")
 
     copies = server.handler.by_recipient()
-    assert set(copies) == set(people)  # nobody got none
+    assert set(copies) == set(people())  # nobody got none
     repeated = {who: got for who, got in copies.items() if len(got) > 1}
-    assert len(repeated) <= CONCURRENCY  # at most the messages in flight at the kill
+    assert len(repeated) <= POOL  # at most the messages in flight at the kill
     assert all(len(got) == 2 for got in repeated.values())
-    assert report["sent"] == PEOPLE - (at_kill - len(repeated))
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
     with Session(engine) as session:
         rows = {r.recipient: r for r in session.exec(select(DigestRow)).all()}
         delivered = session.exec(select(func.count()).select_from(DeliveryRow)).one()
-    assert {r.status for r in rows.values()} == {"sent"}
-    assert delivered == PEOPLE * 2
-    for who, got in repeated.items():  # a repeat carries the digest's own Message-ID
+        per_digest = session.exec(select(func.count()).select_from(DeliveryRow).where(
+            DeliveryRow.digest_id == next(iter(rows.values())).id)).one()  # fmt: skip
+    engine.dispose()
+    assert len(rows) == PEOPLE and {r.status for r in rows.values()} == {"sent"}
+    assert per_digest > 0 and delivered == PEOPLE * per_digest  # every paper, once each
+    for who, got in copies.items():  # each copy carries the digest's own Message-ID
         assert {g.parsed()["Message-ID"] for g in got} == {rows[who].message_id}

@@ -196,3 +196,32 @@ def test_a_paper_delivered_twice_keeps_its_first_delivery(tmp_path: Path) -> Non
         ("ada@example.org", "2401.7", second),
     ]
     assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 2, "failed": 0}
+
+
+def test_mark_sent_and_claim_is_one_transaction(tmp_path: Path) -> None:
+    engine = new_outbox(tmp_path)
+    ids = list(add_digests(engine, recipients(6)).values())
+    first = outbox.claim_due(engine, T0, 2)
+    assert [c.id for c in first] == ids[:2]
+    following = outbox.mark_sent_and_claim(
+        engine, [(ids[0], "250 a"), (ids[1], "250 b")], T0, 2, 5 * MINUTE, skip=[ids[2]]
+    )
+    assert [c.id for c in following] == ids[3:5]  # skipped the one the caller is sending
+    assert [get(engine, i).status for i in ids[:2]] == ["sent", "sent"]
+    assert get(engine, ids[1]).last_reply == "250 b"
+    assert {d[2] for d in deliveries(engine)} == set(ids[:2])
+    assert following[0].recipient == recipients(6)[3]
+    assert b"Hello " + recipients(6)[3].encode() in following[0].message  # its own bytes
+
+    with engine.begin() as conn:  # the next sent digest cannot record its papers
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_all BEFORE INSERT ON deliveries "
+                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+            )
+        )
+    with pytest.raises(StoreError, match=r"cannot mark digest \d+ sent.*disk says no"):
+        outbox.mark_sent_and_claim(engine, [(ids[3], "250")], T0, 5, 5 * MINUTE)
+    assert get(engine, ids[3]).status == "pending"
+    # nothing was claimed either: the rows never leased are still due at once
+    assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[2], ids[5]]

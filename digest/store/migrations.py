@@ -113,12 +113,17 @@ Table(
     Column("sender", String, nullable=False),
     Column("subject", String, nullable=False),
     Column("paper_ids_json", String, nullable=False),
-    Column("message", LargeBinary, nullable=False),
     Column("created_at", UTC_DATETIME, nullable=False),
     Column("sent_at", UTC_DATETIME),
     UniqueConstraint("subscriber", "slot"),
     Index("ix_digests_subscriber", "subscriber"),
     Index("ix_digests_status", "status"),
+)  # fmt: skip
+Table(
+    "digest_messages", _V1,
+    Column("digest_id", Integer, ForeignKey("digests.id"), primary_key=True,
+           autoincrement=False),
+    Column("message", LargeBinary, nullable=False),
 )  # fmt: skip
 Table(
     "deliveries", _V1,

@@ -1,0 +1,169 @@
+"""One mail transaction (MAIL, RCPT, DATA) on an SMTP connection that is already set up.
+
+aiosmtplib opens the connection and does everything before the first message: TLS or
+STARTTLS with certificate checks, EHLO, AUTH (smtp.py). Then `Wire.take_over` moves the
+connection's transport to this small reader and every message goes through `transact`:
+with PIPELINING (RFC 2920, offered by Postfix, Exim, SES, ...) MAIL, RCPT and DATA leave
+in one write and their three replies come back together, so a message costs two round
+trips instead of four; without it, one command at a time. aiosmtplib's own reader cannot
+do this: it drops replies that arrive while an earlier one waits to be picked up.
+
+Owns: the wire format of a message (`to_wire`: CRLF line ends, dot-stuffing, the final
+dot, done with bytes.replace), the three-reply bookkeeping, RSET after a refusal, QUIT.
+Does not own: what a reply code means for the digest (smtp.py classifies) or retries.
+Raises only `Refused` (the server answered, not with success) and `Dropped` (connection
+lost, timed out or out of sync); smtp.py turns them into the DeliveryError tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+import aiosmtplib
+
+_BAD_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")  # control chars, spaces, brackets: refuse
+_SUCCESS = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
+
+
+class Refused(Exception):
+    """The server answered `code` `text` to `command` (the transaction was reset)."""
+
+    def __init__(self, command: str, code: int, text: str) -> None:
+        super().__init__(f"{command}: {code} {text}")
+        self.command = command
+        self.code = code
+        self.text = text
+
+
+class Dropped(Exception):
+    """The connection was lost, timed out or went out of sync; it is closed."""
+
+
+def to_wire(message: bytes) -> bytes:
+    """The DATA payload: every line ending CRLF, lines starting with '.' doubled, then the
+    terminating '.' line (RFC 5321 4.5.2). Pure bytes.replace: a few microseconds."""
+    body = message
+    if b"\r" in body:  # rendered messages end lines with \n only: skip two passes then
+        body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    body = body.replace(b"\n", b"\r\n")
+    if body.startswith(b"."):
+        body = b"." + body
+    body = body.replace(b"\r\n.", b"\r\n..")
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+def envelope_address(address: str) -> bytes:
+    """An address as MAIL FROM / RCPT TO carry it; ValueError when it cannot go on the wire
+    (non-ASCII without SMTPUTF8 support, control characters, spaces or angle brackets)."""
+    if _BAD_ADDRESS.search(address):
+        raise ValueError(f"address {address!r} contains characters SMTP cannot carry")
+    try:
+        return b"<" + address.encode("ascii") + b">"
+    except UnicodeEncodeError as e:
+        raise ValueError(f"address {address!r} is not ASCII") from e
+
+
+class Wire:
+    """A connection after its handshake: `transact` per message, `aclose` at the end."""
+
+    def __init__(self, transport: asyncio.WriteTransport, pipelining: bool, timeout: float):
+        self.pipelining = pipelining
+        self.timeout = timeout
+        self._transport = transport
+        self._reader = asyncio.StreamReader(limit=1 << 16)
+        protocol = asyncio.StreamReaderProtocol(self._reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    @classmethod
+    def take_over(cls, client: aiosmtplib.SMTP, timeout: float) -> Wire:
+        """The transport of a connected, greeted (and authenticated) aiosmtplib client."""
+        protocol = client.protocol
+        transport = protocol.transport if protocol is not None else None
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            raise Dropped("the connection closed right after the handshake")
+        return cls(transport, client.supports_extension("pipelining"), timeout)
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._transport.is_closing() and not self._reader.at_eof()
+
+    async def transact(self, sender: bytes, recipient: bytes, wire_message: bytes) -> str:
+        """Send one message (`to_wire` output) to one recipient; the reply text to the
+        final dot. Raises Refused (the envelope is reset) or Dropped (now closed)."""
+        commands = [(b"MAIL FROM:" + sender, "MAIL"), (b"RCPT TO:" + recipient, "RCPT"),
+                    (b"DATA", "DATA")]  # fmt: skip
+        if self.pipelining:
+            self._transport.write(b"".join(line + b"\r\n" for line, _ in commands))
+        refusal: Refused | None = None
+        for line, name in commands:
+            if not self.pipelining:
+                self._transport.write(line + b"\r\n")
+            try:
+                code, text = await self._reply()
+            except Dropped:
+                if refusal is not None:  # e.g. 421 then the server hung up: report the 421
+                    raise refusal from None
+                raise
+            if refusal is None and code not in _SUCCESS[name]:
+                refusal = Refused(name, code, text)
+                if not self.pipelining:
+                    break
+            elif refusal is not None and code == 354:  # DATA started despite a refusal
+                self.close()
+                raise Dropped(f"server answered 354 to DATA after {refusal}")
+        if refusal is not None:
+            await self._reset()
+            raise refusal
+        self._transport.write(wire_message)
+        code, text = await self._reply()
+        if code != 250:
+            raise Refused("DATA", code, text)  # the transaction ends with this reply
+        return text
+
+    async def aclose(self) -> None:
+        """QUIT politely when the connection still works, then close it."""
+        if self.is_connected:
+            self._transport.write(b"QUIT\r\n")
+            with contextlib.suppress(Dropped):  # closing anyway
+                await self._reply()
+        self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    async def _reset(self) -> None:
+        """RSET after a refusal; a connection that cannot reset is closed instead."""
+        if self._transport.is_closing():
+            return
+        self._transport.write(b"RSET\r\n")
+        try:
+            if (await self._reply())[0] != 250:
+                self.close()
+        except Dropped:
+            pass  # already closed; the refusal is what the caller needs to hear
+
+    async def _reply(self) -> tuple[int, str]:
+        """One (possibly multi-line) reply: its code and its text lines joined by \\n."""
+        lines: list[str] = []
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):  # unlike wait_for, no extra task
+                    line = await self._reader.readline()
+            except (TimeoutError, ValueError, ConnectionError) as e:
+                self.close()
+                raise Dropped(f"no reply: {type(e).__name__} {e}".strip()) from e
+            if not line.endswith(b"\n"):
+                self.close()
+                raise Dropped("the server closed the connection")
+            code = line[:3]
+            if not code.isdigit():
+                self.close()
+                raise Dropped(f"not an SMTP reply: {line[:80]!r}")
+            lines.append(line[4:].strip().decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                return int(code), "\n".join(lines)
