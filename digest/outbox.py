@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from digest.errors import StoreError
-from digest.models import DeliveryRow, DigestMessageRow, DigestRow, as_utc
+from digest.models import DeliveryRow, DigestMessageRow, DigestRow, SubscriberRow, as_utc
 from digest.store.engine import describe_error, mask_url, write_bind
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
@@ -53,6 +53,20 @@ class OutboxItem:
     message_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class NewDigest:
+    """A rendered digest on its way into the outbox."""
+
+    subscriber: str
+    slot: dt.datetime
+    recipient: str
+    sender: str
+    message_id: str
+    subject: str
+    paper_ids: tuple[str, ...]
+    message: bytes
+
+
 def add_digest(
     engine: Engine,
     *,
@@ -67,28 +81,107 @@ def add_digest(
     now: dt.datetime,
 ) -> int | None:
     """Put a rendered digest in the outbox; None when (subscriber, slot) already has one."""
-    row = DigestRow(
-        subscriber=subscriber,
-        slot=as_utc(slot),
-        recipient=recipient,
-        sender=sender,
-        message_id=message_id,
-        subject=subject,
-        paper_ids_json=json.dumps(list(paper_ids)),
+    digest = NewDigest(
+        subscriber, slot, recipient, sender, message_id, subject, tuple(paper_ids), message
+    )
+    return add_digests(engine, [digest], now=now)[0]
+
+
+def add_digests(
+    engine: Engine,
+    digests: Sequence[NewDigest],
+    *,
+    now: dt.datetime,
+    handled: Sequence[tuple[str, dt.datetime | None]] = (),
+) -> list[int | None]:
+    """Put rendered digests in the outbox, once each, and record the subscribers' handled
+    slots (``handled``: email and slot, None for "seen, nothing handled yet"), all in ONE
+    transaction: a slot is never recorded as handled without its digest, and planning
+    10,000 digests costs a few commits, not 30,000.
+
+    Returns each digest's id, None where (subscriber, slot) already had one.
+    """
+    try:
+        with Session(write_bind(engine)) as session, session.begin():
+            existing = _existing_slots(session, digests)
+            rows: list[DigestRow | None] = []
+            for digest in digests:
+                key = (digest.subscriber, as_utc(digest.slot))
+                rows.append(None if key in existing else _digest_row(digest, now))
+                existing.add(key)
+            session.add_all(row for row in rows if row is not None)
+            session.flush()  # one INSERT for all of them, and their ids
+            session.add_all(
+                DigestMessageRow(digest_id=_id(row), message=digest.message)
+                for row, digest in zip(rows, digests, strict=True)
+                if row is not None
+            )
+            _record_handled(session, handled, now)
+            return [None if row is None else _id(row) for row in rows]
+    except IntegrityError as e:
+        with Session(engine) as session:
+            raced = _existing_slots(session, digests)
+        if not raced:  # not a digest that exists already: a real problem, nothing written
+            raise _store_error(engine, f"add {len(digests)} digests", e) from e
+        # another process (PostgreSQL) added some of these meanwhile: those are theirs; the
+        # others go in one at a time, each with its own subscriber's slot
+        ids: list[int | None] = []
+        for d in digests:
+            mine = [h for h in handled if h[0] == d.subscriber]
+            key = (d.subscriber, as_utc(d.slot))
+            ids.append(None if key in raced else add_digests(engine, [d], now=now, handled=mine)[0])
+        others = {d.subscriber for d in digests}
+        rest = [h for h in handled if h[0] not in others]
+        if rest:
+            add_digests(engine, [], now=now, handled=rest)
+        return ids
+    except SQLAlchemyError as e:
+        raise _store_error(engine, f"add {len(digests)} digests", e) from e
+
+
+def _record_handled(
+    session: Session, handled: Sequence[tuple[str, dt.datetime | None]], now: dt.datetime
+) -> None:
+    """Each subscriber's last handled slot; a first sight records `now` as first seen."""
+    emails = sorted({email for email, _ in handled})
+    states = {
+        row.email: row
+        for start in range(0, len(emails), 500)
+        for row in session.exec(
+            select(SubscriberRow).where(col(SubscriberRow.email).in_(emails[start : start + 500]))
+        )
+    }
+    for email, slot in handled:
+        state = states.get(email)
+        if state is None:
+            state = states[email] = SubscriberRow(email=email, first_seen_at=as_utc(now))
+            session.add(state)
+        if slot is not None:
+            state.last_slot = as_utc(slot)
+
+
+def _existing_slots(session: Session, digests: Sequence[NewDigest]) -> set[tuple[str, dt.datetime]]:
+    subscribers = sorted({d.subscriber for d in digests})
+    slots = sorted({as_utc(d.slot) for d in digests})
+    if not digests:
+        return set()
+    query = select(DigestRow.subscriber, DigestRow.slot).where(
+        col(DigestRow.subscriber).in_(subscribers), col(DigestRow.slot).in_(slots)
+    )
+    return {(subscriber, as_utc(slot)) for subscriber, slot in session.exec(query)}
+
+
+def _digest_row(digest: NewDigest, now: dt.datetime) -> DigestRow:
+    return DigestRow(
+        subscriber=digest.subscriber,
+        slot=as_utc(digest.slot),
+        recipient=digest.recipient,
+        sender=digest.sender,
+        message_id=digest.message_id,
+        subject=digest.subject,
+        paper_ids_json=json.dumps(list(digest.paper_ids)),
         created_at=as_utc(now),
     )
-    try:
-        with Session(engine) as session:
-            session.add(row)
-            session.flush()  # the id, for the message row; the same transaction
-            digest_id = _id(row)
-            session.add(DigestMessageRow(digest_id=digest_id, message=message))
-            session.commit()
-            return digest_id
-    except IntegrityError:
-        return None  # the unique (subscriber, slot) constraint: already in the outbox
-    except SQLAlchemyError as e:
-        raise _store_error(engine, f"add the digest for {subscriber} at {slot}", e) from e
 
 
 _DIGESTS = DigestRow.__table__  # type: ignore[attr-defined]  # SQLModel types no __table__

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
 
@@ -225,13 +225,17 @@ def digest_days(
     return first, last
 
 
+SAVE_EVERY = 200  # digests rendered and held in memory before one transaction writes them
+
+
 @dataclass(frozen=True)
 class PlannedDigest:
     subscriber: Subscriber
     slot: dt.datetime
     matches: tuple[Match, ...]
     total_matches: int
-    digest_id: int | None  # None: not written (dry run, empty, or it existed already)
+    window: tuple[dt.date, dt.date]  # the listing days it covers
+    digest_id: int | None = None  # None: not written (dry run, empty, or it existed already)
 
 
 class Planner:
@@ -295,58 +299,55 @@ class Planner:
         return best, total
 
     def plan(
-        self,
-        subscriber: Subscriber,
-        slot: dt.datetime,
-        *,
-        last_slot: dt.datetime | None,
-        now: dt.datetime,
-        write: bool = True,
+        self, subscriber: Subscriber, slot: dt.datetime, *, last_slot: dt.datetime | None
     ) -> PlannedDigest:
-        """Build the digest for one (subscriber, slot); with `write`, put it in the outbox
-        and remember the slot as handled (also when it is empty and not sent)."""
-        first, last = digest_days(subscriber, slot, last_slot)
-        matches, total = self.matches_for(subscriber, first, last)
-        digest_id = None
-        if write:
-            if matches or subscriber.send_empty:
-                digest_id = self.write(subscriber, slot, matches, total, now)
-                taken = self._window(first, last)[1]
-                taken.setdefault(subscriber.email, set()).update(m.paper.id for m in matches)
-            with Session(self.engine) as session:
-                store.save_subscriber_state(session, subscriber.email, last_slot=slot)
-        return PlannedDigest(subscriber, slot, tuple(matches), total, digest_id)
+        """What the digest for one (subscriber, slot) holds. Writes nothing."""
+        window = digest_days(subscriber, slot, last_slot)
+        matches, total = self.matches_for(subscriber, *window)
+        return PlannedDigest(subscriber, slot, tuple(matches), total, window)
 
-    def write(
-        self,
-        subscriber: Subscriber,
-        slot: dt.datetime,
-        matches: Sequence[Match],
-        total: int,
-        now: dt.datetime,
-    ) -> int | None:
+    def save(
+        self, planned: Sequence[PlannedDigest], now: dt.datetime, *, seen: Sequence[str] = ()
+    ) -> list[PlannedDigest]:
+        """Render the planned digests that have something to say (or whose subscriber wants
+        them empty) and put them in the outbox, recording every planned slot as handled and
+        each `seen` subscriber's first sight, all in one transaction."""
         mail = self.config.mail
-        subject, message = render_digest_bytes(
-            self.renderer,
-            subscriber=subscriber,
-            slot=slot,
-            matches=matches,
-            mail=mail,
-            now=now,
-            total_matches=total,
-        )
-        return outbox.add_digest(
-            self.engine,
-            subscriber=subscriber.email,
-            slot=slot,
-            recipient=subscriber.email,
-            sender=envelope_sender(mail.from_addr),
-            message_id=message_id_for(subscriber.email, slot, mail.from_addr),
-            subject=subject,
-            paper_ids=[m.paper.id for m in matches],
-            message=message,
-            now=now,
-        )
+        sender = envelope_sender(mail.from_addr)
+        chosen = [p for p in planned if p.matches or p.subscriber.send_empty]
+        new = []
+        for p in chosen:
+            subject, message = render_digest_bytes(
+                self.renderer,
+                subscriber=p.subscriber,
+                slot=p.slot,
+                matches=p.matches,
+                mail=mail,
+                now=now,
+                total_matches=p.total_matches,
+            )
+            new.append(
+                outbox.NewDigest(
+                    subscriber=p.subscriber.email,
+                    slot=p.slot,
+                    recipient=p.subscriber.email,
+                    sender=sender,
+                    message_id=message_id_for(p.subscriber.email, p.slot, mail.from_addr),
+                    subject=subject,
+                    paper_ids=tuple(m.paper.id for m in p.matches),
+                    message=message,
+                )
+            )
+        handled: list[tuple[str, dt.datetime | None]] = [
+            (p.subscriber.email, p.slot) for p in planned
+        ]
+        handled += [(email, None) for email in seen]
+        ids = outbox.add_digests(self.engine, new, now=now, handled=handled)
+        written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
+        for p in chosen:  # the snapshot: these papers are now on their way
+            taken = self._window(*p.window)[1]
+            taken.setdefault(p.subscriber.email, set()).update(m.paper.id for m in p.matches)
+        return [replace(p, digest_id=written.get(id(p))) for p in planned]
 
 
 def envelope_sender(from_addr: str) -> str:
@@ -368,15 +369,15 @@ def plan_due(
     has not been handled, new subscribers included. The daemon starts a subscriber it has
     never seen with their next slot, and sends a missed slot only within `catch_up`.
     """
-    planned = []
+    with Session(planner.engine) as session:
+        states = store.get_subscriber_states(session, [s.email for s in subscribers])
+    done: list[PlannedDigest] = []
+    planned: list[PlannedDigest] = []
+    seen: list[str] = []  # subscribers met for the first time
     for subscriber in subscribers:
-        with Session(planner.engine) as session:
-            state = store.get_subscriber_state(session, subscriber.email)
-        if state is None and write:
-            # a session of its own: upgrading the read above to a write fails at once on
-            # SQLite (SQLITE_BUSY_SNAPSHOT) when a poll commits in between (the daemon)
-            with Session(planner.engine) as session:
-                store.save_subscriber_state(session, subscriber.email, first_seen_at=now)
+        state = states.get(subscriber.email)
+        if state is None:
+            seen.append(subscriber.email)
         last_slot = as_utc(state.last_slot) if state and state.last_slot else None
         not_before = None
         if daemon:
@@ -390,7 +391,12 @@ def plan_due(
             catch_up=planner.config.daemon.catch_up if daemon else None,
         )
         if slot is not None:
-            planned.append(
-                planner.plan(subscriber, slot, last_slot=last_slot, now=now, write=write)
-            )
-    return planned
+            planned.append(planner.plan(subscriber, slot, last_slot=last_slot))
+        if write and len(planned) >= SAVE_EVERY:
+            done += planner.save(planned, now, seen=seen)
+            planned, seen = [], []
+    if not write:
+        return planned
+    if planned or seen:
+        done += planner.save(planned, now, seen=seen)
+    return done

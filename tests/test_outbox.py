@@ -225,3 +225,65 @@ def test_mark_sent_and_claim_is_one_transaction(tmp_path: Path) -> None:
     assert get(engine, ids[3]).status == "pending"
     # nothing was claimed either: the rows never leased are still due at once
     assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[2], ids[5]]
+
+
+def test_add_digests_writes_digests_and_handled_slots_in_one_transaction(tmp_path: Path) -> None:
+    from digest.models import SubscriberRow
+
+    engine = new_outbox(tmp_path)
+    slot = T0.replace(hour=8)
+    assert add(engine, "ada@example.org", slot, ["p0"]) is not None
+
+    messages = {who: build_message(who, slot) for who in ("ada@example.org", "bob@example.org")}
+
+    def digest(subscriber: str) -> outbox.NewDigest:
+        return outbox.NewDigest(
+            subscriber,
+            slot,
+            subscriber,
+            SENDER,
+            f"<{subscriber}>",
+            "s",
+            ("p1",),
+            messages.get(subscriber, b"x"),
+        )
+
+    handled: list[tuple[str, dt.datetime | None]] = [
+        ("ada@example.org", slot),
+        ("bob@example.org", slot),
+        ("eve@example.org", None),
+    ]
+    ids = outbox.add_digests(
+        engine, [digest("ada@example.org"), digest("bob@example.org")], now=T0, handled=handled
+    )
+    assert ids[0] is None and ids[1] is not None  # ada's slot already had its digest
+    with Session(engine) as session:
+        states = {row.email: row for row in session.exec(select(SubscriberRow))}
+        bob = session.get(DigestRow, ids[1])
+        assert bob is not None and bob.message == messages["bob@example.org"]
+    assert states["bob@example.org"].last_slot == slot
+    assert states["eve@example.org"].last_slot is None
+    assert states["eve@example.org"].first_seen_at == T0
+
+    # a failure in the middle writes nothing: neither digests nor slots
+    broken = outbox.NewDigest(
+        "carl@example.org",
+        slot,
+        "carl@example.org",
+        None,  # type: ignore[arg-type]  # no envelope sender: NOT NULL refuses it
+        "<c>",
+        "s",
+        ("p1",),
+        b"x",
+    )
+    with pytest.raises(StoreError):
+        outbox.add_digests(
+            engine,
+            [digest("dan@example.org"), broken],
+            now=T0,
+            handled=[("dan@example.org", slot), ("carl@example.org", slot)],
+        )
+    with Session(engine) as session:
+        assert session.get(SubscriberRow, "dan@example.org") is None
+        subscribers = set(session.exec(select(DigestRow.subscriber)))
+    assert subscribers == {"ada@example.org", "bob@example.org"}

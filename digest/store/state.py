@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,17 @@ def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[
 def get_subscriber_state(session: Session, email: str) -> SubscriberRow | None:
     with wrap_db_errors(f"reading the state of subscriber {email}", session_url(session)):
         return session.get(SubscriberRow, email)
+
+
+def get_subscriber_states(session: Session, emails: Sequence[str]) -> dict[str, SubscriberRow]:
+    """The saved state of each of `emails` that has one: one read for a planning run."""
+    states: dict[str, SubscriberRow] = {}
+    with wrap_db_errors("reading the subscribers' state", session_url(session)):
+        for start in range(0, len(emails), 500):
+            chunk = emails[start : start + 500]
+            query = select(SubscriberRow).where(col(SubscriberRow.email).in_(chunk))
+            states.update((row.email, row) for row in session.exec(query))
+    return states
 
 
 def save_subscriber_state(
