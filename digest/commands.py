@@ -305,8 +305,6 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         async with make_client(config.source) as client:
             poll_report = await pipeline.poll(config, engine, client, days, now=utcnow)
         log.info(poll_report.summary())
-        for error in poll_report.errors:
-            log.warning("fetch %s", error)
     planner = pipeline.Planner(config, engine)
     planned = pipeline.plan_due(
         planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run
@@ -320,9 +318,10 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         return 0
     async with make_transport(config.mail) as transport:
         report = await drain_outbox(engine, transport, now=utcnow)
+    written = sum(p.digest_id is not None for p in planned)
     out.write(
-        f"{len(planned)} digests due, {report.sent} sent, {report.failed} failed, "
-        f"{report.pending} pending\n"
+        f"{written} new digests ({len(planned) - written} due slots had nothing new); "
+        f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
     if report.error:
         raise DeliveryError(f"mail not sent, {report.pending} digests stay pending: {report.error}")

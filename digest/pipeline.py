@@ -65,7 +65,12 @@ class PollReport:
 
     @property
     def errors(self) -> list[str]:
-        return [f"{d.day}: {d.error}" for d in self.days if d.error]
+        """One line per failed day, each naming its day."""
+        return [
+            d.error if d.error.startswith(str(d.day)) else f"{d.day}: {d.error}"
+            for d in self.days
+            if d.error
+        ]
 
     @property
     def ok(self) -> bool:
@@ -124,7 +129,7 @@ async def poll(
             result = await task
             outcome = _store_day(engine, day, result, now())
             if outcome.error:
-                log.warning("fetch %s failed: %s", day, outcome.error)
+                log.warning("fetch failed: %s", outcome.error)
             report.days.append(outcome)
             if on_day is not None:
                 on_day(outcome)

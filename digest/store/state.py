@@ -259,7 +259,10 @@ def _describe_poll(poll: PollRow | None) -> str:
     started = f"{as_utc(poll.started_at):%Y-%m-%d %H:%M} UTC"
     if poll.finished_at is None:
         return f"last poll: started {started}, not finished"
-    outcome = "ok" if poll.ok else f"failed: {poll.error or 'unknown error'}"
+    error = poll.error or "unknown error"
+    if len(error) > 300:  # a poll of many failing days: the first of them is enough here
+        error = error[:300] + "..."
+    outcome = "ok" if poll.ok else f"failed: {error}"
     return (
         f"last poll: {started}, {outcome} ({poll.source or 'no source'}, {poll.days} days, "
         f"{poll.new} new, {poll.updated} updated)"
