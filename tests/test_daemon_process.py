@@ -1,0 +1,361 @@
+"""`digest run` as a real subprocess, against HFServer and a real aiosmtpd server.
+
+Every test drives time with short "every Ns" schedules and a 1-second poll, never by
+sleeping through real hours; every wait is bounded. The subprocess's stderr (its log)
+is read in a thread so a test can wait for a line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlmodel import Session
+
+from digest import store
+from digest.schedule import latest_slot, parse_schedule
+from tests.hfserver import Fault, HFServer, shared_dir
+from tests.smtpd_helpers import RecordingHandler, SmtpServer
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS_DAY = shared_dir() / "corpus" / "hf-api" / "2025-12-30.json"  # 10 real papers
+WAIT = 15.0  # seconds any single expected event may take
+MATCH_ALL = "model* OR learn* OR language OR diffusion OR video OR agent*"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Daemon:
+    """`python -m digest.cli run -c CONFIG` with its log lines collected as they come."""
+
+    def __init__(self, config: Path) -> None:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        env.pop("DIGEST_CONFIG", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "digest.cli", "run", "-c", str(config)],
+            cwd=config.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._seen:
+                self.lines.append(line.rstrip("\n"))
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_for(self, pattern: str, *, after: int = 0, timeout: float = WAIT) -> int:
+        """The index of the first log line from `after` on matching `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                for i in range(after, len(self.lines)):
+                    if regex.search(self.lines[i]):
+                        return i
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no log line matching {pattern!r} within {timeout}s; "
+                        f"exit {self.proc.poll()}; log:\n" + "\n".join(self.lines)
+                    )
+                self._seen.wait(min(left, 0.2))
+
+    def count(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        with self._seen:
+            return sum(bool(regex.search(line)) for line in self.lines)
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 40.0) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def hf() -> Iterator[HFServer]:
+    """HFServer serving 10 real papers on every day around today."""
+    with HFServer() as server:
+        body = CORPUS_DAY.read_bytes()
+        today = utcnow().date()
+        for n in range(-1, 5):
+            server.set_api_body(today - dt.timedelta(days=n), body)
+        yield server
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer(RecordingHandler()) as server:
+        yield server
+
+
+def subscriber(email: str, schedule: str, query: str = MATCH_ALL) -> str:
+    return (f'[[subscribers]]\nemail = "{email}"\ntimezone = "UTC"\nschedule = "{schedule}"\n'
+            f"topics = [{{ name = \"Everything\", query = '{query}' }}]\n")
+
+
+def write_config(
+    path: Path,
+    hf: HFServer,
+    smtp: SmtpServer,
+    subscribers: list[str],
+    *,
+    extra: str = "",
+    poll: str = "1s",
+    lookback: int = 1,
+    max_connections: int = 2,
+) -> Path:
+    path.write_text(
+        f'[source]\nbase_url = "{hf.base_url}"\nmode = "api"\npoll_interval = "{poll}"\n'
+        f"lookback_days = {lookback}\nretries = 0\ntimeout = 5\n\n"
+        f'[storage]\nurl = "sqlite:///digest.db"\n\n'
+        f'[mail]\nfrom = "Papers Digest <digest@example.org>"\ntransport = "smtp"\n'
+        f'smtp = {{ host = "127.0.0.1", port = {smtp.port}, security = "none", '
+        f"max_connections = {max_connections}, rate_per_second = 1000 }}\n\n"
+        f"{extra}\n" + "\n".join(subscribers),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def run_daemon() -> Iterator[list[Daemon]]:
+    """Started daemons, killed at the end of the test if still running."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def start(started: list[Daemon], config: Path) -> Daemon:
+    daemon = Daemon(config)
+    started.append(daemon)
+    daemon.wait_for(r"daemon started")
+    return daemon
+
+
+def received_by(smtp: SmtpServer) -> dict[str, int]:
+    return {rcpt: len(items) for rcpt, items in smtp.handler.by_recipient().items()}
+
+
+def digest_rows(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT subscriber, status FROM digests ORDER BY id").fetchall()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_slot_a_few_seconds_ahead_gets_exactly_one_digest(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    config = write_config(tmp_path / "digest.toml", hf, smtp, [
+        subscriber("ada@example.org", "every 2s"),
+        subscriber("bob@example.org", "daily 03:00"),  # new: waits for its next slot
+    ])
+    daemon = start(run_daemon, config)
+    sent = daemon.wait_for(r"drain: 1 sent")
+    later = daemon.wait_for(r"planned 0 digests \(1 due", after=sent)  # later slots: nothing new
+    daemon.wait_for(r"planned 0 digests \(1 due", after=later + 1)
+    assert daemon.stop() == 0
+    assert received_by(smtp) == {"ada@example.org": 1}
+    (message,) = [r.parsed() for r in smtp.handler.received]
+    assert message["To"].addresses[0].addr_spec == "ada@example.org"
+    assert message["Message-ID"].startswith("<digest-")
+    assert message.get_body(("plain",)) is not None
+    summary = [line for line in daemon.lines if "stopped after" in line]
+    assert len(summary) == 1
+    assert re.search(r"\d+ polls \(0 failed\), 1 digests planned, 1 sent, 0 failed, 0 pending",
+                     summary[0])
+
+
+def test_sigterm_while_sending_exits_0_and_loses_nothing(
+    tmp_path: Path, hf: HFServer, run_daemon: list[Daemon]
+) -> None:
+    people = [f"reader{i:02d}@example.org" for i in range(12)]
+    handler = RecordingHandler(data_delay=0.25)  # 12 messages, 2 at a time: ~1.5 s of sending
+    with SmtpServer(handler) as smtp:
+        config = write_config(tmp_path / "digest.toml", hf, smtp,
+                              [subscriber(p, "every 2s") for p in people])
+        daemon = start(run_daemon, config)
+        deadline = time.monotonic() + WAIT
+        while not handler.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert handler.received, "nothing was sent:\n" + "\n".join(daemon.lines)
+        assert daemon.stop() == 0
+        first_run = len(handler.received)
+        rows = digest_rows(tmp_path / "digest.db")
+        assert len(rows) == len(people)
+        sent = sum(status == "sent" for _, status in rows)
+        assert sent == first_run  # every accepted message is marked sent, no more
+        assert sent < len(people), "the stop came too late to test anything"
+        assert {status for _, status in rows} <= {"sent", "pending"}
+        assert sum("stopped after" in line for line in daemon.lines) == 1
+
+        again = start(run_daemon, config)  # the rest goes out after a restart, once
+        again.wait_for(r"drain: \d+ sent, 0 failed, 0 retried, 0 pending")
+        assert again.stop() == 0
+    assert received_by(smtp) == dict.fromkeys(people, 1)
+    assert {status for _, status in digest_rows(tmp_path / "digest.db")} == {"sent"}
+
+
+def test_a_bad_config_at_start_exits_2_naming_file_and_field(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer
+) -> None:
+    config = write_config(tmp_path / "digest.toml", hf, smtp, [
+        subscriber("ada@example.org", "every 2s").replace('"UTC"', '"Europe/Berln"')])
+    daemon = Daemon(config)
+    try:
+        assert daemon.proc.wait(30) == 2
+    finally:
+        daemon.kill()
+    assert daemon.count(r"digest\.toml:\d+: .*timezone.*Europe/Berln") == 1
+    assert daemon.count(r"daemon started") == 0
+    assert not (tmp_path / "digest.db").exists()
+
+
+def test_sigterm_during_a_slow_poll_stops_at_once_without_errors(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    hf.add_fault("/api/", *[Fault(status=200, real_body=True, delay=20) for _ in range(4)])
+    config = write_config(tmp_path / "digest.toml", hf, smtp,
+                          [subscriber("ada@example.org", "daily 03:00")], lookback=0)
+    daemon = start(run_daemon, config)
+    deadline = time.monotonic() + WAIT
+    while not hf.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert hf.requests, "the daemon never polled"
+    time.sleep(1.5)  # the scheduler's poll job fires meanwhile and waits for the same poll
+    began = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - began < 10  # the poll is cancelled, not waited for
+    assert daemon.count(r" ERROR |Traceback|raised an exception") == 0, "\n".join(daemon.lines)
+    assert daemon.count(r"stopped after .*: 0 polls \(0 failed\)") == 1
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_config(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    good = [subscriber("ada@example.org", "every 2s")]
+    config = write_config(tmp_path / "digest.toml", hf, smtp, good)
+    daemon = start(run_daemon, config)
+    daemon.wait_for(r"drain: 1 sent")
+    broken = config.read_text().replace('timezone = "UTC"', 'timezone = "Europe/Berln"')
+    config.write_text(broken + subscriber("bob@example.org", "every 2s"))
+    mark = len(daemon.lines)
+    daemon.send(signal.SIGHUP)
+    refused = daemon.lines[daemon.wait_for(r"reload .* refused", after=mark)]
+    assert "Europe/Berln" in refused
+    assert "digest.toml" in refused
+    daemon.wait_for(r"poll: ", after=mark + 1)  # still running: polls go on
+    daemon.wait_for(r"planned 0 digests", after=mark + 1)  # ... and so do ada's slots
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+    assert received_by(smtp) == {"ada@example.org": 1}  # bob was never taken on
+
+
+def test_sighup_adding_a_subscriber_schedules_them(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    ada = subscriber("ada@example.org", "every 2s")
+    config = write_config(tmp_path / "digest.toml", hf, smtp, [ada])
+    daemon = start(run_daemon, config)
+    daemon.wait_for(r"drain: 1 sent")
+    write_config(config, hf, smtp, [ada, subscriber("bob@example.org", "every 3s")])
+    mark = len(daemon.lines)
+    daemon.send(signal.SIGHUP)
+    daemon.wait_for(r"reloaded .*: 2 subscribers \(1 added, 0 removed, 0 changed\) in 2 slot",
+                    after=mark)
+    daemon.wait_for(r"drain: 1 sent", after=mark)
+    assert daemon.stop() == 0
+    assert received_by(smtp) == {"ada@example.org": 1, "bob@example.org": 1}
+
+
+def test_missed_slot_two_days_ago_gets_one_catch_up_digest_and_restarts_send_nothing(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    now = utcnow()
+    hour_ago = now - dt.timedelta(hours=1)
+    schedule = f"daily {hour_ago:%H:%M}"
+    slot = latest_slot(parse_schedule(schedule), ZoneInfo("UTC"), now)
+    assert slot is not None
+    config = write_config(tmp_path / "digest.toml", hf, smtp,
+                          [subscriber("ada@example.org", schedule)], poll="1h")
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
+    store.migrate(engine)
+    with Session(engine) as session:  # the daemon knew ada, and last ran two days ago
+        store.save_subscriber_state(session, "ada@example.org",
+                                    first_seen_at=now - dt.timedelta(days=10),
+                                    last_slot=slot - dt.timedelta(days=2))
+    engine.dispose()
+
+    daemon = start(run_daemon, config)
+    daemon.wait_for(r"catch-up: 1 digests due at start")
+    daemon.wait_for(r"drain: 1 sent")
+    assert daemon.stop() == 0
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C stops as cleanly as SIGTERM
+        again = start(run_daemon, config)
+        again.wait_for(r"catch-up: 0 digests due at start")
+        assert again.stop(sig) == 0
+        assert again.count(r"stopped after .* 0 digests planned, 0 sent") == 1
+    assert received_by(smtp) == {"ada@example.org": 1}
+    with sqlite3.connect(tmp_path / "digest.db") as conn:
+        ((stored_slot,),) = conn.execute("SELECT slot FROM digests").fetchall()
+    assert dt.datetime.fromisoformat(stored_slot).replace(tzinfo=dt.UTC) == slot
+
+
+def test_failing_source_sends_one_alert_then_one_recovery_across_a_restart(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    hf.add_fault("/api/", *[Fault(status=503) for _ in range(6)])  # 6 polls of 1 day fail
+    config = write_config(tmp_path / "digest.toml", hf, smtp, [], lookback=0, extra=(
+        '[alerts]\nemail = "admin@example.org"\nafter_failed_polls = 2\n'))
+    daemon = start(run_daemon, config)
+    alerted = daemon.wait_for(r"alert after 2 failed polls")
+    daemon.wait_for(r"drain: 1 sent", after=alerted)
+    assert daemon.stop() == 0
+    # the counter and the "alert is out" flag are in the database: no second alert
+    again = start(run_daemon, config)
+    recovered = again.wait_for(r"recovery after \d+ failed polls")
+    again.wait_for(r"poll: .* 0 failed", after=recovered + 1)  # polls go on working
+    again.wait_for(r"drain: 1 sent", after=recovered)
+    assert again.stop() == 0
+    assert again.count(r"alert after") == 0 and again.count(r"recovery after") == 1
+    messages = [r.parsed() for r in smtp.handler.received]
+    assert [m["To"].addresses[0].addr_spec for m in messages] == ["admin@example.org"] * 2
+    alert, recovery = messages
+    assert "2 polls" in str(alert["Subject"])
+    assert "503" in alert.get_body(("plain",)).get_content()
+    assert "works again" in str(recovery["Subject"])
