@@ -14,44 +14,10 @@ from sqlmodel import Session
 
 from digest import store
 from digest.cli import main
+from tests.configs import write_config
 from tests.hfserver import HFServer, closed_port, shared_dir
 
 CAPTURE = shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json"
-
-
-def write_config(tmp_path: Path, base_url: str, subscribers: str | None = None) -> Path:
-    if subscribers is None:
-        subscribers = """
-[[subscribers]]
-email = "ada@example.org"
-name = "Ada"
-schedule = "daily 00:00"
-topics = [
-  { name = "Agents", query = 'agent*' },
-  { name = "Video", query = 'video OR "image generation"' },
-]
-"""
-    path = tmp_path / "digest.toml"
-    path.write_text(
-        f"""
-[source]
-base_url = "{base_url}"
-mode = "api"
-retries = 1
-timeout = 5.0
-lookback_days = 1
-
-[storage]
-url = "sqlite:///digest.db"
-
-[mail]
-from = "Papers Digest <digest@example.org>"
-maildir = "mail"
-{subscribers}
-""",
-        encoding="utf-8",
-    )
-    return path
 
 
 def today() -> dt.date:

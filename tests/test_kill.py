@@ -19,6 +19,7 @@ from digest import outbox, store
 from digest.config import SmtpConfig
 from digest.models import DeliveryRow, DigestRow
 from digest.smtp import SmtpTransport
+from tests.configs import write_config
 from tests.hfserver import HFServer, shared_dir
 from tests.smtpd_helpers import SmtpServer
 
@@ -33,33 +34,18 @@ def people() -> list[str]:
     return [f"user{n:03d}@example.org" for n in range(PEOPLE)]
 
 
-def write_config(tmp_path: Path, base_url: str, smtp_port: int) -> Path:
+def write_kill_config(tmp_path: Path, base_url: str, smtp_port: int) -> Path:
     subscribers = "".join(
         f'\n[[subscribers]]\nemail = "{who}"\nschedule = "daily 00:00"\n'
         f"topics = [{{ name = \"Models\", query = 'model*' }}]\n"
         for who in people()
     )
-    path = tmp_path / "digest.toml"
-    path.write_text(
-        f"""
-[source]
-base_url = "{base_url}"
-mode = "api"
-retries = 1
-timeout = 5.0
-lookback_days = 1
-
-[storage]
-url = "sqlite:///digest.db"
-
-[mail]
-from = "Papers Digest <digest@example.org>"
-transport = "smtp"
-smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "none", max_connections = {POOL}, rate_per_second = {RATE:g}, timeout = 2, retries = 0 }}
-{subscribers}""",  # noqa: E501  # one TOML inline table must stay on one line
-        encoding="utf-8",
+    smtp = (
+        f'host = "127.0.0.1", port = {smtp_port}, security = "none", max_connections = {POOL}, '
+        f"rate_per_second = {RATE:g}, timeout = 2, retries = 0"
     )
-    return path
+    mail = f'transport = "smtp"\nsmtp = {{ {smtp} }}'
+    return write_config(tmp_path, base_url, subscribers=subscribers, mail=mail)
 
 
 def digest_send(config: Path) -> list[str]:
@@ -101,7 +87,7 @@ def test_sigkill_mid_batch_then_send_again_repeats_at_most_the_in_flight(
     for day in (today, today - dt.timedelta(days=1)):  # today's and yesterday's list
         hf_server.set_api_body(day, body)
     with SmtpServer() as server:
-        config = write_config(tmp_path, hf_server.base_url, server.port)
+        config = write_kill_config(tmp_path, hf_server.base_url, server.port)
         smtp = SmtpConfig(
             host="127.0.0.1",
             port=server.port,

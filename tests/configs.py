@@ -1,0 +1,45 @@
+"""Subscription files for end-to-end tests: a fixture server as the source, an SQLite
+file and the given mail settings beside the config, then the subscribers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ADA = """
+[[subscribers]]
+email = "ada@example.org"
+name = "Ada"
+schedule = "daily 00:00"
+topics = [
+  { name = "Agents", query = 'agent*' },
+  { name = "Video", query = 'video OR "image generation"' },
+]
+"""
+
+
+def write_config(
+    tmp_path: Path, base_url: str, *, subscribers: str = ADA, mail: str = 'maildir = "mail"'
+) -> Path:
+    """digest.toml in `tmp_path`, polling `base_url` for today and yesterday, no retries
+    to speak of (tests inject their failures on purpose)."""
+    path = tmp_path / "digest.toml"
+    path.write_text(
+        f"""
+[source]
+base_url = "{base_url}"
+mode = "api"
+retries = 1
+timeout = 5.0
+lookback_days = 1
+
+[storage]
+url = "sqlite:///digest.db"
+
+[mail]
+from = "Papers Digest <digest@example.org>"
+{mail}
+{subscribers}
+""",
+        encoding="utf-8",
+    )
+    return path
