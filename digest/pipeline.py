@@ -1,9 +1,10 @@
 """The recipes: every command and every daemon job is one of these, composed from the layers.
 
-    poll:  fetch_day (sources.fetch) | upsert_listings (store)                    -> PollReport
-    plan:  due_slot (pure) | candidate_papers (store) | match_subscriber (match)
-             | render_digest (render) | add_digest (outbox)                       -> PlanReport
-    send:  drain_outbox (delivery)                                                -> DrainReport
+    poll:  fetch_day (sources.fetch) | upsert_listings (store)                -> PollReport
+    plan:  due_slot (pure) | candidate_papers, papers_taken (store, once per window)
+             | match_subscriber (match) | render_digest_bytes (render)
+             | add_digests (outbox, with the handled slots, 200 at a time)    -> [PlannedDigest]
+    send:  drain_outbox (delivery)                                            -> DrainReport
 
 Owns the order of the steps and what counts as due; owns no parsing, matching, rendering
 or SMTP. Each step takes `now` from its caller.
