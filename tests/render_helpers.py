@@ -34,7 +34,7 @@ def make_subscriber(**changes: object) -> Subscriber:
         name="Ada",
         topics=(Topic("Reinforcement learning", "rl"), Topic("Vision-language models", "vlm")),
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)
 
 
 @functools.cache
@@ -50,8 +50,8 @@ def render(renderer: Renderer, matches: list[Match], **kw: object) -> EmailMessa
     (an EmailMessage), and checks that they agree byte for byte."""
     args: dict[str, object] = {"subscriber": make_subscriber(), "slot": SLOT, "mail": MAIL}
     args.update(kw)
-    msg = render_digest(renderer, matches=matches, now=NOW, **args)  # type: ignore[arg-type]
-    subject, data = render_digest_bytes(renderer, matches=matches, now=NOW, **args)  # type: ignore[arg-type]
+    msg = render_digest(renderer, matches=matches, now=NOW, **args)
+    subject, data = render_digest_bytes(renderer, matches=matches, now=NOW, **args)
     assert data == msg.as_bytes()
     assert subject == str(msg["Subject"])
     parsed = email.message_from_bytes(data, policy=email.policy.default)

@@ -308,7 +308,7 @@ class Sleeps:
 
 
 def plain(port: int, **kw: object) -> SmtpConfig:
-    return SmtpConfig(host="127.0.0.1", port=port, security="none", **kw)  # type: ignore[arg-type]
+    return SmtpConfig(host="127.0.0.1", port=port, security="none", **kw)
 
 
 def clock() -> dt.datetime:
@@ -318,11 +318,11 @@ def clock() -> dt.datetime:
 def drain(engine: object, transport: Transport, **kw: object) -> DrainReport:
     async def go() -> DrainReport:
         async with transport:
-            return await drain_outbox(engine, transport, now=clock, **kw)  # type: ignore[arg-type]
+            return await drain_outbox(engine, transport, now=clock, **kw)
 
     return asyncio.run(go())
 
 
 def rows(engine: object) -> dict[str, DigestRow]:
-    with Session(engine) as session:  # type: ignore[arg-type]
+    with Session(engine) as session:
         return {r.recipient: r for r in session.exec(select(DigestRow)).all()}

@@ -42,7 +42,7 @@ def paper(pid: str, day: dt.date = D1, **fields: object) -> Paper:
     }
     base.update(fields)
     # the ignore below: **base mixes field types that mypy cannot match to Paper
-    return Paper(id=pid, listed_on=day, **base)  # type: ignore[arg-type]
+    return Paper(id=pid, listed_on=day, **base)
 
 
 def migrated_engine(folder: Path) -> Engine:

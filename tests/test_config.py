@@ -248,7 +248,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE), {})
     assert isinstance(config, Config)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.subscribers[0].email = "x@example.org"  # type: ignore[misc]
+        config.subscribers[0].email = "x@example.org"
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_happy_path_sends_each_digest_once_and_records_deliveries(tmp_path: Path
         assert message["Message-ID"] == message_id_for(person, T0)
         assert message["Subject"] == f"Papers digest for {person}"
         assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
-        assert f"Hello {person}" in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f"Hello {person}" in message.get_body(("plain",)).get_content()
     stored = rows(engine)
     assert {r.status for r in stored.values()} == {"sent"}
     assert all(r.last_reply and "queued" in r.last_reply for r in stored.values())

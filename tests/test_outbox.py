@@ -20,7 +20,7 @@ MINUTE = dt.timedelta(minutes=1)
 
 def add(engine: object, subscriber: str, slot: dt.datetime, papers: list[str]) -> int | None:
     return outbox.add_digest(
-        engine,  # type: ignore[arg-type]
+        engine,
         subscriber=subscriber,
         slot=slot,
         recipient=subscriber,
@@ -34,14 +34,14 @@ def add(engine: object, subscriber: str, slot: dt.datetime, papers: list[str]) -
 
 
 def get(engine: object, digest_id: int) -> DigestRow:
-    with Session(engine) as session:  # type: ignore[arg-type]
+    with Session(engine) as session:
         row = session.get(DigestRow, digest_id)
         assert row is not None
         return row
 
 
 def deliveries(engine: object) -> list[tuple[str, str, int]]:
-    with Session(engine) as session:  # type: ignore[arg-type]
+    with Session(engine) as session:
         found = session.exec(select(DeliveryRow)).all()
         return sorted((d.subscriber, d.paper_id, d.digest_id) for d in found)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlmodel import Session
 
 from digest import outbox, pipeline, store
 from digest.config import Config, DaemonConfig, Subscriber, Topic
+from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
 from tests.hfserver import shared_dir
@@ -42,11 +44,16 @@ def at(text: str, tz: ZoneInfo = BERLIN) -> dt.datetime:
     ],
 )
 def test_due_slot(
-    now: str, last_slot: str | None, not_before: str | None,
-    catch_up: dt.timedelta | None, expected: str | None,
+    now: str,
+    last_slot: str | None,
+    not_before: str | None,
+    catch_up: dt.timedelta | None,
+    expected: str | None,
 ) -> None:
     got = pipeline.due_slot(
-        DAILY_8, BERLIN, at(now),
+        DAILY_8,
+        BERLIN,
+        at(now),
         last_slot=at(last_slot) if last_slot else None,
         not_before=at(not_before) if not_before else None,
         catch_up=catch_up,
@@ -56,7 +63,9 @@ def test_due_slot(
 
 def subscriber(email: str = "ada@example.org", **kw: object) -> Subscriber:
     fields: dict[str, object] = {
-        "email": email, "schedule": DAILY_8, "timezone": "Europe/Berlin",
+        "email": email,
+        "schedule": DAILY_8,
+        "timezone": "Europe/Berlin",
         "topics": (Topic("Agents", "agent*"),),
     }
     fields.update(kw)
@@ -68,10 +77,14 @@ def test_digest_days_is_the_window_stretched_back_to_missed_slots() -> None:
     d = dt.date
     assert pipeline.digest_days(subscriber(), slot, None) == (d(2026, 3, 12), d(2026, 3, 13))
     assert pipeline.digest_days(subscriber(window_days=5), slot, None) == (
-        d(2026, 3, 9), d(2026, 3, 13))
+        d(2026, 3, 9),
+        d(2026, 3, 13),
+    )
     # the last handled slot was three days earlier: its days are folded in
     assert pipeline.digest_days(subscriber(), slot, at("2026-03-10 08:00")) == (
-        d(2026, 3, 10), d(2026, 3, 13))
+        d(2026, 3, 10),
+        d(2026, 3, 13),
+    )
     # but never more than a month back
     first, _ = pipeline.digest_days(subscriber(), slot, at("2025-01-01 08:00"))
     assert first == d(2026, 3, 13) - dt.timedelta(days=pipeline.MAX_FOLD_DAYS)
@@ -80,7 +93,10 @@ def test_digest_days_is_the_window_stretched_back_to_missed_slots() -> None:
 def test_days_to_poll_is_today_and_the_lookback_oldest_first() -> None:
     now = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC)
     assert pipeline.days_to_poll(now, 2) == [
-        dt.date(2026, 2, 27), dt.date(2026, 2, 28), dt.date(2026, 3, 1)]
+        dt.date(2026, 2, 27),
+        dt.date(2026, 2, 28),
+        dt.date(2026, 3, 1),
+    ]
 
 
 # --------------------------------------------------------------------------- plan_due
@@ -94,8 +110,11 @@ def planner(tmp_path: Path) -> pipeline.Planner:
     body = (shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json").read_bytes()
     for day in (dt.date(2026, 3, 12), dt.date(2026, 3, 13)):
         store.upsert_listings(engine, day, parse_api(body, day), at("2026-03-13 00:00"))
-    config = Config(path=tmp_path / "digest.toml", subscribers=(subscriber(),),
-                    daemon=DaemonConfig(catch_up=dt.timedelta(hours=24)))
+    config = Config(
+        path=tmp_path / "digest.toml",
+        subscribers=(subscriber(),),
+        daemon=DaemonConfig(catch_up=dt.timedelta(hours=24)),
+    )
     return pipeline.Planner(config, engine)
 
 
@@ -103,16 +122,10 @@ def sent_ids(planner: pipeline.Planner, digest_id: int, now: dt.datetime) -> lis
     """Mark a digest sent (as the outbox does) and return its paper ids."""
     (item,) = [i for i in outbox.claim_due(planner.engine, now, 100) if i.id == digest_id]
     outbox.mark_sent(planner.engine, item.id, "250 ok", now)
-    with store_session(planner) as session:
-        row = session.get(outbox.DigestRow, digest_id)
+    with Session(planner.engine) as session:
+        row = session.get(DigestRow, digest_id)
         assert row is not None
         return list(json.loads(row.paper_ids_json))
-
-
-def store_session(planner: pipeline.Planner):  # type: ignore[no-untyped-def]
-    from sqlmodel import Session
-
-    return Session(planner.engine)
 
 
 def test_send_mode_plans_the_latest_slot_once(planner: pipeline.Planner) -> None:

@@ -58,8 +58,8 @@ def both_ways(renderer: Renderer, matches: list[Match], **kw: object) -> tuple[s
     args: dict[str, object] = {"subscriber": make_subscriber(), "slot": SLOT, "mail": MAIL,
                                "now": NOW, "matches": matches}  # fmt: skip
     args.update(kw)
-    subject, data = render_digest_bytes(renderer, **args)  # type: ignore[arg-type]
-    msg = render_digest(renderer, **args)  # type: ignore[arg-type]
+    subject, data = render_digest_bytes(renderer, **args)
+    msg = render_digest(renderer, **args)
     assert data == msg.as_bytes()
     assert subject == str(msg["Subject"])
     return subject, data
@@ -125,8 +125,8 @@ def test_bytes_builder_matches_the_email_message_for_any_bodies(
 ) -> None:
     bodies = DigestBodies(subject=subject, text=text, html=html)
     args = {"subscriber": make_subscriber(name=name), "slot": SLOT, "mail": MAIL, "now": NOW}
-    got_subject, data = build_digest_bytes(bodies, **args)  # type: ignore[arg-type]
-    msg = build_digest_message(bodies, **args)  # type: ignore[arg-type]
+    got_subject, data = build_digest_bytes(bodies, **args)
+    msg = build_digest_message(bodies, **args)
     assert data == msg.as_bytes()
     assert got_subject == str(msg["Subject"])
     assert b"\n" not in data.replace(b"\r\n", b"")
@@ -139,8 +139,8 @@ def test_a_body_holding_the_boundary_cannot_split_the_message() -> None:
     evil = f"--{boundary}\nContent-Type: text/html\n\n<p>forged</p>\n--{boundary}--\n"
     bodies = DigestBodies(subject="s", text=evil, html=f"<p>{evil}</p>")
     args = {"subscriber": make_subscriber(), "slot": SLOT, "mail": MAIL, "now": NOW}
-    _, data = build_digest_bytes(bodies, **args)  # type: ignore[arg-type]
-    assert data == build_digest_message(bodies, **args).as_bytes()  # type: ignore[arg-type]
+    _, data = build_digest_bytes(bodies, **args)
+    assert data == build_digest_message(bodies, **args).as_bytes()
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert parsed.defects == []
     text, html = parts(parsed)  # still two parts, text then HTML

@@ -113,7 +113,7 @@ def test_untrusted_certificate_is_refused(tmp_path: Path, security: str) -> None
     starttls = tls.server_context if security == "starttls" else None
     implicit = tls.server_context if security == "tls" else None
     with SmtpServer(starttls=starttls, implicit_tls=implicit) as server:
-        config = SmtpConfig(host="127.0.0.1", port=server.port, security=security)  # type: ignore[arg-type]
+        config = SmtpConfig(host="127.0.0.1", port=server.port, security=security)
         transport = SmtpTransport(config, sleep=Sleeps())
 
         async def go() -> str:
