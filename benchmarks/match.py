@@ -77,9 +77,10 @@ class Vocabulary:
         orgs: Counter[str] = Counter()
         keywords: Counter[str] = Counter()
         for p in papers:
-            df.update(set(tokenize(p.title + " " + p.abstract)))
+            # sorted: ties in most_common() below must not depend on the hash seed
+            df.update(sorted(set(tokenize(p.title + " " + p.abstract))))
             t = tokenize(p.title)
-            bigrams.update(set(itertools.pairwise(t)))
+            bigrams.update(sorted(set(itertools.pairwise(t))))
             authors.update(p.authors)
             if p.organization:
                 orgs[p.organization] += 1
