@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from match import Vocabulary, load_days, random_query
 from send import find_tools, free_port, run_smtp_source, wait_listening
 
-from digest import outbox, pipeline, store
+from digest import pipeline, store
 from digest.config import Config, MailConfig, SmtpConfig, Subscriber, Topic
-from digest.delivery import drain_outbox
+from digest.mail.delivery import drain_outbox
+from digest.mail.smtp import SmtpTransport
 from digest.schedule import parse_schedule
-from digest.smtp import SmtpTransport
+from digest.store import outbox
 
 NOW = dt.datetime(2026, 3, 13, 9, 0, tzinfo=dt.UTC)
 

@@ -37,10 +37,11 @@ import aiosmtplib
 # be installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from digest import outbox, store
+from digest import store
 from digest.config import SmtpConfig
-from digest.delivery import drain_outbox
-from digest.smtp import SmtpTransport
+from digest.mail.delivery import drain_outbox
+from digest.mail.smtp import SmtpTransport
+from digest.store import outbox
 
 SENDER = "bench@example.org"
 RECIPIENT = "sink@example.org"

@@ -23,8 +23,8 @@ from sqlmodel import Session
 
 from digest import pipeline, store
 from digest.config import Config, Subscriber, example_config, load_config, summarize_config
-from digest.delivery import drain_outbox, make_transport
 from digest.errors import DeliveryError, SourceError, UsageError
+from digest.mail.delivery import drain_outbox, make_transport
 from digest.models import Match, Paper, as_utc
 from digest.render import Renderer, render_digest
 from digest.schedule import next_slot
@@ -338,7 +338,7 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from digest.daemon import run_daemon
+    from digest.daemon.service import run_daemon
 
     return run_daemon(args.config, os.environ)
 

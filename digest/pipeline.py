@@ -25,13 +25,15 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from digest import match, outbox, store
+from digest import store
 from digest.config import Config, Subscriber
 from digest.errors import SourceError
 from digest.models import DayRow, Match, Paper, as_utc
 from digest.render import Renderer, message_id_for, render_digest_bytes
 from digest.schedule import Schedule, default_window_days, digest_window, latest_slot
 from digest.sources.fetch import DayFetch, Validators, fetch_day
+from digest.store import outbox
+from digest.topics import match
 
 log = logging.getLogger(__name__)
 

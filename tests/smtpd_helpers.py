@@ -30,10 +30,11 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from digest import outbox, store
+from digest import store
 from digest.config import SmtpConfig
-from digest.delivery import DrainReport, Transport, drain_outbox
+from digest.mail.delivery import DrainReport, Transport, drain_outbox
 from digest.models import DigestRow
+from digest.store import outbox
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 7, 0, tzinfo=UTC)

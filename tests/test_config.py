@@ -17,8 +17,8 @@ from digest.config import (
     load_config,
     summarize_config,
 )
-from digest.config_build import MAIL_KEYS, SMTP_KEYS, SOURCE_KEYS, SUBSCRIBER_KEYS
-from digest.config_lines import key_lines
+from digest.config.build import MAIL_KEYS, SMTP_KEYS, SOURCE_KEYS, SUBSCRIBER_KEYS
+from digest.config.lines import key_lines
 from digest.errors import ConfigError
 from digest.schedule import parse_schedule
 

@@ -18,8 +18,7 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlmodel import Session, select
 
-from digest import alerts, store
-from digest.alerts import AlertAction, AlertState, step_alert
+from digest import store
 from digest.config import (
     AlertsConfig,
     Config,
@@ -28,8 +27,9 @@ from digest.config import (
     Subscriber,
     load_config,
 )
-from digest.errors import ConfigError, StoreError
-from digest.jobs import (
+from digest.daemon import alerts
+from digest.daemon.alerts import AlertAction, AlertState, step_alert
+from digest.daemon.jobs import (
     QUIET_BUSY_SKIPS,
     SlotTrigger,
     Stats,
@@ -40,6 +40,7 @@ from digest.jobs import (
     poll_jitter,
     slot_job_id,
 )
+from digest.errors import ConfigError, StoreError
 from digest.models import DigestRow, as_utc
 from digest.schedule import parse_schedule
 

@@ -12,9 +12,11 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
-from digest import outbox
 from digest.config import MailConfig
-from digest.delivery import (
+from digest.errors import (
+    StoreError,
+)
+from digest.mail.delivery import (
     MAX_ATTEMPTS,
     DrainReport,
     MaildirTransport,
@@ -22,11 +24,9 @@ from digest.delivery import (
     make_transport,
     retry_delay,
 )
-from digest.errors import (
-    StoreError,
-)
+from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
-from digest.smtp import SmtpTransport
+from digest.store import outbox
 from tests.smtpd_helpers import (
     SENDER,
     T0,

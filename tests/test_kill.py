@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sqlmodel import Session, col, func, select
 
-from digest import outbox, store
+from digest import store
 from digest.config import SmtpConfig
+from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
-from digest.smtp import SmtpTransport
+from digest.store import outbox
 from tests.configs import write_config
 from tests.hfserver import HFServer, shared_dir
 from tests.smtpd_helpers import SmtpServer

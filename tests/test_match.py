@@ -15,9 +15,15 @@ from hypothesis import strategies as st
 
 from digest.config import Topic
 from digest.errors import QuerySyntaxError
-from digest.match import PaperIndex, compile_topics, count_matches, iter_bits, match_subscriber
 from digest.models import Paper
-from digest.query import compile_query, parse_query, tokenize
+from digest.topics.match import (
+    PaperIndex,
+    compile_topics,
+    count_matches,
+    iter_bits,
+    match_subscriber,
+)
+from digest.topics.query import compile_query, parse_query, tokenize
 
 DAY = dt.date(2025, 10, 1)
 SEED_PAPERS = Path("/work/shared/corpus/seed-papers.jsonl")

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from digest import outbox
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestRow
+from digest.store import outbox
 from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
 
 MINUTE = dt.timedelta(minutes=1)

@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import Session
 
-from digest import outbox, pipeline, store
+from digest import pipeline, store
 from digest.config import Config, DaemonConfig, Subscriber, Topic
 from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
+from digest.store import outbox
 from tests.hfserver import shared_dir
 
 BERLIN = ZoneInfo("Europe/Berlin")

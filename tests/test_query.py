@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digest.errors import ConfigError, QuerySyntaxError
-from digest.query import And, Not, Or, Phrase, Term, parse_query, tokenize, word_spans
+from digest.topics.query import And, Not, Or, Phrase, Term, parse_query, tokenize, word_spans
 
 
 @pytest.mark.parametrize(

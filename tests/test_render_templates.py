@@ -11,8 +11,8 @@ import pytest
 from digest.errors import ConfigError
 from digest.models import Match, Paper
 from digest.render import Renderer, shipped_templates_dir
-from digest.render_css import inline_template, parse_stylesheet
-from digest.render_text import first_sentences, format_authors, highlight
+from digest.render.css import inline_template, parse_stylesheet
+from digest.render.text import first_sentences, format_authors, highlight
 from tests.render_helpers import RL, Html, corpus_papers, parts, render
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from digest.config import MailConfig, SmtpConfig
-from digest.delivery import (
-    make_transport,
-)
 from digest.errors import (
     ConfigError,
     MailServerUnavailableError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from digest.smtp import SmtpTransport
+from digest.mail.delivery import (
+    make_transport,
+)
+from digest.mail.smtp import SmtpTransport
 from tests.smtpd_helpers import (
     SENDER,
     RecordingHandler,

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from digest.config import SmtpConfig
 from digest.errors import PermanentDeliveryError, TransientDeliveryError
-from digest.smtp import SmtpTransport
-from digest.smtp_wire import envelope_address, to_wire
+from digest.mail.smtp import SmtpTransport
+from digest.mail.wire import envelope_address, to_wire
 
 SENDER = "digest@example.org"
 

@@ -308,7 +308,7 @@ def test_delivered_ids_and_stats(engine: Engine) -> None:
 def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
     tmp_path: Path,
 ) -> None:
-    from digest import outbox
+    from digest.store import outbox
 
     engine = store.open_engine(f"sqlite:///{tmp_path / 'taken.db'}")
     store.migrate(engine)

@@ -1,8 +1,11 @@
 """The database: engine, migrations, and every query and write over the tables in models.py.
 
-Owns: `open_engine`, `migrate`, `transaction`, the listing upsert and the reads
-the rest of the program needs. Does not own the outbox state machine
-(`digest/outbox.py`) or the table classes (`digest/models.py`).
+Owns: `open_engine` (`engine.py`), `migrate` (`migrations.py`), the listing upsert
+and the reads of papers (`listings.py`), polls, days and subscriber state
+(`state.py`), and the outbox state machine (`outbox.py`: digests pending -> sent |
+failed, claimed with leases). All SQL lives in this package. Does not own the table
+classes (`digest/models.py`) or what a digest holds (`digest/pipeline.py` plans it,
+`digest/mail/` delivers it).
 
 Usage (every write is one short transaction, like `outbox.py`)::
 

@@ -23,9 +23,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from digest.config import Topic
-from digest.match_index import PaperIndex, iter_bits
 from digest.models import Match
-from digest.query import CompiledQuery, compile_query, parse_query
+from digest.topics.index import PaperIndex, iter_bits
+from digest.topics.query import CompiledQuery, compile_query, parse_query
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Owns: every rule about what a key may hold, the defaults and the [defaults]
 table, and the error lines (file, line, subscriber, field). Does not own: reading
-the file or TOML syntax (config.py), the meaning of a schedule (schedule.py) or a
-query (query.py): their parsers are called only to validate.
+the file or TOML syntax (load.py), the meaning of a schedule (digest/schedule.py) or
+a query (digest/topics/query.py): their parsers are called only to validate.
 
 Every problem is collected, none stops the walk; `build_config` raises one
 ConfigError listing them all, sorted by line.
@@ -21,7 +21,9 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from digest.config import (
+from digest.config.lines import Path as KeyPath
+from digest.config.lines import key_lines, line_of
+from digest.config.schema import (
     AlertsConfig,
     Config,
     DaemonConfig,
@@ -32,9 +34,7 @@ from digest.config import (
     Subscriber,
     Topic,
 )
-from digest.config_lines import Path as KeyPath
-from digest.config_lines import key_lines, line_of
-from digest.config_values import (
+from digest.config.values import (
     Invalid,
     at_least,
     boolean,
@@ -373,7 +373,7 @@ class Builder:
             return False, None
 
     def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
-        from digest.query import parse_query  # imported late: only to validate queries
+        from digest.topics.query import parse_query  # imported late: only to validate queries
 
         if not isinstance(value, list):
             self.problem(

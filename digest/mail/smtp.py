@@ -33,7 +33,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from digest.smtp_wire import Dropped, Refused, Wire, envelope_address, to_wire
+from digest.mail.wire import Dropped, Refused, Wire, envelope_address, to_wire
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LEASE = dt.timedelta(seconds=5)

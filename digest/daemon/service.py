@@ -48,11 +48,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from digest import alerts, outbox, pipeline, store
+from digest import pipeline, store
 from digest.config import Config, SourceConfig, Subscriber, load_config
-from digest.drainer import Drainer
-from digest.errors import DigestError
-from digest.jobs import (
+from digest.daemon import alerts
+from digest.daemon.drainer import Drainer
+from digest.daemon.jobs import (
     QUIET_BUSY_SKIPS,
     GroupKey,
     SlotTrigger,
@@ -63,8 +63,10 @@ from digest.jobs import (
     poll_jitter,
     slot_job_id,
 )
+from digest.errors import DigestError
 from digest.render import Renderer
 from digest.sources.fetch import make_client
+from digest.store import outbox
 
 log = logging.getLogger("digest.daemon")
 

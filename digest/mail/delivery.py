@@ -32,7 +32,6 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine
 
-from digest import outbox
 from digest.config import MailConfig
 from digest.errors import (
     ConfigError,
@@ -40,7 +39,8 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from digest.smtp import SmtpTransport
+from digest.mail.smtp import SmtpTransport
+from digest.store import outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

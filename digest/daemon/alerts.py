@@ -33,10 +33,11 @@ from enum import Enum
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from digest import outbox, store
+from digest import store
 from digest.config import Config
 from digest.pipeline import envelope_sender
 from digest.render import render_plain_message
+from digest.store import outbox
 
 log = logging.getLogger(__name__)
 

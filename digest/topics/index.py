@@ -25,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from digest.models import Paper, TopicHit
-from digest.query import CompiledQuery, Leaf, tokenize
+from digest.topics.query import CompiledQuery, Leaf, tokenize
 
 # The index's columns: the text fields of query.FIELDS, plus "text" (title, gap, abstract)
 # for bare terms. Ids are indexed apart.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from markupsafe import Markup, escape
 
 from digest.models import Match
-from digest.render_message import clean_header, clean_text, shorten
+from digest.render.message import clean_header, clean_text, shorten
 
 SUMMARY_CAP_CHARS = 400
 SHOWN_AUTHORS = 3

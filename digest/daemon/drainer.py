@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from digest.config import MailConfig
-from digest.delivery import drain_outbox, make_transport
 from digest.errors import DigestError
+from digest.mail.delivery import drain_outbox, make_transport
 
 log = logging.getLogger("digest.daemon")
 

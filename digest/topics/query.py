@@ -36,7 +36,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple, Protocol
 
 from digest.errors import QuerySyntaxError
-from digest.words import is_word_char, tokenize, word_spans
+from digest.topics.words import is_word_char, tokenize, word_spans
 
 Field = Literal["title", "abstract", "author", "org", "keyword", "id"]
 FIELDS: tuple[Field, ...] = ("title", "abstract", "author", "org", "keyword", "id")

@@ -39,8 +39,8 @@ from markupsafe import Markup
 from digest.config import MailConfig, Subscriber
 from digest.errors import ConfigError
 from digest.models import Match, Paper
-from digest.render_css import Stylesheet, inline_template, parse_stylesheet
-from digest.render_message import (
+from digest.render.css import Stylesheet, inline_template, parse_stylesheet
+from digest.render.message import (
     DigestBodies,
     build_digest_bytes,
     build_digest_message,
@@ -50,7 +50,7 @@ from digest.render_message import (
     shorten,
     unsubscribe_url,
 )
-from digest.render_text import (
+from digest.render.text import (
     SUMMARY_CAP_CHARS,
     first_sentences,
     format_authors,
@@ -82,11 +82,11 @@ LISTING_URL = "https://huggingface.co/papers"
 
 def shipped_templates_dir() -> Path:
     """The templates that come with the program: inside the wheel, else in the checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
+    package = Path(__file__).resolve().parent.parent  # digest/
+    for candidate in (package / "templates", package.parent / "templates"):
         if (candidate / "digest.html.j2").is_file():
             return candidate
-    raise ConfigError(f"the shipped templates are missing: looked in {here / 'templates'}")
+    raise ConfigError(f"the shipped templates are missing: looked in {package / 'templates'}")
 
 
 # ---------------------------------------------------------------------------

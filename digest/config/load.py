@@ -1,0 +1,109 @@
+"""Read the subscription file: bytes -> TOML -> `build_config`; the summary `digest check` prints.
+
+Owns: file and encoding errors, TOML syntax errors as "file:LINE: ...", the example
+file `digest init` writes, and the one-screen summary of a valid config. Does not
+own: what a key may hold (`build.py`) or the types (`schema.py`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from digest.config.build import build_config
+from digest.config.schema import Config
+from digest.errors import ConfigError
+
+
+def load_config(path: Path, env: Mapping[str, str]) -> Config:
+    """Read and validate `path`; raise ConfigError listing every problem found.
+
+    `env` is where secrets come from (mail.smtp.password_env names a variable in it).
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file; run `digest init` to write an example"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(_toml_error(path, text, e)) from e
+    return build_config(data, path=path, text=text, env=env)
+
+
+def _toml_error(path: Path, text: str, e: tomllib.TOMLDecodeError) -> str:
+    """tomllib's "Invalid value (at line 3, column 8)" as "file:3: invalid TOML: ..."."""
+    message = str(e)
+    m = re.match(r"^(.*) \(at line (\d+), column (\d+)\)$", message)
+    if m:
+        return f"{path}:{m.group(2)}: invalid TOML: {m.group(1)} (column {m.group(3)})"
+    m = re.match(r"^(.*) \(at end of document\)$", message)
+    if m:
+        last = text.count("\n") + (0 if text.endswith("\n") else 1)
+        return f"{path}:{max(last, 1)}: invalid TOML: {m.group(1)} (at the end of the file)"
+    return f"{path}: invalid TOML: {message}"
+
+
+def summarize_config(config: Config) -> list[str]:
+    """The lines `digest check` prints when the config is valid."""
+    s, mail = config.source, config.mail
+    lines = [
+        f"config: {config.path}",
+        f"source: {s.base_url} (mode {s.mode}), poll every {_duration(s.poll_interval)}, "
+        f"lookback {s.lookback_days} days",
+        f"storage: {make_url(config.storage.url).render_as_string(hide_password=True)}",
+    ]
+    if mail.transport == "smtp" and mail.smtp is not None:
+        smtp = mail.smtp
+        auth = f", user {smtp.username}" if smtp.username else ", no AUTH"
+        lines.append(
+            f"mail: smtp {smtp.host}:{smtp.port} ({smtp.security}{auth}), "
+            f"{smtp.max_connections} connections, {smtp.rate_per_second:g}/s, from {mail.from_addr}"
+        )
+    else:
+        lines.append(f"mail: maildir {mail.maildir}, from {mail.from_addr}")
+    if mail.templates is not None:
+        lines.append(f"templates: {mail.templates}")
+    alerts = config.alerts
+    lines.append(
+        f"alerts: to {alerts.email} after {alerts.after_failed_polls} failed polls"
+        if alerts.email
+        else "alerts: off (no [alerts] email)"
+    )
+    count = len(config.subscribers)
+    lines.append(f"{count} subscriber{'' if count == 1 else 's'}:")
+    for sub in config.subscribers:
+        topics = len(sub.topics)
+        lines.append(
+            f"  {sub.email}: {sub.timezone}, {sub.schedule.text}, "
+            f"{topics} topic{'' if topics == 1 else 's'}, window {sub.effective_window_days} days"
+        )
+    return lines
+
+
+def example_config() -> str:
+    """The commented example config `digest init` writes (digest/config/example.toml)."""
+    return importlib.resources.files("digest.config").joinpath("example.toml").read_text("utf-8")
+
+
+def _duration(value: dt.timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,118 @@
+"""The validated, frozen config: the types every other stage codes against.
+
+Owns: the dataclasses and their defaults. Does not own reading the file (`load.py`),
+the rules of each key and their error lines (`build.py`), or the meaning of a
+schedule or a query (their own modules).
+
+Secrets come from the environment, never from the file.
+
+Paths in the file (storage.url for SQLite, mail.maildir, mail.templates,
+mail.smtp.ca_file) are relative to the folder of the config file, not to the
+directory the program was started from, so `digest -c /etc/digest/digest.toml`
+finds the same database from anywhere. Absolute paths stay as written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from digest.schedule import Schedule, default_window_days
+
+DEFAULT_BASE_URL = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    base_url: str = DEFAULT_BASE_URL
+    mode: Literal["api", "html", "auto"] = "auto"
+    poll_interval: dt.timedelta = dt.timedelta(minutes=30)
+    lookback_days: int = 3
+    timeout: float = 20.0  # seconds, connect and read
+    retries: int = 4  # attempts after the first, on timeouts, connection errors, 5xx, 429
+    max_retry_wait: float = 120.0  # seconds: a longer Retry-After is an error, not a sleep
+    concurrency: int = 3  # days fetched at once in a backfill
+    max_body_bytes: int = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = "sqlite:///digest.db"  # relative sqlite paths resolve against the config's folder
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int = 587
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # from password_env
+    ca_file: Path | None = None  # extra CA to trust (a private relay, tests)
+    timeout: float = 30.0
+    max_connections: int = 4
+    rate_per_second: float = 10.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    from_addr: str = "Papers Digest <digest@localhost>"
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: Path = Path("mail")  # relative paths resolve against the config's folder
+    smtp: SmtpConfig | None = None
+    templates: Path | None = None  # a folder whose templates override the shipped ones
+    unsubscribe: str | None = None  # mailto: or https: for List-Unsubscribe; default mailto:from
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    query: str
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    email: str  # lower-cased
+    schedule: Schedule
+    timezone: str = "UTC"  # IANA name, validated
+    topics: tuple[Topic, ...] = ()
+    name: str | None = None
+    max_papers: int = 25
+    min_upvotes: int = 0
+    send_empty: bool = False
+    window_days: int | None = None  # None: 2 for daily, 8 for weekly (see schedule.py)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The subscriber's time zone (validated when the config was loaded)."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def effective_window_days(self) -> int:
+        """window_days, or the schedule's default when the file does not set it."""
+        return self.window_days or default_window_days(self.schedule)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    email: str | None = None
+    after_failed_polls: int = 3
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    catch_up: dt.timedelta = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path  # the file it was read from (or would be)
+    source: SourceConfig = SourceConfig()
+    storage: StorageConfig = StorageConfig()
+    mail: MailConfig = MailConfig()
+    subscribers: tuple[Subscriber, ...] = ()
+    alerts: AlertsConfig = AlertsConfig()
+    daemon: DaemonConfig = DaemonConfig()
