@@ -29,16 +29,16 @@ from sqlmodel import Session  # noqa: E402 (after the sys.path line that finds t
 from digest import pipeline, store  # noqa: E402
 from digest.config import Config, SourceConfig, StorageConfig  # noqa: E402
 from digest.sources.fetch import make_client  # noqa: E402
-from tests.hfserver import shared_dir  # noqa: E402
+from tests.testdata import corpus_dir  # noqa: E402
 
 
 def corpus_days() -> list[dt.date]:
-    folder = shared_dir() / "corpus" / "hf-api"
+    folder = corpus_dir()
     return sorted(dt.date.fromisoformat(p.stem) for p in folder.glob("*.json"))
 
 
 def distinct_ids(days: list[dt.date]) -> int:
-    folder = shared_dir() / "corpus" / "hf-api"
+    folder = corpus_dir()
     ids = set()
     for day in days:
         ids |= {r["paper"]["id"] for r in json.loads((folder / f"{day}.json").read_bytes())}

@@ -1,7 +1,7 @@
 """Benchmark: batch matching (digest.match) vs a naive regex loop, side by side.
 
 100,000 subscribers x 3 topics, queries generated with a seeded RNG from the
-vocabulary of the real API corpus (../shared/corpus/hf-api): single words,
+vocabulary of the real API corpus (tests/data/corpus): single words,
 phrases from frequent title bigrams, prefixes, a NOT, fields (title:, author:,
 org:, keyword:). Batches: 100 papers (the most recent corpus days until 100
 papers: no single corpus day lists 100) and ~700 papers (the next days back).
@@ -40,10 +40,7 @@ from digest.models import Paper
 from digest.sources.hf_api import parse_api
 from digest.topics.match import CompiledTopic, PaperIndex, compile_topics, match_subscriber
 from digest.topics.query import And, Not, Or, Phrase, Query, Term, parse_query, tokenize
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hf-api"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/corpus/hf-api")
+from tests.testdata import corpus_dir
 
 # -- data -------------------------------------------------------------------
 
@@ -51,7 +48,7 @@ if not CORPUS.is_dir():
 def load_days() -> list[list[Paper]]:
     """Every corpus day's papers, newest day first."""
     days = []
-    for path in sorted(CORPUS.glob("*.json"), reverse=True):
+    for path in sorted(corpus_dir().glob("*.json"), reverse=True):
         day = dt.date.fromisoformat(path.stem)
         days.append(parse_api(path.read_bytes(), day))
     return days

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from digest.models import Paper
 from digest.sources.hf_api import clean_url, collapse, parse_api, parse_records
 from digest.sources.hf_html import parse_cards, parse_props
-from tests.hfserver import shared_dir
+from tests.testdata import HF, corpus_dir
 
 DAY = dt.date(2024, 8, 1)
-PAGE = shared_dir() / "fixtures" / "hf" / "papers-page-2024-08-01.html"
-CORPUS = shared_dir() / "corpus" / "hf-api"
+PAGE = HF / "papers-page-2024-08-01.html"
+CORPUS = corpus_dir()
 
 
 # --------------------------------------------------------------------------- the baseline

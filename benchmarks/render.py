@@ -41,8 +41,8 @@ from digest.render import (
 )
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api
+from tests.testdata import corpus_day
 
-CORPUS = Path("/work/shared/corpus/hf-api")
 DAYS = ["2025-10-01", "2025-10-03", "2025-10-14", "2025-12-02", "2025-12-19"]
 TOPICS = {
     "Reinforcement learning": frozenset({"reinforcement", "learning", "rl", "reward"}),
@@ -66,7 +66,7 @@ def load_digests(size: int) -> list[list[Match]]:
     digests = []
     for day in DAYS:
         papers: list[Paper] = parse_api(
-            (CORPUS / f"{day}.json").read_bytes(), dt.date.fromisoformat(day)
+            corpus_day(day).read_bytes(), dt.date.fromisoformat(day)
         )
         matches = []
         for i, paper in enumerate(papers[:size]):

@@ -46,8 +46,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.hfserver import HFServer, shared_dir  # noqa: E402 (needs the repo on sys.path)
+from tests.hfserver import HFServer  # noqa: E402 (needs the repo on sys.path)
 from tests.smtpd_helpers import RecordingHandler, SmtpServer  # noqa: E402 (same)
+from tests.testdata import corpus_dir  # noqa: E402
 
 TOPICS = [
     ("Models", "model*"),
@@ -183,7 +184,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
 
 def corpus_days(count: int) -> list[bytes]:
     """The last `count` real corpus days, oldest first (fewer if the corpus is shorter)."""
-    files = sorted((shared_dir() / "corpus" / "hf-api").glob("*.json"))
+    files = sorted((corpus_dir()).glob("*.json"))
     return [path.read_bytes() for path in files[-count:]]
 
 

@@ -20,9 +20,9 @@ from sqlmodel import Session  # noqa: E402
 from digest import store  # noqa: E402
 from digest.models import ListingRow, Paper, PaperRow  # noqa: E402
 from digest.sources.hf_api import parse_api  # noqa: E402
-from tests.hfserver import shared_dir  # noqa: E402
+from tests.testdata import corpus_dir  # noqa: E402
 
-CORPUS = shared_dir() / "corpus" / "hf-api"
+CORPUS = corpus_dir()
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 
 

@@ -11,6 +11,6 @@ from tests.hfserver import HFServer
 
 @pytest.fixture
 def hf_server() -> Iterator[HFServer]:
-    """A real HTTP server playing huggingface.co from the shared captures."""
+    """A real HTTP server playing huggingface.co from the captures in tests/data."""
     with HFServer() as server:
         yield server

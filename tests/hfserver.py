@@ -12,7 +12,7 @@ log, per-day body overrides and scripted faults. Does not own: any assertion.
         ... httpx against hf.base_url ...
         hf.requests                                      # [(method, path, headers), ...]
 
-Shared files are found through $DIGEST_SHARED, else `<repo>/../shared`.
+The captures come from tests/data (`tests/testdata.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import datetime as dt
 import email.utils
 import hashlib
 import json
-import os
 import socket
 import threading
 import time
@@ -32,17 +31,13 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
+from tests.testdata import HF, corpus_day
+
 REPO = Path(__file__).resolve().parent.parent
 LAST_MODIFIED = email.utils.formatdate(
     dt.datetime(2026, 8, 21, 12, 0, tzinfo=dt.UTC).timestamp(), usegmt=True
 )
 DEFAULT_LIMIT = 50  # what HF returns without `limit` (STRUCTURE.md §2)
-
-
-def shared_dir() -> Path:
-    """The read-only shared folder with the captures."""
-    env = os.environ.get("DIGEST_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
 
 
 @dataclass
@@ -74,8 +69,7 @@ class Request:
 class HFServer:
     """Context manager: starts on 127.0.0.1 port 0 in a background thread."""
 
-    def __init__(self, shared: Path | None = None) -> None:
-        self.shared = shared or shared_dir()
+    def __init__(self) -> None:
         self.requests: list[Request] = []
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most answered at once (to check client concurrency)
@@ -135,8 +129,8 @@ class HFServer:
         if day in self._api_bodies:
             return self._api_bodies[day]
         for path in (
-            self.shared / "fixtures" / "hf" / f"api-daily_papers-{day}.json",
-            self.shared / "corpus" / "hf-api" / f"{day}.json",
+            HF / f"api-daily_papers-{day}.json",
+            corpus_day(day),
         ):
             if path.is_file():
                 return path.read_bytes()
@@ -145,7 +139,7 @@ class HFServer:
     def html_capture(self, day: dt.date) -> bytes | None:
         if day in self._html_bodies:
             return self._html_bodies[day]
-        path = self.shared / "fixtures" / "hf" / f"papers-page-{day}.html"
+        path = HF / f"papers-page-{day}.html"
         return path.read_bytes() if path.is_file() else None
 
     def next_fault(self, path: str) -> Fault | None:

@@ -10,15 +10,15 @@ import email.policy
 import functools
 from email.message import EmailMessage
 from html.parser import HTMLParser
-from pathlib import Path
 
 from digest.config import MailConfig, Subscriber, Topic
 from digest.models import Match, Paper, TopicHit
 from digest.render import Renderer, render_digest, render_digest_bytes
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api
+from tests.testdata import corpus_day
 
-CORPUS_DAY = Path("/work/shared/corpus/hf-api/2025-10-01.json")
+CORPUS_DAY = corpus_day("2025-10-01")
 SLOT = dt.datetime(2025, 10, 1, 6, 0, tzinfo=dt.UTC)  # 08:00 in Berlin
 NOW = dt.datetime(2025, 10, 1, 6, 0, 5, tzinfo=dt.UTC)
 MAIL = MailConfig(from_addr="Papers Digest <digest@example.org>")

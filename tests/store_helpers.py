@@ -1,6 +1,6 @@
 """Shared helpers of the store tests: the corpus, Paper builders, a migrated SQLite file.
 
-Papers come from the real API captures in shared/corpus through the real parser
+Papers come from the real API captures in tests/data/corpus through the real parser
 (`digest.sources.hf_api.parse_api`), or are built directly when a test needs a
 precise value.
 """
@@ -8,7 +8,6 @@ precise value.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,15 +16,14 @@ from sqlalchemy import Engine, text
 from digest import store
 from digest.models import Paper
 from digest.sources.hf_api import parse_api
+from tests import testdata
 
-SHARED = Path(os.environ.get("DIGEST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-CORPUS = SHARED / "corpus" / "hf-api"
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 D1, D2, D3, D4, D5 = (dt.date(2025, 10, n) for n in (1, 2, 3, 6, 7))
 
 
 def corpus_day(day: dt.date) -> list[Paper]:
-    return parse_api((CORPUS / f"{day}.json").read_bytes(), day)
+    return parse_api(testdata.corpus_day(day).read_bytes(), day)
 
 
 def paper(pid: str, day: dt.date = D1, **fields: object) -> Paper:

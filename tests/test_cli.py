@@ -15,9 +15,10 @@ from sqlmodel import Session
 from digest import store
 from digest.cli import main
 from tests.configs import write_config
-from tests.hfserver import HFServer, closed_port, shared_dir
+from tests.hfserver import HFServer, closed_port
+from tests.testdata import HF, corpus_dir
 
-CAPTURE = shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json"
+CAPTURE = HF / "api-daily_papers-2025-10-01.json"
 
 
 def today() -> dt.date:
@@ -76,7 +77,7 @@ def test_fetch_prints_new_papers_once(
     assert main(["fetch", "-c", str(config), "--date", "2024-08-01", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     expected = json.loads(
-        (shared_dir() / "fixtures/hf/api-daily_papers-2024-08-01.json").read_text()
+        (HF / "api-daily_papers-2024-08-01.json").read_text()
     )
     assert sorted(r["id"] for r in lines) == sorted(r["paper"]["id"] for r in expected)
     assert {(r["listed_on"], r["status"]) for r in lines} == {("2024-08-01", "new")}
@@ -105,7 +106,7 @@ def test_unreachable_source_is_one_line_exit_1_and_loses_nothing(
 def test_backfill_stores_every_distinct_corpus_paper(
     tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    corpus = sorted((shared_dir() / "corpus" / "hf-api").glob("*.json"))
+    corpus = sorted((corpus_dir()).glob("*.json"))
     ids = {r["paper"]["id"] for p in corpus for r in json.loads(p.read_bytes())}
     config = write_config(tmp_path, hf_server.base_url)
     first, last = corpus[0].stem, corpus[-1].stem

@@ -25,13 +25,14 @@ from sqlmodel import Session
 
 from digest import store
 from digest.schedule import latest_slot, parse_schedule
-from tests.hfserver import Fault, HFServer, shared_dir
+from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
+from tests.testdata import corpus_dir
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS_DAY = shared_dir() / "corpus" / "hf-api" / "2025-12-30.json"  # 10 real papers
+CORPUS_DAY = corpus_dir() / "2025-12-30.json"  # 10 real papers
 WAIT = 15.0  # seconds any single expected event may take
 MATCH_ALL = "model* OR learn* OR language OR diffusion OR video OR agent*"
 

@@ -21,11 +21,12 @@ from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
 from digest.store import outbox
 from tests.configs import write_config
-from tests.hfserver import HFServer, shared_dir
+from tests.hfserver import HFServer
 from tests.smtpd_helpers import SmtpServer
+from tests.testdata import HF
 
 REPO = Path(__file__).resolve().parent.parent
-CAPTURE = shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json"
+CAPTURE = HF / "api-daily_papers-2025-10-01.json"
 PEOPLE = 200
 POOL = 4  # max_connections: the most messages in flight at any moment
 RATE = 100.0  # messages/s: 200 digests take ~2 s, so the kill lands mid-batch

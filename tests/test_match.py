@@ -7,7 +7,6 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -24,9 +23,10 @@ from digest.topics.match import (
     match_subscriber,
 )
 from digest.topics.query import compile_query, parse_query, tokenize
+from tests.testdata import SEED_PAPERS
 
 DAY = dt.date(2025, 10, 1)
-SEED_PAPERS = Path("/work/shared/corpus/seed-papers.jsonl")
+
 
 
 def paper(pid: str, title: str, abstract: str = "", **kw: object) -> Paper:

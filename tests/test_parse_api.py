@@ -1,7 +1,7 @@
 """hf_api.parse_api on the real captures: golden records, the STRUCTURE.md quirks, bad bodies,
 and a property test that mutated captures raise nothing but ParseError.
 
-Golden files: tests/golden/<capture>.expected.json. Regenerate with
+Golden files: tests/data/hf/<capture>.expected.json. Regenerate with
 `DIGEST_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_parse_api.py tests/test_parse_html.py`,
 then read the diff before trusting it.
 """
@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 from digest.errors import ParseError
 from digest.models import Paper
 from digest.sources.hf_api import clean_url, parse_api
-from tests.hfserver import shared_dir
+from tests.testdata import HF, corpus_dir
 
-FIXTURES = shared_dir() / "fixtures" / "hf"
-CORPUS = shared_dir() / "corpus" / "hf-api"
-GOLDEN = Path(__file__).parent / "golden"
-API_CAPTURES = sorted(FIXTURES.glob("api-daily_papers-*.json"))
+FIXTURES = HF
+CORPUS = corpus_dir()
+GOLDEN = HF
+API_CAPTURES = sorted(
+    p for p in FIXTURES.glob("api-daily_papers-*.json") if not p.name.endswith(".expected.json")
+)
 
 
 def capture_day(path: Path) -> dt.date:
@@ -48,7 +50,7 @@ def paper_json(paper: Paper) -> dict[str, Any]:
 
 
 def check_golden(name: str, papers: list[Paper]) -> None:
-    """Compare with tests/golden/<name>.expected.json, or rewrite it under DIGEST_REGEN_GOLDEN."""
+    """Compare with tests/data/hf/<name>.expected.json, or rewrite it under DIGEST_REGEN_GOLDEN."""
     path = GOLDEN / f"{name}.expected.json"
     actual = [paper_json(p) for p in papers]
     if os.environ.get("DIGEST_REGEN_GOLDEN"):

@@ -17,7 +17,7 @@ from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
 from digest.store import outbox
-from tests.hfserver import shared_dir
+from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAILY_8 = parse_schedule("daily 08:00")
@@ -108,7 +108,7 @@ def planner(tmp_path: Path) -> pipeline.Planner:
     """A store holding the real 2025-10-01 list as listed on 2026-03-12 and 13."""
     engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
     store.migrate(engine)
-    body = (shared_dir() / "fixtures" / "hf" / "api-daily_papers-2025-10-01.json").read_bytes()
+    body = (HF / "api-daily_papers-2025-10-01.json").read_bytes()
     for day in (dt.date(2026, 3, 12), dt.date(2026, 3, 13)):
         store.upsert_listings(engine, day, parse_api(body, day), at("2026-03-13 00:00"))
     config = Config(

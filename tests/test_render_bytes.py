@@ -38,8 +38,8 @@ from tests.render_helpers import (
     parts,
     render,
 )
+from tests.testdata import corpus_day
 
-CORPUS = Path("/work/shared/corpus/hf-api")
 DAYS = ("2025-10-03", "2025-10-14", "2025-12-02", "2025-12-19")
 
 
@@ -71,7 +71,7 @@ def both_ways(renderer: Renderer, matches: list[Match], **kw: object) -> tuple[s
 
 @pytest.mark.parametrize("day", DAYS)
 def test_bytes_path_matches_the_email_message_on_corpus_days(renderer: Renderer, day: str) -> None:
-    papers = parse_api((CORPUS / f"{day}.json").read_bytes(), dt.date.fromisoformat(day))
+    papers = parse_api(corpus_day(day).read_bytes(), dt.date.fromisoformat(day))
     matches = [Match(p, (RL, VLM) if i % 3 else (RL,)) for i, p in enumerate(papers[:20])]
     subject, data = both_ways(renderer, matches, total_matches=31)
     parsed = email.message_from_bytes(data, policy=email.policy.default)

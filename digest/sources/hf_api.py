@@ -1,7 +1,7 @@
 """Parse the Daily Papers JSON API (`/api/daily_papers?date=D`) into `Paper` records. Pure.
 
 Owns: decoding the body, the rules that turn one "DailyPaper" object into a `Paper`
-(see ../shared/fixtures/hf/STRUCTURE.md §2), skipping malformed records and
+(see tests/data/hf/STRUCTURE.md §2), skipping malformed records and
 de-duplicating a day's list. `hf_html` reuses `parse_records` for the same objects
 embedded in the listing page. Does not own: HTTP (`fetch.py`) or storage.
 
