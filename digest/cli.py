@@ -35,15 +35,39 @@ def common_options(defaults: bool) -> argparse.ArgumentParser:
         help="subscription file (default: $DIGEST_CONFIG, then ./digest.toml)",
     )
     common.add_argument(
-        "--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING"]
+        "--log-level",
+        default=default("INFO"),
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="how much to log on stderr (default: INFO)",
     )
-    common.add_argument("--log-format", default=default("text"), choices=["text", "json"])
+    common.add_argument(
+        "--log-format",
+        default=default("text"),
+        choices=["text", "json"],
+        help="json: one object per line, for journald or a log shipper",
+    )
     return common
+
+
+DESCRIPTION = """\
+Hugging Face Daily Papers, filtered per subscriber, mailed on each one's own schedule.
+
+Start with `digest init` (an example digest.toml), then `digest check`, then
+`digest send` (or `digest run` as a service)."""
+
+EPILOG = """\
+Exit status: 0 success, 1 a runtime failure (source, database or mail), 2 bad usage
+or a bad config; the reason is always one line on stderr.
+`digest COMMAND --help` shows the options of one command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="digest", parents=[common_options(defaults=True)], description=__doc__
+        prog="digest",
+        parents=[common_options(defaults=True)],
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"papers-digest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
 
-    p = command("init", "write a commented example digest.toml")
+    p = command("init", "write a commented example digest.toml to start from")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    command("check", "validate the config and print a summary")
+    command("check", "validate the config: every problem with its line, or a summary")
 
     p = command("fetch", "fetch listings into the database; print new and updated papers")
     when = p.add_mutually_exclusive_group()
@@ -76,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would go to whom")
     p.add_argument("--no-fetch", action="store_true", help="do not poll the source first")
 
-    command("run", "the daemon")
+    command("run", "run as a service: poll, send at every slot, retry; stop with SIGTERM")
 
     p = command("status", "last fetch, papers stored, outbox, each subscriber's next slot")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     return parser
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import mailbox
+import subprocess
+import sys
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -194,3 +196,14 @@ def test_preview_writes_html_and_eml_without_sending(
     assert "<table" in (tmp_path / "next.html").read_text()
     assert not (tmp_path / "mail").exists() or not list(mailbox.Maildir(tmp_path / "mail"))
     assert main(["preview", "-c", str(config), "--subscriber", "nobody@example.org"]) == 2
+
+
+def test_help_speaks_to_users_and_names_every_command() -> None:
+    """`digest --help` is for the person running it: no developer docstring, every command."""
+    out = subprocess.run(
+        [sys.executable, "-m", "digest.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "DigestError" not in out and "commands.py" not in out
+    for name in ("init", "check", "fetch", "match", "preview", "send", "run", "status"):
+        assert f"\n    {name} " in out, name
+    assert "Exit status" in out
