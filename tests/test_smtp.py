@@ -132,18 +132,21 @@ def test_plaintext_to_a_remote_host_is_refused() -> None:
 
 
 def test_rate_cap_is_respected(tmp_path: Path) -> None:
+    # 5/s: gaps of 0.2 s stay far above a loaded machine's scheduling noise (at 20/s a
+    # late first connection shrank the measured span below the bound under load).
     engine = new_outbox(tmp_path)
-    add_digests(engine, recipients(11))
+    add_digests(engine, recipients(6))
     with SmtpServer() as server:
         started = time.monotonic()
-        report = drain(engine, SmtpTransport(plain(server.port, rate_per_second=20.0)))
+        report = drain(engine, SmtpTransport(plain(server.port, rate_per_second=5.0)))
         took = time.monotonic() - started
-    assert report.sent == 11
+    assert report.sent == 6
+    assert took >= 5 / 5.0 * 0.95  # the client waited its turn: 6 starts, 1/5 s apart
     arrivals = sorted(r.at for r in server.handler.received)
-    assert arrivals[-1] - arrivals[0] >= 10 / 20.0 * 0.9  # 11 sends spaced 1/20 s apart
+    # The first message also carries the connect and EHLO; the rest reuse the connection.
+    assert arrivals[-1] - arrivals[1] >= 4 / 5.0 * 0.9
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.02  # never two at once
-    assert took >= 0.45
+    assert min(gaps) >= 0.1  # never two at once
 
 
 def test_pool_size_is_respected_and_connections_are_reused(tmp_path: Path) -> None:
