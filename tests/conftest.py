@@ -1,11 +1,18 @@
-"""Shared pytest fixtures. `hf_server`: a started `tests.hfserver.HFServer` on 127.0.0.1."""
+"""Shared pytest fixtures.
+
+`hf_server`: a started `tests.hfserver.HFServer` on 127.0.0.1.
+`backend`: a `tests.backends.Backend`, once on SQLite and once on PostgreSQL; each
+test gets fresh databases from it (see tests/backends.py for the server it needs).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.backends import BACKENDS, Backend, PgServer, make_backend, pg_server
 from tests.hfserver import HFServer
 
 
@@ -14,3 +21,17 @@ def hf_server() -> Iterator[HFServer]:
     """A real HTTP server playing huggingface.co from the captures in tests/data."""
     with HFServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def _pg_server() -> Iterator[PgServer | str]:
+    """The PostgreSQL test server of the whole run, or why there is none."""
+    with pg_server() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Fresh databases on SQLite, then on PostgreSQL (skipped, or failed under CI=true,
+    without a server)."""
+    yield from make_backend(request, tmp_path)

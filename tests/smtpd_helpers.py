@@ -30,11 +30,11 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from digest import store
 from digest.config import SmtpConfig
 from digest.mail.delivery import DrainReport, Transport, drain_outbox
 from digest.models import DigestRow
 from digest.store import outbox
+from tests.backends import Backend
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
@@ -245,10 +245,9 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- outbox data
 
 
-def new_outbox(tmp_path: Path, name: str = "outbox.db") -> Engine:
-    engine = store.open_engine(f"sqlite:///{tmp_path / name}")
-    store.migrate(engine)
-    return engine
+def new_outbox(backend: Backend, name: str = "outbox") -> Engine:
+    """A migrated, empty outbox on the test's backend (SQLite or PostgreSQL)."""
+    return backend.engine(name)
 
 
 def message_id_for(recipient: str, slot: dt.datetime) -> str:

@@ -43,6 +43,7 @@ from digest.daemon.jobs import (
 from digest.errors import ConfigError, StoreError
 from digest.models import DigestRow, as_utc
 from digest.schedule import parse_schedule
+from tests.backends import Backend
 
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -257,8 +258,10 @@ def alert_config(tmp_path: Path, email_addr: str | None = "admin@x.org") -> Conf
     )
 
 
-def test_record_poll_survives_restarts_and_queues_through_the_outbox(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'd.db'}"
+def test_record_poll_survives_restarts_and_queues_through_the_outbox(
+    tmp_path: Path, backend: Backend
+) -> None:
+    url = backend.url("d", migrated=False)
     config = alert_config(tmp_path)
     t = at(2026, 6, 1, 8, 0)
 
@@ -297,8 +300,8 @@ def test_record_poll_survives_restarts_and_queues_through_the_outbox(tmp_path: P
         assert json.loads(store.get_meta(session, alerts.META_KEY) or "{}")["failed_polls"] == 0
 
 
-def test_record_poll_without_an_address_queues_nothing(tmp_path: Path) -> None:
-    engine = store.open_engine(f"sqlite:///{tmp_path / 'd.db'}")
+def test_record_poll_without_an_address_queues_nothing(tmp_path: Path, backend: Backend) -> None:
+    engine = backend.engine("d", migrated=False)
     store.migrate(engine)
     config = alert_config(tmp_path, email_addr=None)
     t = at(2026, 6, 1, 8, 0)

@@ -9,7 +9,6 @@ import mailbox
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from digest.config import MailConfig
@@ -27,6 +26,7 @@ from digest.mail.delivery import (
 from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
 from digest.store import outbox
+from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import (
     SENDER,
     T0,
@@ -45,8 +45,8 @@ from tests.smtpd_helpers import (
 )
 
 
-def test_happy_path_sends_each_digest_once_and_records_deliveries(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_happy_path_sends_each_digest_once_and_records_deliveries(backend: Backend) -> None:
+    engine = new_outbox(backend)
     people = recipients(5)
     add_digests(engine, people)
     with SmtpServer() as server:
@@ -72,8 +72,8 @@ def test_happy_path_sends_each_digest_once_and_records_deliveries(tmp_path: Path
     assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 5, "failed": 0}
 
 
-def test_451_once_then_success(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_451_once_then_success(backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, ["ada@example.org"])
     handler = RecordingHandler(rcpt_script={"ada@example.org": ["451 4.7.1 greylisted"]})
     sleeps = Sleeps()
@@ -84,8 +84,8 @@ def test_451_once_then_success(tmp_path: Path) -> None:
     assert sleeps.waits == [1.0]  # one backoff before the second try
 
 
-def test_550_for_one_recipient_fails_that_digest_and_the_batch_goes_on(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_550_for_one_recipient_fails_that_digest_and_the_batch_goes_on(backend: Backend) -> None:
+    engine = new_outbox(backend)
     people = recipients(6)
     add_digests(engine, people)
     bad = people[2]
@@ -102,8 +102,8 @@ def test_550_for_one_recipient_fails_that_digest_and_the_batch_goes_on(tmp_path:
     assert delivered == set(people) - {bad}
 
 
-def test_connection_dropped_mid_data_is_retried_and_delivered_once(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_connection_dropped_mid_data_is_retried_and_delivered_once(backend: Backend) -> None:
+    engine = new_outbox(backend)
     people = recipients(3)
     add_digests(engine, people)
     handler = RecordingHandler(drop_data=1)
@@ -116,8 +116,8 @@ def test_connection_dropped_mid_data_is_retried_and_delivered_once(tmp_path: Pat
     assert {p: len(v) for p, v in handler.by_recipient().items()} == dict.fromkeys(people, 1)
 
 
-def test_server_down_leaves_every_digest_pending(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_server_down_leaves_every_digest_pending(backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(10))
     sleeps = Sleeps()
     transport = SmtpTransport(plain(free_port(), max_connections=2, retries=2), sleep=sleeps)
@@ -134,8 +134,8 @@ def test_server_down_leaves_every_digest_pending(tmp_path: Path) -> None:
     assert len(outbox.claim_due(engine, T0, 100)) == 10 - len(tried)
 
 
-def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_transient_failures_give_up_after_max_attempts(backend: Backend) -> None:
+    engine = new_outbox(backend)
     ids = add_digests(engine, ["ada@example.org"])
     with Session(engine) as session:
         row = session.get(DigestRow, ids["ada@example.org"])
@@ -165,8 +165,8 @@ def test_transient_failures_give_up_after_max_attempts(tmp_path: Path) -> None:
     assert final.last_reply is not None and "452 4.2.2 mailbox full" in final.last_reply
 
 
-def test_stop_finishes_in_flight_and_leaves_the_rest_due(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_stop_finishes_in_flight_and_leaves_the_rest_due(backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(20))
     handler = RecordingHandler(data_delay=0.02)
 
@@ -193,8 +193,10 @@ def test_stop_finishes_in_flight_and_leaves_the_rest_due(tmp_path: Path) -> None
     assert len(outbox.claim_due(engine, T0, 100)) == report.pending  # released, due at once
 
 
-def test_maildir_messages_land_as_files_a_maildir_reads_back(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_maildir_messages_land_as_files_a_maildir_reads_back(
+    tmp_path: Path, backend: Backend
+) -> None:
+    engine = new_outbox(backend)
     people = recipients(3)
     add_digests(engine, people)
     folder = tmp_path / "mail"
@@ -214,8 +216,8 @@ def test_maildir_messages_land_as_files_a_maildir_reads_back(tmp_path: Path) -> 
     )
 
 
-def test_a_stop_set_before_draining_sends_nothing(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_a_stop_set_before_draining_sends_nothing(tmp_path: Path, backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(3))
     folder = tmp_path / "mail"
 
@@ -230,15 +232,12 @@ def test_a_stop_set_before_draining_sends_nothing(tmp_path: Path) -> None:
 
 
 def test_a_database_failure_after_the_accept_raises_store_error_and_keeps_it_pending(
-    tmp_path: Path,
+    backend: Backend,
 ) -> None:
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, recipients(3))
-    with engine.begin() as conn:  # the deliveries write fails: mark_sent cannot commit
-        conn.execute(
-            text("CREATE TRIGGER no_deliveries BEFORE INSERT ON deliveries "
-                 "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        )  # fmt: skip
+    # the deliveries write fails: mark_sent cannot commit
+    refuse_inserts(engine, "deliveries", "disk full")
     with SmtpServer() as server:
         config = plain(server.port, max_connections=1, rate_per_second=0)
         with pytest.raises(StoreError, match="disk full"):
@@ -249,8 +248,10 @@ def test_a_database_failure_after_the_accept_raises_store_error_and_keeps_it_pen
     assert {r.status for r in rows(engine).values()} == {"pending"}  # so it will repeat
 
 
-def test_maildir_in_an_existing_empty_folder_and_an_unwritable_one(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_maildir_in_an_existing_empty_folder_and_an_unwritable_one(
+    tmp_path: Path, backend: Backend
+) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(2))
     folder = tmp_path / "mail"
     folder.mkdir()  # made by hand, without tmp/ new/ cur/
@@ -273,8 +274,8 @@ def test_claim_lease_comes_from_the_transport_settings(tmp_path: Path) -> None:
     assert MaildirTransport(tmp_path).claim_lease == dt.timedelta(seconds=5)
 
 
-def test_only_the_messages_in_flight_are_ever_leased(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_only_the_messages_in_flight_are_ever_leased(backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(30))
     handler = RecordingHandler(data_delay=0.03)
     leased: list[int] = []

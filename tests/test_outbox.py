@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
+import re
 
 import pytest
 from sqlalchemy import text
@@ -13,6 +13,8 @@ from sqlmodel import Session, select
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestRow
 from digest.store import outbox
+from digest.store.engine import mask_url
+from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
 
 MINUTE = dt.timedelta(minutes=1)
@@ -46,8 +48,8 @@ def deliveries(engine: object) -> list[tuple[str, str, int]]:
         return sorted((d.subscriber, d.paper_id, d.digest_id) for d in found)
 
 
-def test_add_digest_is_idempotent_on_subscriber_and_slot(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_add_digest_is_idempotent_on_subscriber_and_slot(backend: Backend) -> None:
+    engine = new_outbox(backend)
     first = add(engine, "ada@example.org", T0, ["2401.00001"])
     assert first is not None
     assert add(engine, "ada@example.org", T0, ["2401.99999"]) is None
@@ -62,8 +64,8 @@ def test_add_digest_is_idempotent_on_subscriber_and_slot(tmp_path: Path) -> None
     assert json.loads(row.paper_ids_json) == ["2401.00001"]  # the first one stays
 
 
-def test_stored_message_bytes_come_back_exactly(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_stored_message_bytes_come_back_exactly(backend: Backend) -> None:
+    engine = new_outbox(backend)
     message = build_message("ada@example.org") + b"\r\n\x00\xff binary tail"
     digest_id = outbox.add_digest(
         engine,
@@ -82,8 +84,8 @@ def test_stored_message_bytes_come_back_exactly(tmp_path: Path) -> None:
     assert item.message == message and item.id == digest_id and item.message_id == "<x@y>"
 
 
-def test_claim_due_takes_due_rows_and_leases_them(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_claim_due_takes_due_rows_and_leases_them(backend: Backend) -> None:
+    engine = new_outbox(backend)
     ids = add_digests(engine, recipients(5))
     later = list(ids.values())[4]
     outbox.mark_retry(engine, later, "451 later", T0, 10 * MINUTE)  # due at T0 + 10 min
@@ -101,8 +103,8 @@ def test_claim_due_takes_due_rows_and_leases_them(tmp_path: Path) -> None:
     assert retry.id == later and retry.attempts == 1
 
 
-def test_release_makes_claimed_rows_due_at_once(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_release_makes_claimed_rows_due_at_once(backend: Backend) -> None:
+    engine = new_outbox(backend)
     ids = add_digests(engine, recipients(3))
     claimed = outbox.claim_due(engine, T0, 10)
     assert outbox.claim_due(engine, T0, 10) == []
@@ -110,8 +112,8 @@ def test_release_makes_claimed_rows_due_at_once(tmp_path: Path) -> None:
     assert sorted(c.id for c in outbox.claim_due(engine, T0, 10)) == sorted(list(ids.values())[:2])
 
 
-def test_sent_and_failed_rows_are_never_claimed(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_sent_and_failed_rows_are_never_claimed(backend: Backend) -> None:
+    engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(3)).values())
     outbox.mark_sent(engine, ids[0], "250 ok", T0)
     outbox.mark_failed(engine, ids[1], "550 no such user", T0)
@@ -125,8 +127,8 @@ def test_sent_and_failed_rows_are_never_claimed(tmp_path: Path) -> None:
     assert outbox.outbox_counts(engine) == {"pending": 1, "sent": 1, "failed": 1}
 
 
-def test_mark_sent_records_every_paper_as_delivered(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_mark_sent_records_every_paper_as_delivered(backend: Backend) -> None:
+    engine = new_outbox(backend)
     digest_id = add(engine, "ada@example.org", T0, ["2401.00001", "2401.00002"])
     assert digest_id is not None
     assert deliveries(engine) == []
@@ -140,19 +142,15 @@ def test_mark_sent_records_every_paper_as_delivered(tmp_path: Path) -> None:
     ]
 
 
-def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(backend: Backend) -> None:
+    engine = new_outbox(backend)
     digest_id = add(engine, "ada@example.org", T0, ["2401.00001", "2401.00002", "2401.00003"])
     assert digest_id is not None
-    with engine.begin() as conn:  # the database refuses the second paper's delivery row
-        conn.execute(
-            text(
-                "CREATE TRIGGER refuse_one BEFORE INSERT ON deliveries "
-                "WHEN NEW.paper_id = '2401.00002' "
-                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-            )
-        )
-    expected = rf"cannot mark digest {digest_id} sent on sqlite:.*: IntegrityError: disk says no"
+    # the database refuses the second paper's delivery row
+    refuse_inserts(engine, "deliveries", "disk says no", when="NEW.paper_id = '2401.00002'")
+    shown = re.escape(mask_url(engine.url))
+    # SQLite: "IntegrityError: disk says no"; PostgreSQL: "RaiseException: disk says no"
+    expected = rf"cannot mark digest {digest_id} sent on {shown}: \w+: disk says no"
     with pytest.raises(StoreError, match=expected):
         outbox.mark_sent(engine, digest_id, "250 ok", T0)
     row = get(engine, digest_id)
@@ -160,8 +158,8 @@ def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(tmp_path: Path) -
     assert deliveries(engine) == []
 
 
-def test_mark_retry_counts_attempts_and_delays(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_mark_retry_counts_attempts_and_delays(backend: Backend) -> None:
+    engine = new_outbox(backend)
     (digest_id,) = add_digests(engine, ["ada@example.org"]).values()
     outbox.mark_retry(engine, digest_id, "451 greylisted", T0, 5 * MINUTE)
     outbox.mark_retry(engine, digest_id, "421 busy", T0 + 5 * MINUTE, 30 * MINUTE)
@@ -171,12 +169,13 @@ def test_mark_retry_counts_attempts_and_delays(tmp_path: Path) -> None:
     assert row.next_attempt_at.replace(tzinfo=dt.UTC) == T0 + 35 * MINUTE
 
 
-def test_unknown_digest_and_broken_database_are_store_errors(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_unknown_digest_and_broken_database_are_store_errors(backend: Backend) -> None:
+    engine = new_outbox(backend)
     with pytest.raises(StoreError, match="digest 42 does not exist"):
         outbox.mark_sent(engine, 42, "250", T0)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE deliveries"))
+        conn.execute(text("DROP TABLE digest_messages"))  # PostgreSQL enforces its foreign key
         conn.execute(text("DROP TABLE digests"))
     with pytest.raises(StoreError, match="outbox: cannot claim due digests"):
         outbox.claim_due(engine, T0, 10)
@@ -184,8 +183,8 @@ def test_unknown_digest_and_broken_database_are_store_errors(tmp_path: Path) -> 
         outbox.outbox_counts(engine)
 
 
-def test_a_paper_delivered_twice_keeps_its_first_delivery(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_a_paper_delivered_twice_keeps_its_first_delivery(backend: Backend) -> None:
+    engine = new_outbox(backend)
     first = add(engine, "ada@example.org", T0, ["2401.00001"])
     second = add(engine, "ada@example.org", T0 + dt.timedelta(days=1), ["2401.00001", "2401.7"])
     assert first is not None and second is not None
@@ -198,8 +197,8 @@ def test_a_paper_delivered_twice_keeps_its_first_delivery(tmp_path: Path) -> Non
     assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 2, "failed": 0}
 
 
-def test_mark_sent_and_claim_is_one_transaction(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_mark_sent_and_claim_is_one_transaction(backend: Backend) -> None:
+    engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(6)).values())
     first = outbox.claim_due(engine, T0, 2)
     assert [c.id for c in first] == ids[:2]
@@ -213,13 +212,8 @@ def test_mark_sent_and_claim_is_one_transaction(tmp_path: Path) -> None:
     assert following[0].recipient == recipients(6)[3]
     assert b"Hello " + recipients(6)[3].encode() in following[0].message  # its own bytes
 
-    with engine.begin() as conn:  # the next sent digest cannot record its papers
-        conn.execute(
-            text(
-                "CREATE TRIGGER refuse_all BEFORE INSERT ON deliveries "
-                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-            )
-        )
+    # the next sent digest cannot record its papers
+    refuse_inserts(engine, "deliveries", "disk says no")
     with pytest.raises(StoreError, match=r"cannot mark digest \d+ sent.*disk says no"):
         outbox.mark_sent_and_claim(engine, [(ids[3], "250")], T0, 5, 5 * MINUTE)
     assert get(engine, ids[3]).status == "pending"
@@ -227,10 +221,10 @@ def test_mark_sent_and_claim_is_one_transaction(tmp_path: Path) -> None:
     assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[2], ids[5]]
 
 
-def test_add_digests_writes_digests_and_handled_slots_in_one_transaction(tmp_path: Path) -> None:
+def test_add_digests_writes_digests_and_handled_slots_in_one_transaction(backend: Backend) -> None:
     from digest.models import SubscriberRow
 
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     slot = T0.replace(hour=8)
     assert add(engine, "ada@example.org", slot, ["p0"]) is not None
 

@@ -17,6 +17,7 @@ from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
 from digest.store import outbox
+from tests.backends import Backend
 from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -104,10 +105,9 @@ def test_days_to_poll_is_today_and_the_lookback_oldest_first() -> None:
 
 
 @pytest.fixture
-def planner(tmp_path: Path) -> pipeline.Planner:
+def planner(tmp_path: Path, backend: Backend) -> pipeline.Planner:
     """A store holding the real 2025-10-01 list as listed on 2026-03-12 and 13."""
-    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
-    store.migrate(engine)
+    engine = backend.engine()
     body = (HF / "api-daily_papers-2025-10-01.json").read_bytes()
     for day in (dt.date(2026, 3, 12), dt.date(2026, 3, 13)):
         store.upsert_listings(engine, day, parse_api(body, day), at("2026-03-13 00:00"))

@@ -21,6 +21,7 @@ from digest.mail.delivery import (
     make_transport,
 )
 from digest.mail.smtp import SmtpTransport
+from tests.backends import Backend
 from tests.smtpd_helpers import (
     SENDER,
     RecordingHandler,
@@ -37,9 +38,9 @@ from tests.smtpd_helpers import (
 )
 
 
-def test_starttls_and_auth_password_only_after_tls(tmp_path: Path) -> None:
+def test_starttls_and_auth_password_only_after_tls(tmp_path: Path, backend: Backend) -> None:
     tls = tls_pair(tmp_path)
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, ["ada@example.org"])
     with SmtpServer(starttls=tls.server_context, auth=True) as server:
         config = SmtpConfig(
@@ -57,9 +58,9 @@ def test_starttls_and_auth_password_only_after_tls(tmp_path: Path) -> None:
     assert item.tls
 
 
-def test_wrong_password_leaves_the_digest_pending(tmp_path: Path) -> None:
+def test_wrong_password_leaves_the_digest_pending(tmp_path: Path, backend: Backend) -> None:
     tls = tls_pair(tmp_path)
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, ["ada@example.org", "bob@example.org"])
     with SmtpServer(starttls=tls.server_context, auth=True) as server:
         config = SmtpConfig(
@@ -76,9 +77,11 @@ def test_wrong_password_leaves_the_digest_pending(tmp_path: Path) -> None:
     assert server.handler.received == []
 
 
-def test_server_without_starttls_is_refused_never_plaintext(tmp_path: Path) -> None:
+def test_server_without_starttls_is_refused_never_plaintext(
+    tmp_path: Path, backend: Backend
+) -> None:
     tls = tls_pair(tmp_path)
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, ["ada@example.org"])
     with SmtpServer(auth=False) as server:  # offers no STARTTLS
         config = SmtpConfig(
@@ -96,9 +99,9 @@ def test_server_without_starttls_is_refused_never_plaintext(tmp_path: Path) -> N
     assert rows(engine)["ada@example.org"].status == "pending"
 
 
-def test_implicit_tls(tmp_path: Path) -> None:
+def test_implicit_tls(tmp_path: Path, backend: Backend) -> None:
     tls = tls_pair(tmp_path)
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, ["ada@example.org"])
     with SmtpServer(implicit_tls=tls.server_context) as server:
         config = SmtpConfig(host="127.0.0.1", port=server.port, security="tls", ca_file=tls.ca_file)
@@ -131,10 +134,10 @@ def test_plaintext_to_a_remote_host_is_refused() -> None:
     SmtpTransport(SmtpConfig(host="localhost", port=25, security="none"))  # loopback is fine
 
 
-def test_rate_cap_is_respected(tmp_path: Path) -> None:
+def test_rate_cap_is_respected(backend: Backend) -> None:
     # 5/s: gaps of 0.2 s stay far above a loaded machine's scheduling noise (at 20/s a
     # late first connection shrank the measured span below the bound under load).
-    engine = new_outbox(tmp_path)
+    engine = new_outbox(backend)
     add_digests(engine, recipients(6))
     with SmtpServer() as server:
         started = time.monotonic()
@@ -149,8 +152,8 @@ def test_rate_cap_is_respected(tmp_path: Path) -> None:
     assert min(gaps) >= 0.1  # never two at once
 
 
-def test_pool_size_is_respected_and_connections_are_reused(tmp_path: Path) -> None:
-    engine = new_outbox(tmp_path)
+def test_pool_size_is_respected_and_connections_are_reused(backend: Backend) -> None:
+    engine = new_outbox(backend)
     add_digests(engine, recipients(24))
     handler = RecordingHandler(data_delay=0.02)
     with SmtpServer(handler) as server:

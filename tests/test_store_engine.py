@@ -1,7 +1,10 @@
-"""Tests of digest.store's engine and migrations, on real SQLite files in tmp_path."""
+"""Tests of digest.store's engine and migrations, on SQLite and PostgreSQL (tests/backends.py).
+
+The SQLite pragmas and write lock are tested on SQLite files alone."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -18,12 +21,13 @@ from digest import store
 from digest.errors import StoreError
 from digest.store.engine import write_bind
 from digest.store.migrations import _V1
+from tests.backends import Backend
 from tests.store_helpers import D1, NOW, migrated_engine, paper
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return migrated_engine(tmp_path)
+def engine(backend: Backend) -> Engine:
+    return backend.engine()
 
 
 # --------------------------------------------------------------------------- engine
@@ -47,7 +51,8 @@ def test_open_engine_sets_wal_foreign_keys_busy_timeout_and_creates_the_folder(
 
 def test_foreign_keys_are_enforced(engine: Engine) -> None:
     with (
-        pytest.raises(IntegrityError, match="FOREIGN KEY constraint failed"),
+        # SQLite: "FOREIGN KEY constraint failed"; PostgreSQL: "violates foreign key constraint"
+        pytest.raises(IntegrityError, match=r"(?i)foreign key constraint"),
         engine.begin() as conn,
     ):
         conn.exec_driver_sql(
@@ -77,7 +82,8 @@ def test_open_engine_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> No
         store.open_engine(f"sqlite:///{path}")
 
 
-def test_a_second_writer_waits_for_the_first_instead_of_failing(engine: Engine) -> None:
+def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path: Path) -> None:
+    engine = migrated_engine(tmp_path)  # SQLite's one write lock and its busy timeout
     other = store.open_engine(str(engine.url))  # another process, as far as SQLite knows
     holding = threading.Event()
     errors: list[BaseException] = []
@@ -110,8 +116,8 @@ def versions(engine: Engine) -> list[int]:
         return [row[0] for row in conn.execute(text("SELECT version FROM schema_version"))]
 
 
-def test_migrate_fresh_database_is_current_and_idempotent(tmp_path: Path) -> None:
-    engine = store.open_engine(f"sqlite:///{tmp_path}/fresh.db")
+def test_migrate_fresh_database_is_current_and_idempotent(backend: Backend) -> None:
+    engine = backend.engine("fresh", migrated=False)
     assert store.migrate(engine) == store.SCHEMA_VERSION == 1
     assert set(inspect(engine).get_table_names()) == {*SQLModel.metadata.tables, "schema_version"}
     assert store.migrate(engine) == 1  # nothing to do the second time
@@ -164,14 +170,16 @@ def test_a_failing_migration_rolls_back_entirely(engine: Engine) -> None:
         conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
         conn.execute(text("ALTER TABLE papers ADD COLUMN title VARCHAR"))  # duplicate: fails
 
-    with pytest.raises(StoreError, match=r"migration v2 failed on sqlite:///.*duplicate column"):
+    # SQLite: "duplicate column name: title"; PostgreSQL: 'column "title" ... already exists'
+    shown = re.escape(store.mask_url(engine.url))
+    with pytest.raises(StoreError, match=rf"migration v2 failed on {shown}: .*(duplicate|exists)"):
         store.migrate(engine, [*store.MIGRATIONS, half_done])
     assert versions(engine) == [1]
     assert "scratch" not in inspect(engine).get_table_names()  # the DDL was rolled back too
 
 
-def test_migrate_refuses_tables_made_without_migrations(tmp_path: Path) -> None:
-    engine = store.open_engine(f"sqlite:///{tmp_path}/create_all.db")
+def test_migrate_refuses_tables_made_without_migrations(backend: Backend) -> None:
+    engine = backend.engine("create_all", migrated=False)
     SQLModel.metadata.create_all(engine)
     with pytest.raises(StoreError, match=r"migration v1 failed.*already exists"):
         store.migrate(engine)
