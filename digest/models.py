@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.orm import relationship
@@ -54,17 +55,19 @@ class Paper:
     submitter: str | None = None  # HF user name of who listed it
     published_at: dt.datetime | None = None  # arXiv v1 time (paper.publishedAt), UTC
 
+    # The parsers only let arXiv ids through; the quoting still keeps a row stored before
+    # that check (or written by hand) from reaching out of the path of these links.
     @property
     def url(self) -> str:
-        return f"https://huggingface.co/papers/{self.id}"
+        return f"https://huggingface.co/papers/{quote(self.id, safe='/')}"
 
     @property
     def arxiv_url(self) -> str:
-        return f"https://arxiv.org/abs/{self.id}"
+        return f"https://arxiv.org/abs/{quote(self.id, safe='/')}"
 
     @property
     def pdf_url(self) -> str:
-        return f"https://arxiv.org/pdf/{self.id}"
+        return f"https://arxiv.org/pdf/{quote(self.id, safe='/')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,3 +332,26 @@ def test_total_matches_is_mentioned(renderer: Renderer, papers: list[Paper]) -> 
     text, html = parts(render(renderer, [Match(p, (RL,)) for p in papers[:2]], total_matches=9))
     assert "Wednesday, 1 October 2025 - the best 2 of 9 matches" in text
     assert "Wednesday, 1 October 2025 - the best 2 of 9 matches" in Html(html).all_text()
+
+
+def test_a_bad_id_is_quoted_and_only_http_links_with_a_host_render(
+    renderer: Renderer, papers: list[Paper]
+) -> None:
+    """A row stored before ids were checked (or by hand): its links stay inside their path."""
+    evil = dataclasses.replace(
+        papers[0],
+        id='2603.90008/../../evil?x="><b>\r\n',
+        github_repo="https:///no-host",
+        project_page="http://[::1",  # unbalanced bracket: urlsplit refuses it
+        thumbnail="javascript:alert(1)",
+    )
+    text, html = parts(render(renderer, [Match(evil, (RL,))]))
+    hrefs = Html(html).hrefs()
+    assert not [h for h in hrefs if not h.startswith(("https://", "http://", "mailto:"))]
+    assert "https:///no-host" not in hrefs and not [h for h in hrefs if "[::1" in h]
+    paper_links = [h for h in hrefs if "90008" in h]
+    assert paper_links and all("?" not in h and '"' not in h for h in paper_links)
+    assert all("%3F" in h and "%0D%0A" in h for h in paper_links)
+    assert "javascript:" not in html
+    assert "/../../evil?x=" not in text and "2603.90008%2F" not in text
+    assert "https://huggingface.co/papers/2603.90008/../../evil%3Fx%3D" in text

@@ -13,6 +13,7 @@ import datetime as dt
 import re
 from collections import Counter
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from markupsafe import Markup, escape
 
@@ -68,13 +69,17 @@ def highlight(text: str, words: frozenset[str], open_tag: str) -> Markup:
 
 
 def safe_url(value: str | None) -> str | None:
-    """`value` if it is a plain http(s) URL (no spaces or controls), else None."""
+    """`value` if it is a plain http(s) URL with a host (no spaces or controls), else None."""
     if not value:
         return None
     url = value.strip()
     if not url.lower().startswith(("https://", "http://")) or _URL_BAD_RE.search(url):
         return None
-    return url
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # an unbalanced "[" or a bad port
+        return None
+    return url if host else None
 
 
 def format_authors(authors: Sequence[str], author_count: int) -> str:

@@ -12,13 +12,19 @@ Policy for bad input:
   §2.4.8) and one odd paper must not cost the day's list. But if a non-empty list
   yields no paper at all, that is a layout change -> `ParseError`, so `auto` mode
   falls back to the HTML page;
-- an optional field of the wrong type is treated as absent.
+- an optional field of the wrong type is treated as absent;
+- a record whose paper id is not one of arXiv's forms (`is_arxiv_id`) is skipped with
+  one log line: the id goes into links and file names, so nothing else may pass;
+- a number that is not a plain integer in range (1e30, NaN, a string, a negative
+  count, a count of 2^31 or more) is dropped, the record kept, one log line per
+  record naming its fields.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -27,7 +33,17 @@ from urllib.parse import urlsplit
 from digest.errors import ParseError
 from digest.models import Paper
 
+log = logging.getLogger(__name__)
+
 _WHITESPACE = re.compile(r"\s+")
+# arXiv identifiers (https://info.arxiv.org/help/arxiv_identifier.html): YYMM.NNNNN since
+# 2015, YYMM.NNNN from 2007 to 2014, archive(.SUBJECT-CLASS)/YYMMNNN before; each with an
+# optional version. `fullmatch` only: no trailing newline, path or query may follow.
+_ARXIV_ID = re.compile(
+    r"\d{2}(?:0[1-9]|1[0-2])\.\d{4,5}(?:v[1-9]\d{0,3})?"
+    r"|[a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{2}(?:0[1-9]|1[0-2])\d{3}(?:v[1-9]\d{0,3})?"
+)
+MAX_COUNT = 2**31 - 1  # a count above this is a broken source, not a popular paper
 
 
 def parse_api(body: bytes, day: dt.date) -> list[Paper]:
@@ -38,7 +54,7 @@ def parse_api(body: bytes, day: dt.date) -> list[Paper]:
 def load_api_items(body: bytes, day: dt.date) -> list[Any]:
     """Decode an API body into its raw list of records; ParseError if it is not a JSON list."""
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except json.JSONDecodeError as e:
         raise ParseError(
             f"API body for {day} is not valid JSON (truncated?) at char {e.pos}: {e.msg}"
@@ -54,6 +70,25 @@ def load_api_items(body: bytes, day: dt.date) -> list[Any]:
     return data
 
 
+def load_json(text: str | bytes) -> Any:
+    """`json.loads`, but an integer literal too long to be a count stays a `TooLong`
+    marker (Python refuses to turn more than 4,300 digits into an int at all)."""
+    return json.loads(text, parse_int=_parse_int)
+
+
+class TooLong(str):
+    """An integer literal of more digits than any count has: dropped by `Counts`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{self[:12]}...({len(self)} digits)"
+
+
+def _parse_int(literal: str) -> int | TooLong:
+    return int(literal) if len(literal) <= 30 else TooLong(literal)
+
+
 def parse_records(items: Iterable[Any], day: dt.date, *, where: str) -> list[Paper]:
     """Turn DailyPaper objects into Papers, skipping malformed ones and repeated ids.
 
@@ -64,7 +99,7 @@ def parse_records(items: Iterable[Any], day: dt.date, *, where: str) -> list[Pap
     total = 0
     for item in items:
         total += 1
-        paper = parse_record(item, day)
+        paper = parse_record(item, day, where=where)
         if paper is None or paper.id in seen:
             continue
         seen.add(paper.id)
@@ -74,8 +109,9 @@ def parse_records(items: Iterable[Any], day: dt.date, *, where: str) -> list[Pap
     return papers
 
 
-def parse_record(item: object, day: dt.date) -> Paper | None:
-    """One DailyPaper object as a Paper listed on `day`, or None if it has no id or title."""
+def parse_record(item: object, day: dt.date, *, where: str = "record") -> Paper | None:
+    """One DailyPaper object as a Paper listed on `day`, or None if it has no id or title,
+    or an id that is not arXiv's (logged)."""
     if not isinstance(item, dict):
         return None
     paper = _mapping(item.get("paper"))
@@ -83,6 +119,23 @@ def parse_record(item: object, day: dt.date) -> Paper | None:
     title = collapse(_text(paper.get("title")) or _text(item.get("title")) or "")
     if not paper_id or not title:
         return None
+    if not is_arxiv_id(paper_id):
+        log_bad_id(where, paper.get("id"))
+        return None
+    counts = Counts(where, paper_id)
+    parsed = _paper(paper_id, title, day, item, paper, counts)
+    counts.log()
+    return parsed
+
+
+def _paper(
+    paper_id: str,
+    title: str,
+    day: dt.date,
+    item: dict[str, Any],
+    paper: dict[str, Any],
+    counts: Counts,
+) -> Paper:
     authors_raw = paper.get("authors")
     authors_list = authors_raw if isinstance(authors_raw, list) else []
     org = (
@@ -99,12 +152,12 @@ def parse_record(item: object, day: dt.date) -> Paper | None:
         author_count=len(authors_list),
         organization=_text(org.get("name")),
         organization_fullname=_text(org.get("fullname")),
-        upvotes=_int(paper.get("upvotes")) or 0,
-        num_comments=_int(item.get("numComments")) or 0,
+        upvotes=counts.get("upvotes", paper) or 0,
+        num_comments=counts.get("numComments", item) or 0,
         thumbnail=_text(item.get("thumbnail")) or _text(item.get("mediaUrl")),
         media_urls=_unique(_texts(item.get("mediaUrls")) + _texts(paper.get("mediaUrls"))),
         github_repo=clean_url(paper.get("githubRepo")),
-        github_stars=_int(paper.get("githubStars")),
+        github_stars=counts.get("githubStars", paper),
         project_page=_text(paper.get("projectPage")),
         ai_summary=_text(paper.get("ai_summary")),
         ai_keywords=_texts(paper.get("ai_keywords")),
@@ -114,6 +167,55 @@ def parse_record(item: object, day: dt.date) -> Paper | None:
         ),
         published_at=parse_timestamp(paper.get("publishedAt")),
     )
+
+
+def is_arxiv_id(value: str) -> bool:
+    """True for an arXiv id: `2410.12345`, `1412.1234v2`, `hep-th/9901001`, `math.AG/0101001`."""
+    return _ARXIV_ID.fullmatch(value) is not None
+
+
+def log_bad_id(where: str, value: object) -> None:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    log.warning("%s: skipped a record whose paper id %s is not an arXiv id", where, shown)
+
+
+class Counts:
+    """Reads the counts of one record, range-checked; `log()` writes one line for all
+    the values it dropped."""
+
+    __slots__ = ("dropped", "paper_id", "where")
+
+    def __init__(self, where: str, paper_id: str) -> None:
+        self.where = where
+        self.paper_id = paper_id
+        self.dropped: list[str] = []
+
+    def get(self, name: str, record: dict[str, Any]) -> int | None:
+        value = record.get(name)
+        if value is None:
+            return None
+        if type(value) is int and 0 <= value <= MAX_COUNT:
+            return value
+        shown = repr(value)
+        self.dropped.append(f"{name}={shown if len(shown) <= 40 else shown[:37] + '...'}")
+        return None
+
+    def check(self, name: str, value: int) -> int:
+        """`value` (already an int, e.g. parsed from page text) if in range, else 0."""
+        if 0 <= value <= MAX_COUNT:
+            return value
+        self.dropped.append(f"{name}={str(value)[:37]}")
+        return 0
+
+    def log(self) -> None:
+        if self.dropped:
+            log.warning(
+                "%s: paper %s: dropped out-of-range or non-integer %s (record kept)",
+                self.where,
+                self.paper_id,
+                ", ".join(self.dropped),
+            )
 
 
 def collapse(text: str) -> str:
@@ -170,13 +272,6 @@ def _text(value: object) -> str | None:
     """A non-blank string, stripped; anything else is None."""
     if isinstance(value, str) and value.strip():
         return value.strip()
-    return None
-
-
-def _int(value: object) -> int | None:
-    # bool is an int subclass; a true/false upvote count is not a count.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
     return None
 
 

@@ -19,7 +19,15 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from digest.errors import ParseError
 from digest.models import Paper
-from digest.sources.hf_api import clean_url, collapse, parse_records
+from digest.sources.hf_api import (
+    Counts,
+    clean_url,
+    collapse,
+    is_arxiv_id,
+    load_json,
+    log_bad_id,
+    parse_records,
+)
 
 PROPS_SELECTOR = '.SVELTE_HYDRATER[data-target="DailyPapers"]'
 _AUTHORS_COUNT = re.compile(r"(\d+)\s+authors?\b")
@@ -64,7 +72,7 @@ def _parse_props(tree: LexborHTMLParser, day: dt.date | None) -> list[Paper]:
     if not raw:
         raise ParseError("the DailyPapers element has no data-props")
     try:
-        props = json.loads(raw)
+        props = load_json(raw)
     except json.JSONDecodeError as e:
         raise ParseError(f"DailyPapers data-props is not valid JSON at char {e.pos}") from e
     except RecursionError as e:
@@ -110,7 +118,7 @@ def _parse_cards(tree: LexborHTMLParser, day: dt.date | None) -> list[Paper]:
     papers: list[Paper] = []
     seen: set[str] = set()
     for article in articles:
-        paper = _parse_card(article, listed_on)
+        paper = _parse_card(article, listed_on, f"listing page card for {listed_on}")
         if paper is not None and paper.id not in seen:
             seen.add(paper.id)
             papers.append(paper)
@@ -119,7 +127,7 @@ def _parse_cards(tree: LexborHTMLParser, day: dt.date | None) -> list[Paper]:
     return papers
 
 
-def _parse_card(article: LexborNode, day: dt.date) -> Paper | None:
+def _parse_card(article: LexborNode, day: dt.date, where: str) -> Paper | None:
     link = article.css_first('a[href^="/papers/"]')
     if link is None:
         return None
@@ -128,30 +136,45 @@ def _parse_card(article: LexborNode, day: dt.date) -> Paper | None:
     title = collapse(title_node.text()) if title_node is not None else ""
     if not paper_id or not title:
         return None
+    if not is_arxiv_id(paper_id):
+        log_bad_id(where, paper_id)
+        return None
+    counts = Counts(where, paper_id)
     image = link.css_first("img[src]")
     video = link.css_first("video[src]")
-    return Paper(
+    upvotes = article.css_first('a[href^="/login?next=%2Fpapers%2F"] .leading-none')
+    paper = Paper(
         id=paper_id,
         title=title,
         listed_on=day,
-        author_count=_authors_count(article),
-        upvotes=_number(article.css_first('a[href^="/login?next=%2Fpapers%2F"] .leading-none')),
-        num_comments=_number(article.css_first('a[href$="#community"]')),
+        author_count=_authors_count(article, counts),
+        upvotes=_number(upvotes, "upvotes", counts),
+        num_comments=_number(article.css_first('a[href$="#community"]'), "comments", counts),
         thumbnail=clean_url(image.attributes.get("src")) if image is not None else None,
         media_urls=_video_url(video),
         submitter=_submitter(article),
     )
+    counts.log()
+    return paper
 
 
-def _authors_count(article: LexborNode) -> int:
+def _authors_count(article: LexborNode, counts: Counts) -> int:
     node = article.css_first("li.order-first")
     found = _AUTHORS_COUNT.search(node.text()) if node is not None else None
-    return int(found.group(1)) if found else 0
+    return _count(found.group(1), "authors", counts) if found else 0
 
 
-def _number(node: LexborNode | None) -> int:
+def _number(node: LexborNode | None, name: str, counts: Counts) -> int:
     found = _DIGITS.search(node.text()) if node is not None else None
-    return int(found.group()) if found else 0
+    return _count(found.group(), name, counts) if found else 0
+
+
+def _count(digits: str, name: str, counts: Counts) -> int:
+    """The digits as a count, 0 (and logged) when there are too many to be one."""
+    if len(digits) > 10:  # past 2^31 for sure; int() of 4,301 digits would even raise
+        counts.dropped.append(f"{name}={digits[:12]}...({len(digits)} digits)")
+        return 0
+    return counts.check(name, int(digits))
 
 
 def _video_url(video: LexborNode | None) -> tuple[str, ...]:
