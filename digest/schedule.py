@@ -52,9 +52,14 @@ _CRON_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron numb
 _TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _EVERY_RE = re.compile(r"^(\d{1,6})([smhSMH])$")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-# the longest gap between two matching days of any valid schedule: Feb 29 across a
-# non-leap century year (2096-02-29 -> 2104-02-29) is 2922 days; search a little longer
-_SEARCH_DAYS = 3000
+# The day pattern of every schedule repeats with the 400-year Gregorian cycle (146,097
+# days, a whole number of weeks), so a schedule that has a slot at all has one within
+# that many days of any date: `0 8 1 3 */7` (1 March on a Sunday) waits 11 years at
+# times, `0 8 29 2 */7` 28. Every date of the calendar falls on every weekday within
+# the cycle, so refusing a day of the month that no chosen month has (`_parse_cron`)
+# is enough for the searches below to always find a slot.
+_CYCLE_DAYS = 146097
+_SEARCH_DAYS = _CYCLE_DAYS + 2
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ def _matching_days_in_cycle(schedule: Schedule) -> tuple[list[dt.date], int]:
     elif len(schedule.months) == 12 and schedule.days_star:
         start, span = dt.date(2000, 1, 3), 7  # a weekly pattern
     else:
-        start, span = dt.date(2000, 1, 1), 146097  # 400 years: leap days, weekdays repeat
+        start, span = dt.date(2000, 1, 1), _CYCLE_DAYS  # leap days and weekdays repeat
     days = [d for i in range(span) if schedule.matches_day(d := start + dt.timedelta(i))]
     return days, span
 

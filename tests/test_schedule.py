@@ -386,3 +386,39 @@ def test_every_interval_window_and_spelling() -> None:
     for bad in ("every", "every 0s", "every 5x", "every 5 s", "every -5s"):
         with pytest.raises(ValueError, match="every N"):
             parse_schedule(bad)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after", "expected_next", "expected_latest"),
+    [
+        # 1 March that is a Sunday (Vixie: a `*`-led day-of-week ANDs): 2026, then 2037
+        ("0 8 1 3 */7", dt.datetime(2026, 12, 2, tzinfo=dt.UTC),
+         dt.datetime(2037, 3, 1, 8, tzinfo=dt.UTC), dt.datetime(2026, 3, 1, 8, tzinfo=dt.UTC)),
+        # 29 February that is a Sunday: 2004, 2032, then 2060 (28 years apart)
+        ("0 8 29 2 */7", dt.datetime(2033, 1, 1, tzinfo=dt.UTC),
+         dt.datetime(2060, 2, 29, 8, tzinfo=dt.UTC), dt.datetime(2032, 2, 29, 8, tzinfo=dt.UTC)),
+        # across 2100, which has no 29 February: 2088, then 2128 (40 years, the longest)
+        ("0 8 29 2 */7", dt.datetime(2089, 1, 1, tzinfo=dt.UTC),
+         dt.datetime(2128, 2, 29, 8, tzinfo=dt.UTC), dt.datetime(2088, 2, 29, 8, tzinfo=dt.UTC)),
+    ],
+)  # fmt: skip
+def test_sparse_cron_schedules_are_searched_over_the_whole_cycle(
+    schedule: str, after: dt.datetime, expected_next: dt.datetime, expected_latest: dt.datetime
+) -> None:
+    parsed = parse_schedule(schedule)
+    utc = ZoneInfo("UTC")
+    assert next_slot(parsed, utc, after) == expected_next
+    assert latest_slot(parsed, utc, after) == expected_latest
+    assert latest_slot(parsed, utc, expected_next) == expected_next
+
+
+def test_every_calendar_date_meets_every_weekday_within_the_cycle() -> None:
+    """Why refusing impossible days of the month is enough for the searches to always find
+    a slot: within 400 years every date of the calendar falls on every weekday."""
+    weekdays: dict[tuple[int, int], set[int]] = {}
+    start = dt.date(2000, 1, 1)
+    for n in range(146097):
+        day = start + dt.timedelta(days=n)
+        weekdays.setdefault((day.month, day.day), set()).add(day.weekday())
+    assert len(weekdays) == 366
+    assert all(len(days) == 7 for days in weekdays.values())
