@@ -599,3 +599,40 @@ topics = [{ name = "t", query = "q" }]
         sub.send_empty,
         sub.window_days,
     ) == ("A", "Asia/Kolkata", "0 9 * * 1-5", 3, 4, True, 6)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_file(here: Path) -> None:
+    path = here / "digest.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    config = load_config(path, {})
+    assert [s.email for s in config.subscribers] == ["ada@example.org", "grace@example.org"]
+
+
+def test_internationalized_domains_are_accepted_in_display_form(here: Path) -> None:
+    text = BASE.replace("Ada@Example.org", "Ada@BÜCHER.example").replace(
+        "digest@example.org", "digest@例え.テスト"
+    )
+    config = load_config(write(here, text), {})
+    assert config.subscribers[0].email == "ada@bücher.example"
+    assert config.mail.from_addr == "Digest <digest@例え.テスト>"
+    # the A-label spelling is the same address
+    twice = BASE.replace("grace@example.org", "ada@xn--bcher-kva.example").replace(
+        "Ada@Example.org", "ada@bücher.example"
+    )
+    (problem,) = problems_of(write(here, twice).relative_to(here))
+    assert 'duplicate email "ada@bücher.example"' in problem
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("ada@bü cher.example", "not a valid internationalized name"),
+        ("ada@xn--zz.example", "not a valid internationalized name"),
+        ("adä@example.org", "is not an email address"),  # a non-ASCII local part needs SMTPUTF8
+        ("ada@bücher..example", "is not an email address"),
+    ],
+)
+def test_bad_internationalized_addresses_are_refused(here: Path, address: str, why: str) -> None:
+    path = write(here, BASE.replace("Ada@Example.org", address)).relative_to(here)
+    (problem,) = problems_of(path)
+    assert problem.startswith("digest.toml:13: subscribers[1]") and why in problem, problem

@@ -23,6 +23,7 @@ from digest.config.schema import (
     Subscriber,
     Topic,
 )
+from digest.config.values import ascii_address
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -35,6 +36,7 @@ __all__ = [
     "StorageConfig",
     "Subscriber",
     "Topic",
+    "ascii_address",
     "example_config",
     "load_config",
     "summarize_config",

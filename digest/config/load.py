@@ -35,7 +35,8 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: a byte-order mark at the start (Windows editors write one) is not text
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from e

@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import email.utils
+import functools
 import ipaddress
 import re
 import zoneinfo
 from collections.abc import Callable
 from typing import cast
+
+import idna
 
 from digest.errors import QuerySyntaxError
 from digest.schedule import Schedule, parse_schedule
@@ -136,13 +139,51 @@ def parse_base_url(value: object) -> str:
 
 
 def check_address(addr: str) -> str:
-    """A sane addr-spec (ASCII local@domain), lower-cased; Invalid if not."""
+    """A sane addr-spec, lower-cased, its domain in display (Unicode) form; Invalid if not.
+
+    The local part is ASCII (an address with a non-ASCII local part needs SMTPUTF8 on
+    every hop); the domain may be internationalized (`ada@bücher.example`, or as
+    `xn--bcher-kva.example`): both spellings give the same address, and `ascii_address`
+    turns it into what SMTP and the headers carry.
+    """
     if any(c in addr for c in "\r\n"):
         raise Invalid("must not contain a line break")
-    m = _ADDR_RE.match(addr.strip())
-    if not m or len(m.group(1)) > 64 or len(addr.strip()) > 254:
-        raise Invalid(f'"{addr}" is not an email address (expected name@example.org)')
-    return addr.strip().lower()
+    bad = Invalid(f'"{addr}" is not an email address (expected name@example.org)')
+    local, at, domain = addr.strip().rpartition("@")
+    try:
+        ascii_domain = _idna_domain(domain) if at else ""
+    except Invalid as e:
+        raise Invalid(f'"{addr}" is not an email address: {e}') from None
+    m = _ADDR_RE.match(f"{local}@{ascii_domain}")
+    if not m or len(m.group(1)) > 64 or len(m.group(0)) > 254:
+        raise bad
+    if ascii_domain.isascii() and "xn--" not in ascii_domain:
+        return m.group(0).lower()
+    return f"{local.lower()}@{idna.decode(ascii_domain)}"
+
+
+def ascii_address(addr: str) -> str:
+    """`addr` with its domain IDNA-encoded (`ada@xn--bcher-kva.example`), as MAIL FROM,
+    RCPT TO and address headers carry it; an ASCII address (or one this cannot encode,
+    left for the caller's own check to refuse) comes back unchanged."""
+    local, at, domain = addr.rpartition("@")
+    if not at or domain.isascii():
+        return addr
+    try:
+        return f"{local}@{_idna_domain(domain)}"
+    except Invalid:
+        return addr
+
+
+@functools.lru_cache(maxsize=1024)
+def _idna_domain(domain: str) -> str:
+    """A domain as ASCII (IDNA 2008 with UTS #46 mapping); Invalid if it cannot be one."""
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as e:  # also a UnicodeError
+        raise Invalid(f"the domain {domain!r} is not a valid internationalized name ({e})") from e
 
 
 def parse_email(value: object) -> str:

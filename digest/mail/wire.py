@@ -23,6 +23,8 @@ import re
 
 import aiosmtplib
 
+from digest.config import ascii_address
+
 _BAD_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")  # control chars, spaces, brackets: refuse
 _SUCCESS = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 
@@ -57,8 +59,10 @@ def to_wire(message: bytes) -> bytes:
 
 
 def envelope_address(address: str) -> bytes:
-    """An address as MAIL FROM / RCPT TO carry it; ValueError when it cannot go on the wire
-    (non-ASCII without SMTPUTF8 support, control characters, spaces or angle brackets)."""
+    """An address as MAIL FROM / RCPT TO carry it, an internationalized domain IDNA-encoded;
+    ValueError when it cannot go on the wire (a non-ASCII local part without SMTPUTF8
+    support, control characters, spaces or angle brackets)."""
+    address = ascii_address(address)
     if _BAD_ADDRESS.search(address):
         raise ValueError(f"address {address!r} contains characters SMTP cannot carry")
     try:

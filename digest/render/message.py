@@ -31,7 +31,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any
 
-from digest.config import MailConfig, Subscriber
+from digest.config import MailConfig, Subscriber, ascii_address
 from digest.errors import ConfigError
 
 # C0/C1 controls, zero-width and bidi-override characters, line/paragraph separators.
@@ -113,6 +113,7 @@ def parse_address(value: str, *, what: str) -> Address:
 @functools.lru_cache(maxsize=1024)
 def _parse_address(value: str) -> Address | None:
     name, addr = parseaddr(clean_header(value, limit=998))
+    addr = ascii_address(addr)  # an internationalized domain as IDNA: headers stay ASCII
     try:
         address = Address(display_name=clean_header(name), addr_spec=addr)
     except (ValueError, IndexError):  # email.errors.HeaderParseError is a ValueError
