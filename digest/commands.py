@@ -114,7 +114,8 @@ def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
     report = asyncio.run(_poll(config, engine, days, on_day))
     if progress:
         progress.close()
-    log.info(report.summary())
+    if report.unreachable is None:  # else the one line is the error itself
+        log.info(report.summary())
     fail_on_poll_errors(report)
     return 0
 
@@ -130,6 +131,8 @@ async def _poll(
 
 
 def fail_on_poll_errors(report: pipeline.PollReport) -> None:
+    if report.unreachable is not None:
+        raise SourceError(report.unreachable)
     if report.errors:
         first = report.errors[0]
         more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
@@ -304,7 +307,10 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         days = pipeline.days_to_poll(utcnow(), config.source.lookback_days)
         async with make_client(config.source) as client:
             poll_report = await pipeline.poll(config, engine, client, days, now=utcnow)
-        log.info(poll_report.summary())
+        if poll_report.unreachable is None:  # else the one line is the error, at the end
+            log.info(poll_report.summary())
+        if not poll_report.fetched:  # nothing is known to be new: plan nothing, close no slot
+            return await _deliver_only(config, engine, poll_report, out)
     planner = pipeline.Planner(config, engine)
     planned = pipeline.plan_due(
         planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run
@@ -335,6 +341,22 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
     if poll_report is not None:
         fail_on_poll_errors(poll_report)
     return 0
+
+
+async def _deliver_only(
+    config: Config, engine: Engine, poll_report: pipeline.PollReport, out: TextIO
+) -> int:
+    """The poll fetched nothing: deliver what was already waiting, then fail with the
+    poll's error. Stdout speaks only of mail that went out (never of "nothing new")."""
+    async with make_transport(config.mail) as transport:
+        report = await drain_outbox(engine, transport, now=utcnow)
+    if report.sent or report.failed:
+        out.write(
+            f"nothing fetched, no digests planned; already waiting: {report.sent} sent, "
+            f"{report.failed} failed, {report.pending} pending\n"
+        )
+    fail_on_poll_errors(poll_report)
+    raise SourceError("the poll fetched nothing")  # not reached: a poll that fetched nothing failed
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

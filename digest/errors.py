@@ -12,6 +12,7 @@ The tree::
     │   └── QuerySyntaxError        a topic query that does not parse (column + caret)
     ├── SourceError                 the Daily Papers source failed
     │   ├── FetchError              network, timeout, HTTP status, oversized body
+    │   │   └── UnreachableError        the host cannot be reached at all (DNS, refused)
     │   └── ParseError              the body is not what the parser expects (layout change)
     ├── StoreError                  the database failed or has an unknown schema
     └── DeliveryError               mail could not be handed over
@@ -62,6 +63,11 @@ class SourceError(DigestError):
 
 class FetchError(SourceError):
     pass
+
+
+class UnreachableError(FetchError):
+    """The source's host cannot be reached at all (its name does not resolve, the
+    connection is refused): retrying, or fetching another day, would fail the same way."""
 
 
 class ParseError(SourceError):

@@ -27,11 +27,11 @@ from sqlmodel import Session
 
 from digest import store
 from digest.config import Config, Subscriber
-from digest.errors import SourceError
+from digest.errors import SourceError, UnreachableError
 from digest.models import DayRow, Match, Paper, as_utc
 from digest.render import Renderer, message_id_for, render_digest_bytes
 from digest.schedule import Schedule, default_window_days, digest_window, latest_slot
-from digest.sources.fetch import DayFetch, Validators, fetch_day
+from digest.sources.fetch import DayFetch, Deadline, Validators, fetch_day
 from digest.store import outbox
 from digest.topics import match
 
@@ -57,6 +57,12 @@ class DayOutcome:
 class PollReport:
     days: list[DayOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    unreachable: str | None = None  # the source could not be reached: the poll stopped
+
+    @property
+    def fetched(self) -> bool:
+        """Whether any day was fetched (a 304 counts): else nothing is known to be new."""
+        return any(d.error is None for d in self.days)
 
     @property
     def new(self) -> list[Paper]:
@@ -68,7 +74,10 @@ class PollReport:
 
     @property
     def errors(self) -> list[str]:
-        """One line per failed day, each naming its day."""
+        """One line per failed day, each naming its day; just the one line when the
+        source could not be reached."""
+        if self.unreachable is not None:
+            return [self.unreachable]
         return [
             d.error if d.error.startswith(str(d.day)) else f"{d.day}: {d.error}"
             for d in self.days
@@ -85,6 +94,8 @@ class PollReport:
         return "+".join(used) if used else "-"
 
     def summary(self) -> str:
+        if self.unreachable is not None:
+            return f"poll stopped after {self.seconds:.1f}s: {self.unreachable}"
         return (
             f"poll: {len(self.days)} days, {len(self.new)} new, {len(self.updated)} updated, "
             f"{sum(d.not_modified for d in self.days)} unchanged (304), "
@@ -111,18 +122,24 @@ async def poll(
     now: Callable[[], dt.datetime],
     on_day: Callable[[DayOutcome], None] | None = None,
 ) -> PollReport:
-    """Fetch `days` (a few at a time), store each as it arrives, and record the poll."""
+    """Fetch `days` (a few at a time), store each as it arrives, and record the poll.
+
+    The whole poll has `source.poll_deadline` seconds. A source that cannot be reached
+    at all stops the poll at the first such failure, with that one error."""
     started = time.monotonic()
     report = PollReport()
     with Session(engine) as session:
         poll_id = store.start_poll(session, now())
         validators = {d: _validators(store.get_day(session, d)) for d in days}
     gate = asyncio.Semaphore(max(1, config.source.concurrency))
+    deadline = Deadline.after(config.source.poll_deadline)
 
     async def fetch_one(day: dt.date) -> DayFetch | SourceError:
         async with gate:
             try:
-                return await fetch_day(client, config.source, day, validators=validators[day])
+                return await fetch_day(
+                    client, config.source, day, validators=validators[day], deadline=deadline
+                )
             except SourceError as e:
                 return e
 
@@ -130,6 +147,9 @@ async def poll(
     try:
         for day, task in zip(days, tasks, strict=True):
             result = await task
+            if isinstance(result, UnreachableError):  # the caller reports it, once
+                report.unreachable = str(result)
+                break
             outcome = _store_day(engine, day, result, now())
             if outcome.error:
                 log.warning("fetch failed: %s", outcome.error)

@@ -46,7 +46,9 @@ class Fault:
 
     `truncate_after`: send the full Content-Length but only this many body bytes, then
     close. `drop`: close the connection without any response. `delay`: seconds to
-    wait before answering (or before dropping).
+    wait before answering (or before dropping). `trickle`: send the headers at once, then
+    the body one byte every `trickle` seconds (each read is quick, the whole is not),
+    until it is sent or the client hangs up.
     """
 
     status: int = 500
@@ -57,6 +59,7 @@ class Fault:
     drop: bool = False
     real_body: bool = False  # serve the real answer's body (with status/truncation applied)
     chunked: bool = False  # Transfer-Encoding: chunked, so no Content-Length up front
+    trickle: float | None = None  # seconds between body bytes
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = body if fault.real_body else fault.body
         if fault is not None and fault.chunked:
             self._send_chunked(status, headers, body)
+        elif fault is not None and fault.trickle is not None:
+            self._send_trickle(status, headers, body, fault.trickle)
         else:
             self._send(status, headers, body, fault.truncate_after if fault else None)
 
@@ -266,6 +271,23 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = body[start : start + 4096]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _send_trickle(
+        self, status: int, headers: dict[str, str], body: bytes, every: float
+    ) -> None:
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(body)):
+                time.sleep(every)
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

@@ -111,6 +111,8 @@ def test_the_file_keys_are_the_ones_the_loader_reads() -> None:
         "poll_interval",
         "lookback_days",
         "timeout",
+        "deadline",
+        "poll_deadline",
         "retries",
         "max_retry_wait",
         "concurrency",

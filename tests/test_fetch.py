@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from digest.config import SourceConfig
-from digest.errors import FetchError, ParseError, SourceError
+from digest.errors import FetchError, ParseError, SourceError, UnreachableError
 from digest.sources.fetch import (
     USER_AGENT,
     DayFetch,
@@ -244,13 +244,28 @@ def test_404_is_not_retried(hf_server: HFServer) -> None:
     assert sleeps.waits == [] and len(hf_server.requests) == 1
 
 
-def test_unreachable_host_is_a_one_line_fetch_error() -> None:
-    src = SourceConfig(base_url=f"http://127.0.0.1:{closed_port()}", mode="api", retries=1)
+def test_unreachable_host_is_a_one_line_fetch_error_not_retried() -> None:
+    """A refused connection is not worth a retry: the next one a second later would be
+    refused too. One line naming the origin and what to check."""
+    src = SourceConfig(base_url=f"http://127.0.0.1:{closed_port()}", mode="auto", retries=3)
     sleeps = Sleeps()
-    message = fails(lambda: run(src, API_DAY, sleeps), FetchError)
-    assert message.startswith(f"GET {src.base_url}{API}?date=2025-10-01")
-    assert "ConnectError" in message and len(sleeps.waits) == 1
+    message = fails(lambda: run(src, API_DAY, sleeps), UnreachableError)
+    assert message == (
+        f"cannot reach {src.base_url}: connection refused (check the network or [source] base_url)"
+    )
+    assert sleeps.waits == []  # no retry, and no fallback to the page on the same host
     assert isinstance(info_cause(lambda: run(src, API_DAY, Sleeps())), httpx.ConnectError)
+
+
+def test_a_name_that_does_not_resolve_is_unreachable() -> None:
+    src = SourceConfig(base_url="http://nonexistent.invalid", mode="auto", retries=3)
+    sleeps = Sleeps()
+    message = fails(lambda: run(src, API_DAY, sleeps), UnreachableError)
+    assert message == (
+        "cannot reach http://nonexistent.invalid: name not resolved "
+        "(check the network or [source] base_url)"
+    )
+    assert sleeps.waits == []
 
 
 def info_cause(call: Callable[[], object]) -> BaseException | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hfserver import HFServer
+from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import SmtpServer
 from tests.test_daemon_process import (  # the fixtures, used by name below
     Daemon,
@@ -33,3 +33,31 @@ def test_the_daemon_runs_a_schedule_whose_next_slot_is_years_away(
     daemon.wait_for(r"poll: \d+ days?")
     assert daemon.stop() == 0
     assert not [line for line in daemon.lines if "Traceback" in line]
+
+
+def test_a_trickling_source_is_a_failed_poll_and_alerts_fire(
+    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    """Headers at once, then a byte a second: before, each poll hung on it for hours,
+    with no failed poll counted and no alert. Now each is a failed poll after the
+    request deadline; two in a row mail the alert, a clean poll mails the recovery."""
+    trickle = Fault(status=200, real_body=True, trickle=1.0)
+    hf.add_fault("/api/", *[trickle] * 3)  # 3 polls of 1 day, no retries
+    config = write_config(
+        tmp_path / "digest.toml", hf, smtp, [], lookback=0,
+        extra='[alerts]\nemail = "admin@example.org"\nafter_failed_polls = 2\n',
+    )  # fmt: skip
+    config.write_text(config.read_text().replace("timeout = 5\n", "timeout = 5\ndeadline = 1.5\n"))
+    daemon = start(run_daemon, config)
+    failed = daemon.wait_for(r"poll: .* 1 failed", timeout=60)
+    alerted = daemon.wait_for(r"alert after 2 failed polls", after=failed, timeout=60)
+    daemon.wait_for(r"drain: 1 sent", after=alerted, timeout=60)
+    recovered = daemon.wait_for(r"recovery after \d+ failed polls", after=alerted, timeout=60)
+    daemon.wait_for(r"drain: 1 sent", after=recovered, timeout=60)
+    assert daemon.stop() == 0
+    assert any("1.5s deadline" in line for line in daemon.lines)
+    messages = [r.parsed() for r in smtp.handler.received]
+    assert [m["To"].addresses[0].addr_spec for m in messages] == ["admin@example.org"] * 2
+    alert, recovery = messages
+    assert "deadline" in alert.get_body(("plain",)).get_content()
+    assert "works again" in str(recovery["Subject"])

@@ -197,6 +197,8 @@ class Builder:
             poll_interval=self.field(t, w, "poll_interval", d.poll_interval, positive_duration),
             lookback_days=self.field(t, w, "lookback_days", d.lookback_days, at_least(0)),
             timeout=self.field(t, w, "timeout", d.timeout, positive_number),
+            deadline=self.field(t, w, "deadline", d.deadline, positive_number),
+            poll_deadline=self.field(t, w, "poll_deadline", d.poll_deadline, positive_number),
             retries=self.field(t, w, "retries", d.retries, at_least(0)),
             max_retry_wait=self.field(t, w, "max_retry_wait", d.max_retry_wait, positive_number),
             concurrency=self.field(t, w, "concurrency", d.concurrency, at_least(1)),

@@ -31,7 +31,9 @@ class SourceConfig:
     mode: Literal["api", "html", "auto"] = "auto"
     poll_interval: dt.timedelta = dt.timedelta(minutes=30)
     lookback_days: int = 3
-    timeout: float = 20.0  # seconds, connect and read
+    timeout: float = 20.0  # seconds, connect and each read
+    deadline: float = 120.0  # seconds one request may take in all, connect to last byte
+    poll_deadline: float = 900.0  # seconds one poll may take in all, every day and retry
     retries: int = 4  # attempts after the first, on timeouts, connection errors, 5xx, 429
     max_retry_wait: float = 120.0  # seconds: a longer Retry-After is an error, not a sleep
     concurrency: int = 3  # days fetched at once in a backfill

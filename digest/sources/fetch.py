@@ -3,12 +3,22 @@
 Owns: the shared `httpx.AsyncClient` settings, URLs, paging, retries with exponential
 backoff and jitter (timeouts, connection errors, 5xx, 429 with `Retry-After` or HF's
 `RateLimit: "api";r=0;t=42`), conditional GET (ETag / Last-Modified), the body size
-cap, the `auto` fallback from API to page, and wrapping every httpx exception once
-into `FetchError`. Does not own: parsing (`hf_api`, `hf_html`), storing, or deciding
+cap, the `auto` fallback from API to page, the deadlines, and wrapping every httpx
+exception once into `FetchError`. Does not own: parsing (`hf_api`, `hf_html`), storing, or deciding
 which days to fetch (the pipeline).
 
-The only clock read here is for a `Retry-After` given as an HTTP-date, which is
-relative to the current time by definition.
+Deadlines: httpx's timeout is per read, so a body that trickles in (a byte a second)
+never times out. Each request therefore has an overall deadline (`source.deadline`,
+connect to last byte; a miss is retried like a timeout), and a poll can hand every
+fetch one shared `Deadline` (`source.poll_deadline`): past it nothing is retried or
+started and each fetch still waiting fails, so a poll always ends and counts as failed.
+
+A host that cannot be reached at all (the name does not resolve, the connection is
+refused) raises `UnreachableError` at once, without retries: the same request a second
+later, or for another day, would only fail the same way.
+
+The clock reads here are the deadlines' monotonic clock and a `Retry-After` given as an
+HTTP-date, which is relative to the current time by definition.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ import datetime as dt
 import email.utils
 import random
 import re
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,7 +38,7 @@ import httpx
 
 from digest import __version__
 from digest.config import SourceConfig
-from digest.errors import FetchError, ParseError, SourceError
+from digest.errors import FetchError, ParseError, SourceError, UnreachableError
 from digest.models import Paper
 from digest.sources.hf_api import load_api_items, parse_records
 from digest.sources.hf_html import parse_html
@@ -40,6 +52,21 @@ BACKOFF_JITTER = 0.25  # up to +25% random, so parallel fetches do not retry in 
 Sleep = Callable[[float], Awaitable[object]]
 SourceName = Literal["api", "html"]
 _RATELIMIT_RESET = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+)")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """An instant on the monotonic clock that a group of requests (one poll) must meet."""
+
+    at: float
+    seconds: float  # how long it was set for, for messages
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -96,20 +123,33 @@ async def fetch_day(
     *,
     validators: Validators | None = None,
     sleep: Sleep = asyncio.sleep,
+    deadline: Deadline | None = None,
 ) -> DayFetch:
     """The listing of `day` from `source.mode`: "api", "html", or "auto" (API, then page).
 
-    Raises FetchError / ParseError for one source, SourceError naming both in auto mode.
+    Raises FetchError / ParseError for one source, SourceError naming both in auto mode,
+    UnreachableError (never falling back: the page is on the same host) when the host
+    cannot be reached. `deadline`: the poll's, shared by every request of the poll.
     """
+
+    async def from_(fetch: Callable[..., Awaitable[DayFetch]]) -> DayFetch:
+        return await fetch(
+            client, source, day, validators=validators, sleep=sleep, deadline=deadline
+        )
+
     if source.mode == "api":
-        return await fetch_api_day(client, source, day, validators=validators, sleep=sleep)
+        return await from_(fetch_api_day)
     if source.mode == "html":
-        return await fetch_html_day(client, source, day, validators=validators, sleep=sleep)
+        return await from_(fetch_html_day)
     try:
-        return await fetch_api_day(client, source, day, validators=validators, sleep=sleep)
+        return await from_(fetch_api_day)
+    except UnreachableError:
+        raise
     except (FetchError, ParseError) as api_error:
         try:
-            return await fetch_html_day(client, source, day, validators=validators, sleep=sleep)
+            return await from_(fetch_html_day)
+        except UnreachableError:
+            raise
         except (FetchError, ParseError) as html_error:
             raise SourceError(
                 f"{day}: both sources failed: API: {api_error}; HTML page: {html_error}"
@@ -123,9 +163,12 @@ async def fetch_api_day(
     *,
     validators: Validators | None = None,
     sleep: Sleep = asyncio.sleep,
+    deadline: Deadline | None = None,
 ) -> DayFetch:
     """All pages of the API listing for `day` (`&p=1,2,...` while a page is full)."""
-    first = await _get(client, source, api_url(source, day), _conditional(validators, "api"), sleep)
+    first = await _get(
+        client, source, api_url(source, day), _conditional(validators, "api"), sleep, deadline
+    )
     if first.status == 304:
         return DayFetch(day, "api", [], True, first.etag, first.last_modified)
     items = load_api_items(first.body, day)
@@ -135,7 +178,7 @@ async def fetch_api_day(
         page += 1
         if page >= MAX_PAGES:
             raise FetchError(f"{api_url(source, day, page)}: more than {MAX_PAGES} full pages")
-        response = await _get(client, source, api_url(source, day, page), {}, sleep)
+        response = await _get(client, source, api_url(source, day, page), {}, sleep, deadline)
         items = load_api_items(response.body, day)
         all_items.extend(items)
     papers = parse_records(all_items, day, where=f"API body for {day}")
@@ -149,10 +192,11 @@ async def fetch_html_day(
     *,
     validators: Validators | None = None,
     sleep: Sleep = asyncio.sleep,
+    deadline: Deadline | None = None,
 ) -> DayFetch:
     """The listing page for `day`, parsed (data-props first, cards second)."""
     response = await _get(
-        client, source, html_url(source, day), _conditional(validators, "html"), sleep
+        client, source, html_url(source, day), _conditional(validators, "html"), sleep, deadline
     )
     if response.status == 304:
         return DayFetch(day, "html", [], True, response.etag, response.last_modified)
@@ -168,6 +212,7 @@ async def fetch_days(
     validators_for: Callable[[dt.date], Validators | None] = lambda day: None,
     concurrency: int | None = None,
     sleep: Sleep = asyncio.sleep,
+    deadline: Deadline | None = None,
 ) -> AsyncIterator[tuple[dt.date, DayFetch | SourceError]]:
     """Fetch several days, at most `concurrency` (default `source.concurrency`) at once.
 
@@ -180,7 +225,12 @@ async def fetch_days(
         async with gate:
             try:
                 return day, await fetch_day(
-                    client, source, day, validators=validators_for(day), sleep=sleep
+                    client,
+                    source,
+                    day,
+                    validators=validators_for(day),
+                    sleep=sleep,
+                    deadline=deadline,
                 )
             except SourceError as e:
                 return day, e
@@ -214,18 +264,36 @@ async def _get(
     url: str,
     headers: dict[str, str],
     sleep: Sleep,
+    deadline: Deadline | None = None,
 ) -> _Response:
-    """GET with retries; returns a 200 or 304, raises FetchError for anything else."""
+    """GET with retries; returns a 200 or 304, raises FetchError for anything else.
+
+    Each attempt must be done within `source.deadline` seconds and before `deadline`."""
     attempts = 1 + max(0, source.retries)
     last_problem = ""
     last_cause: BaseException | None = None  # the httpx exception behind the last failure
     for attempt in range(attempts):
+        budget = source.deadline
+        if deadline is not None:
+            budget = min(budget, deadline.left())
+            if budget <= 0:
+                raise _poll_deadline_passed(url, deadline, last_problem) from last_cause
         try:
-            return await _get_once(client, source, url, headers)
+            async with asyncio.timeout(budget):
+                return await _get_once(client, source, url, headers)
         except _Retryable as e:
             last_problem = e.problem
             last_cause = e.__cause__
             asked = e.wait
+        except TimeoutError as e:  # asyncio.timeout's: the body is too slow as a whole
+            if deadline is not None and deadline.left() <= 0:
+                raise _poll_deadline_passed(url, deadline, "still receiving") from e
+            last_problem = (
+                f"no complete response within the {source.deadline:g}s deadline "
+                "(the server is stalling or trickling)"
+            )
+            last_cause = e
+            asked = None
         if asked is None:
             wait = min(backoff_delay(attempt), source.max_retry_wait)
         elif asked > source.max_retry_wait:
@@ -236,8 +304,15 @@ async def _get(
         else:
             wait = asked
         if attempt + 1 < attempts:
+            if deadline is not None and wait >= deadline.left():
+                raise _poll_deadline_passed(url, deadline, last_problem) from last_cause
             await sleep(wait)
     raise FetchError(f"GET {url} failed after {attempts} attempts: {last_problem}") from last_cause
+
+
+def _poll_deadline_passed(url: str, deadline: Deadline, last_problem: str) -> FetchError:
+    why = f" (last: {last_problem})" if last_problem else ""
+    return FetchError(f"GET {url}: the poll's {deadline.seconds:g}s deadline passed{why}")
 
 
 class _Retryable(Exception):
@@ -274,6 +349,14 @@ async def _get_once(
         raise FetchError(f"GET {url}: {_one_line(e)}") from e
     except httpx.TimeoutException as e:
         raise _Retryable(f"timed out ({type(e).__name__})") from e
+    except httpx.ConnectError as e:
+        unreachable = _unreachable(e)
+        if unreachable:
+            raise UnreachableError(
+                f"cannot reach {_origin(url)}: {unreachable} "
+                "(check the network or [source] base_url)"
+            ) from e
+        raise _Retryable(f"{type(e).__name__}: {_one_line(e)}") from e
     except httpx.TransportError as e:
         raise _Retryable(f"{type(e).__name__}: {_one_line(e)}") from e
     except httpx.HTTPError as e:  # anything else httpx raises (invalid URL, decoding...)
@@ -327,6 +410,29 @@ def backoff_delay(attempt: int) -> float:
     """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... each plus up to 25%."""
     base: float = BACKOFF_BASE * 2**attempt
     return base * (1 + BACKOFF_JITTER * random.random())  # jitter needs no crypto-grade RNG
+
+
+def _unreachable(error: BaseException) -> str | None:
+    """"name not resolved" / "connection refused" when that is why a connect failed."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return "name not resolved"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).lower()  # httpcore re-raises some of these with the text only
+    if "name or service not known" in text or "name resolution" in text or "nodename" in text:
+        return "name not resolved"
+    if "connection refused" in text or "connect call failed" in text:
+        return "connection refused"
+    return None
+
+
+def _origin(url: str) -> str:
+    parts = httpx.URL(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.host}{port}"
 
 
 def _one_line(error: Exception) -> str:
