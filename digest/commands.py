@@ -24,7 +24,7 @@ from sqlmodel import Session
 from digest import pipeline, store
 from digest.config import Config, Subscriber, example_config, load_config, summarize_config
 from digest.errors import DeliveryError, SourceError, UsageError
-from digest.mail.delivery import drain_outbox, make_transport
+from digest.mail.delivery import DrainReport, drain_outbox, make_transport
 from digest.models import Match, Paper, as_utc
 from digest.render import Renderer, render_digest
 from digest.schedule import next_slot
@@ -322,6 +322,7 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
                 f"(slot {p.slot.isoformat()})\n"
             )
         return 0
+    pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:
         report = await drain_outbox(engine, transport, now=utcnow)
     written = sum(p.digest_id is not None for p in planned)
@@ -330,14 +331,14 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
     if report.error:
-        raise DeliveryError(f"mail not sent, {report.pending} digests stay pending: {report.error}")
-    if report.retried:
-        raise DeliveryError(
-            f"{report.retried} digests refused for now and left pending; "
-            "`digest send` retries them once their backoff is over"
-        )
+        raise DeliveryError(f"mail not sent: {report.error}; {still_pending(report, utcnow())}")
     if report.failed:
-        raise DeliveryError(f"{report.failed} digests refused permanently: see `digest status`")
+        left = f"; {still_pending(report, utcnow())}" if report.pending else ""
+        raise DeliveryError(
+            f"{report.failed} digests refused permanently: see `digest status`{left}"
+        )
+    if report.pending:  # a backoff, a lease of a live process, a reply that never came
+        raise DeliveryError(still_pending(report, utcnow()))
     if poll_report is not None:
         fail_on_poll_errors(poll_report)
     return 0
@@ -348,6 +349,7 @@ async def _deliver_only(
 ) -> int:
     """The poll fetched nothing: deliver what was already waiting, then fail with the
     poll's error. Stdout speaks only of mail that went out (never of "nothing new")."""
+    pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:
         report = await drain_outbox(engine, transport, now=utcnow)
     if report.sent or report.failed:
@@ -357,6 +359,27 @@ async def _deliver_only(
         )
     fail_on_poll_errors(poll_report)
     raise SourceError("the poll fetched nothing")  # not reached: a poll that fetched nothing failed
+
+
+def still_pending(report: DrainReport, now: dt.datetime) -> str:
+    """How many digests stay pending and when they go: one line for `digest send`."""
+    def when(moment: dt.datetime | None) -> str:
+        if moment is None or moment <= now:
+            return "now"
+        return f"{moment:%Y-%m-%d %H:%M:%S} UTC (in {_duration(moment - now)})"
+
+    first, last = when(report.first_due), when(report.last_due)
+    due = f"due again {first}" if first == last else f"due again from {first} to {last}"
+    return f"{report.pending} digests stay pending, {due}: run `digest send` again then"
+
+
+def _duration(delta: dt.timedelta) -> str:
+    seconds = max(1, round(delta.total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

@@ -17,7 +17,8 @@ The tree::
     ├── StoreError                  the database failed or has an unknown schema
     └── DeliveryError               mail could not be handed over
         ├── TransientDeliveryError  4xx, dropped connection, server down: retry later
-        │   └── MailServerUnavailableError  down, TLS or AUTH refused: stop the batch
+        │   ├── MailServerUnavailableError  down, TLS or AUTH refused: stop the batch
+        │   └── MaybeDeliveredError  no reply to the final dot in time: resend once, later
         └── PermanentDeliveryError  5xx for a recipient: record as failed, go on
 """
 
@@ -84,6 +85,11 @@ class DeliveryError(DigestError):
 
 class TransientDeliveryError(DeliveryError):
     pass
+
+
+class MaybeDeliveredError(TransientDeliveryError):
+    """The whole message went out but the reply to its final dot never came: the server
+    may have it. Never retried at once; the outbox resends it at most once, later."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -173,7 +173,8 @@ class PollRow(SQLModel, table=True):
 class DigestRow(SQLModel, table=True):
     """The outbox: one digest per (subscriber, slot), rendered once, sent at most once.
 
-    status: "pending" -> "sent" | "failed" (permanent, with the server's reply).
+    status: "pending" -> "sent" | "failed" (permanent, with the server's reply)
+    | "cancelled" (the subscriber left the file or unsubscribed; never sent).
     The rendered bytes live in `DigestMessageRow`, written once: the UPDATEs of a row
     (lease, sent, retry) then never rewrite 20-60 KB of message.
     """
@@ -195,6 +196,13 @@ class DigestRow(SQLModel, table=True):
     paper_ids_json: str = "[]"
     created_at: dt.datetime
     sent_at: dt.datetime | None = None
+    # who holds the lease while next_attempt_at is a lease (set by a claim, cleared by
+    # every outcome): a restart on the same host takes over a dead owner's at once
+    lease_host: str | None = None
+    lease_pid: int | None = None
+    lease_started: str | None = None  # the owner's start time (pids are reused)
+    # when the reply to the final dot timed out: maybe delivered, resent at most once
+    maybe_sent_at: dt.datetime | None = None
     # loaded with the row (selectin) so `.message` works after its session is closed;
     # outbox.py reads and writes the bytes with plain SQL and never loads this
     body: DigestMessageRow | None = Relationship(
@@ -237,6 +245,8 @@ class SubscriberRow(SQLModel, table=True):
     email: str = Field(primary_key=True)
     first_seen_at: dt.datetime
     last_slot: dt.datetime | None = None  # the latest slot a digest was created for
+    # the last listing day the previous digest covered: the next one starts there
+    covered_until: dt.date | None = None
 
 
 class MetaRow(SQLModel, table=True):

@@ -4,6 +4,7 @@
     plan:  due_slot (pure) | candidate_papers, papers_taken (store, once per window)
              | match_subscriber (match) | render_digest_bytes (render)
              | add_digests (outbox, with the handled slots, 200 at a time)    -> [PlannedDigest]
+    cancel: cancel_pending_except (outbox): digests of people no longer in the file
     send:  drain_outbox (delivery)                                            -> DrainReport
 
 Owns the order of the steps and what counts as due; owns no parsing, matching, rendering
@@ -428,3 +429,20 @@ def plan_due(
     if planned or seen:
         done += planner.save(planned, now, seen=seen)
     return done
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def cancel_removed(config: Config, engine: Engine, now: dt.datetime) -> int:
+    """Cancel the pending digests of everyone the file no longer lists: they are never
+    sent (``cancelled``, kept for the record). Returns how many."""
+    cancelled = outbox.cancel_pending_except(
+        engine,
+        {s.email for s in config.subscribers},
+        f"the subscriber is no longer in {config.path}",
+        now,
+    )
+    if cancelled:
+        log.info("cancelled %d pending digests of people no longer in %s", cancelled, config.path)
+    return cancelled

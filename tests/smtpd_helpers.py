@@ -4,9 +4,10 @@
 (so tests run in parallel without port clashes) and counts connections on the server
 side. `RecordingHandler` records what it received and can misbehave on request:
 scripted RCPT replies (451 once, 550 always), dropping the connection after the DATA
-content but before the final reply, and slow DATA; it offers PIPELINING unless told not
-to. `tls_pair` makes a trustme CA and a server certificate for 127.0.0.1 and writes the
-CA PEM where the client can trust it.
+content but before the final reply, slow DATA, and a slow relay that stores the message
+and only then takes `reply_late` seconds to answer the final dot; it offers PIPELINING
+unless told not to. `tls_pair` makes a trustme CA and a server certificate for 127.0.0.1
+and writes the CA PEM where the client can trust it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class RecordingHandler:
     refuse: dict[str, str] = field(default_factory=dict)  # recipient -> reply, every time
     drop_data: int = 0  # how many upcoming DATA commands lose the connection before the reply
     data_delay: float = 0.0  # seconds each DATA takes
+    reply_late: float = 0.0  # seconds the reply to the final dot waits, message stored
     auth_log: list[tuple[str, bool]] = field(default_factory=list)  # (user, over TLS?)
     dropped: int = 0
     pipelining: bool = True  # offer PIPELINING in the EHLO reply, as real servers do
@@ -117,6 +119,8 @@ class RecordingHandler:
                 at=time.monotonic(),
             )
         )
+        if self.reply_late:  # stored: a client that gives up now has it delivered anyway
+            await asyncio.sleep(self.reply_late)
         return "250 2.0.0 Ok: queued"
 
     def authenticate(

@@ -129,6 +129,7 @@ def test_the_file_keys_are_the_ones_the_loader_reads() -> None:
         "max_connections",
         "rate_per_second",
         "retries",
+        "data_timeout",
     }
     assert set(SUBSCRIBER_KEYS) == {
         "email",

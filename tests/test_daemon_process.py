@@ -360,3 +360,27 @@ def test_failing_source_sends_one_alert_then_one_recovery_across_a_restart(
     assert "2 polls" in str(alert["Subject"])
     assert "503" in alert.get_body(("plain",)).get_content()
     assert "works again" in str(recovery["Subject"])
+
+
+def test_sighup_removing_a_subscriber_cancels_their_pending_digest(
+    tmp_path: Path, hf: HFServer, run_daemon: list[Daemon]
+) -> None:
+    handler = RecordingHandler(rcpt_script={"ada@example.org": ["451 4.7.1 try later"] * 9})
+    with SmtpServer(handler) as smtp:
+        ada, bob = (subscriber(f"{who}@example.org", "every 2s") for who in ("ada", "bob"))
+        config = write_config(tmp_path / "digest.toml", hf, smtp, [ada, bob], poll="1h")
+        daemon = start(run_daemon, config)
+        daemon.wait_for(r"drain: 1 sent, 0 failed, 1 retried, 1 pending")  # ada waits a minute
+        write_config(config, hf, smtp, [bob], poll="1h")
+        mark = len(daemon.lines)
+        daemon.send(signal.SIGHUP)
+        daemon.wait_for(r"cancelled 1 pending digests of people no longer in .*digest.toml",
+                        after=mark)
+        daemon.wait_for(r"reloaded .*: 1 subscribers \(0 added, 1 removed", after=mark)
+        assert daemon.stop() == 0
+        assert daemon.count(r"stopped after .* 0 pending") == 1
+    assert received_by(smtp) == {"bob@example.org": 1}
+    assert sorted(digest_rows(tmp_path / "digest.db")) == [
+        ("ada@example.org", "cancelled"),
+        ("bob@example.org", "sent"),
+    ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import time
 
 import pytest
 from sqlalchemy import text
@@ -12,12 +15,13 @@ from sqlmodel import Session, select
 
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestRow
-from digest.store import outbox
+from digest.store import outbox, owner
 from digest.store.engine import mask_url
 from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
 
 MINUTE = dt.timedelta(minutes=1)
+SECOND = dt.timedelta(seconds=1)
 
 
 def add(engine: object, subscriber: str, slot: dt.datetime, papers: list[str]) -> int | None:
@@ -59,7 +63,7 @@ def test_add_digest_is_idempotent_on_subscriber_and_slot(backend: Backend) -> No
     other_slot = add(engine, "ada@example.org", T0 + dt.timedelta(days=1), [])
     other_person = add(engine, "bob@example.org", T0, [])
     assert other_slot not in (None, first) and other_person not in (None, first, other_slot)
-    assert outbox.outbox_counts(engine) == {"pending": 3, "sent": 0, "failed": 0}
+    assert outbox.outbox_counts(engine) == {"pending": 3, "sent": 0, "failed": 0, "cancelled": 0}
     row = get(engine, first)
     assert json.loads(row.paper_ids_json) == ["2401.00001"]  # the first one stays
 
@@ -124,7 +128,7 @@ def test_sent_and_failed_rows_are_never_claimed(backend: Backend) -> None:
     assert get(engine, ids[0]).status == "sent"
     failed = get(engine, ids[1])
     assert failed.status == "failed" and failed.last_reply == "550 no such user"
-    assert outbox.outbox_counts(engine) == {"pending": 1, "sent": 1, "failed": 1}
+    assert outbox.outbox_counts(engine) == {"pending": 1, "sent": 1, "failed": 1, "cancelled": 0}
 
 
 def test_mark_sent_records_every_paper_as_delivered(backend: Backend) -> None:
@@ -194,7 +198,7 @@ def test_a_paper_delivered_twice_keeps_its_first_delivery(backend: Backend) -> N
         ("ada@example.org", "2401.00001", first),
         ("ada@example.org", "2401.7", second),
     ]
-    assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 2, "failed": 0}
+    assert outbox.outbox_counts(engine) == {"pending": 0, "sent": 2, "failed": 0, "cancelled": 0}
 
 
 def test_mark_sent_and_claim_is_one_transaction(backend: Backend) -> None:
@@ -281,3 +285,110 @@ def test_add_digests_writes_digests_and_handled_slots_in_one_transaction(backend
         assert session.get(SubscriberRow, "dan@example.org") is None
         subscribers = set(session.exec(select(DigestRow.subscriber)))
     assert subscribers == {"ada@example.org", "bob@example.org"}
+
+
+def test_cancel_pending_cancels_only_the_pending_digests_of_those_people(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    people = recipients(4)
+    ids = add_digests(engine, people)
+    later = add_digests(engine, people[:1], slot=T0 + dt.timedelta(days=1))
+    outbox.mark_sent(engine, ids[people[0]], "250 ok", T0)  # already sent: stays sent
+    cancelled = outbox.cancel_pending(engine, [people[0], people[1]], "unsubscribed", T0)
+    assert cancelled == 2  # people[0]'s later digest and people[1]'s
+    assert get(engine, ids[people[0]]).status == "sent"
+    for digest_id in (later[people[0]], ids[people[1]]):
+        row = get(engine, digest_id)
+        assert row.status == "cancelled"  # kept for the record, with when and why
+        assert row.last_reply == "cancelled 2026-03-02 07:00:00 UTC: unsubscribed"
+    # never claimed, whenever the drain comes
+    claimed = outbox.claim_due(engine, T0 + dt.timedelta(days=30), 10)
+    assert sorted(c.recipient for c in claimed) == people[2:]
+    assert outbox.outbox_counts(engine) == {"pending": 2, "sent": 1, "failed": 0, "cancelled": 2}
+    assert outbox.cancel_pending(engine, [people[1]], "again", T0) == 0  # nothing pending left
+
+
+def test_cancel_pending_except_spares_the_file_and_the_alerts(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    people = recipients(700)  # more than one IN (...) chunk
+    add_digests(engine, people, papers=0)
+    add_digests(engine, ["alert:admin@example.org"], papers=0)
+    cancelled = outbox.cancel_pending_except(engine, set(people[:100]), "left the file", T0)
+    assert cancelled == 600
+    assert outbox.outbox_counts(engine)["pending"] == 101  # the 100 kept and the alert
+    still = {c.recipient for c in outbox.claim_due(engine, T0, 1000)}
+    assert still == {*people[:100], "alert:admin@example.org"}
+
+
+def test_a_dead_owners_leases_are_taken_over_at_once_and_only_those(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    ids = list(add_digests(engine, recipients(5)).values())
+    here = owner.this_process()
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process of this host
+    try:
+        alive = owner.Owner(here.host, sleeper.pid, owner.start_time(sleeper.pid) or "")
+        doomed = subprocess.Popen(["sleep", "60"])
+        dead = owner.Owner(here.host, doomed.pid, owner.start_time(doomed.pid) or "")
+        reused = owner.Owner(here.host, sleeper.pid, "1:1")  # its pid, an older process
+        elsewhere = owner.Owner("another-host", 1, "")
+        for who in (here, alive, dead, reused, elsewhere):
+            assert len(outbox.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=who)) == 1
+        # the pid now runs a younger process than the one that took the lease: gone
+        assert outbox.take_over_dead_leases(engine, T0) == 1
+        assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[3]]
+        doomed.kill()
+        doomed.wait()
+        assert outbox.take_over_dead_leases(engine, T0 + MINUTE) == 1  # the killed one
+        assert [c.id for c in outbox.claim_due(engine, T0 + MINUTE, 10)] == [ids[2]]
+        assert outbox.take_over_dead_leases(engine, T0 + MINUTE) == 0  # ours now, and alive
+        # the other host's lease and the live ones run out as leases do
+        later = outbox.claim_due(engine, T0 + 11 * MINUTE, 10)
+        assert sorted(c.id for c in later) == sorted(ids)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_zombie_owner_is_gone(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    add_digests(engine, recipients(1))
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        held = owner.Owner(owner.this_process().host, child.pid, owner.start_time(child.pid) or "")
+        outbox.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=held)
+        child.kill()  # killed but not reaped: a zombie until wait()
+        deadline = time.monotonic() + 10
+        while owner.start_time(child.pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert outbox.take_over_dead_leases(engine, T0) == 1
+    finally:
+        child.wait()
+
+
+def test_renewed_leases_stay_invisible_and_outcomes_clear_them(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    ids = list(add_digests(engine, recipients(3)).values())
+    claimed = outbox.claim_due(engine, T0, 3, lease=MINUTE)
+    assert outbox.renew_leases(engine, [c.id for c in claimed], T0 + 50 * SECOND, MINUTE) == 3
+    assert outbox.claim_due(engine, T0 + 100 * SECOND, 10) == []  # renewed to T0 + 110 s
+    someone = owner.Owner("another-host", 7, "")
+    assert outbox.renew_leases(engine, ids, T0, MINUTE, owner=someone) == 0  # not theirs
+    outbox.mark_sent(engine, ids[0], "250", T0)
+    outbox.mark_retry(engine, ids[1], "451", T0, 5 * MINUTE)
+    for digest_id in ids[:2]:
+        row = get(engine, digest_id)
+        assert (row.lease_host, row.lease_pid, row.lease_started) == (None, None, None)
+    row = get(engine, ids[2])
+    assert (row.lease_host, row.lease_pid) == (owner.this_process().host, os.getpid())
+    assert outbox.renew_leases(engine, ids[:2], T0, MINUTE) == 0  # done: nothing to renew
+
+
+def test_pending_says_how_many_and_when_they_are_due(backend: Backend) -> None:
+    engine = new_outbox(backend)
+    assert outbox.pending(engine, T0) == outbox.Pending(0, None, None)
+    ids = list(add_digests(engine, recipients(3)).values())
+    assert outbox.pending(engine, T0) == outbox.Pending(3, None, None)  # all due now
+    outbox.mark_retry(engine, ids[0], "451", T0, MINUTE)
+    outbox.mark_retry(engine, ids[1], "451", T0, 30 * MINUTE)
+    assert outbox.pending(engine, T0) == outbox.Pending(3, None, T0 + 30 * MINUTE)
+    outbox.mark_sent(engine, ids[2], "250", T0)
+    assert outbox.pending(engine, T0) == outbox.Pending(2, T0 + MINUTE, T0 + 30 * MINUTE)

@@ -279,8 +279,8 @@ def add_digest(session: Session, subscriber: str, hour: int, status: str) -> int
 def test_delivered_ids_and_stats(engine: Engine) -> None:
     with Session(engine) as session:
         empty = store.store_stats(session)
-    assert dataclasses.astuple(empty)[:6] == (0, 0, 0, None, None,
-                                              {"pending": 0, "sent": 0, "failed": 0})  # fmt: skip
+    counts = {"pending": 0, "sent": 0, "failed": 0, "cancelled": 0}
+    assert dataclasses.astuple(empty)[:6] == (0, 0, 0, None, None, counts)
     assert empty.lines()[0] == "last poll: never"
 
     store.upsert_listings(engine, D1, [paper("a", D1), paper("b", D1)], NOW)
@@ -304,13 +304,13 @@ def test_delivered_ids_and_stats(engine: Engine) -> None:
         stats = store.store_stats(session)
     assert (stats.papers, stats.listings, stats.days_fetched) == (3, 4, 2)
     assert (stats.first_day, stats.last_day) == (D1, D4)
-    assert stats.digests == {"pending": 2, "sent": 1, "failed": 1}
+    assert stats.digests == {"pending": 2, "sent": 1, "failed": 1, "cancelled": 0}
     assert stats.last_poll is not None and stats.last_poll.id == poll_id
     assert stats.as_dict()["last_poll"]["new"] == 3
     assert stats.lines() == [
         "last poll: 2026-11-22 12:00 UTC, ok (api, 2 days, 3 new, 0 updated)",
         "papers: 3 stored, 4 listings, 2 days fetched, 2025-10-01 to 2025-10-06",
-        "digests: 2 pending, 1 sent, 1 failed",
+        "digests: 2 pending, 1 sent, 1 failed, 0 cancelled",
     ]
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateIndex
 from sqlmodel import Session, SQLModel
 
 from digest import store
@@ -118,27 +118,38 @@ def versions(engine: Engine) -> list[int]:
 
 def test_migrate_fresh_database_is_current_and_idempotent(backend: Backend) -> None:
     engine = backend.engine("fresh", migrated=False)
-    assert store.migrate(engine) == store.SCHEMA_VERSION == 1
+    assert store.migrate(engine) == store.SCHEMA_VERSION == len(store.MIGRATIONS)
     assert set(inspect(engine).get_table_names()) == {*SQLModel.metadata.tables, "schema_version"}
-    assert store.migrate(engine) == 1  # nothing to do the second time
-    assert versions(engine) == [1]
+    assert store.migrate(engine) == store.SCHEMA_VERSION  # nothing to do the second time
+    assert versions(engine) == [store.SCHEMA_VERSION]
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:
-    """The frozen v1 snapshot must stay what models.py declares (add a migration, not edits)."""
+    """The frozen v1 snapshot stays v1 (later migrations only add columns), and a migrated
+    database has exactly the columns, types and nullability models.py declares."""
     for dialect in (sqlite.dialect(), postgresql.dialect()):
         for table in SQLModel.metadata.sorted_tables:
             frozen = _V1.tables[table.name]
-            assert str(CreateTable(frozen).compile(dialect=dialect)) == str(
-                CreateTable(table).compile(dialect=dialect)
-            )
+            for column in frozen.columns:  # every v1 column as models.py has it now
+                now = table.c[column.name]
+                assert str(column.type.compile(dialect=dialect)) == str(
+                    now.type.compile(dialect=dialect)
+                ), (table.name, column.name)
+                assert (column.nullable, column.primary_key) == (now.nullable, now.primary_key)
             assert sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in frozen.indexes) == (
                 sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes)
             )
     inspector = inspect(engine)
+    dialect = engine.dialect
     for table in SQLModel.metadata.sorted_tables:
-        reflected = {c["name"]: c["nullable"] for c in inspector.get_columns(table.name)}
-        assert reflected == {c.name: c.nullable for c in table.columns}
+        reflected = {
+            c["name"]: (c["nullable"], str(c["type"].compile(dialect=dialect)))
+            for c in inspector.get_columns(table.name)
+        }
+        declared = {
+            c.name: (c.nullable, str(c.type.compile(dialect=dialect))) for c in table.columns
+        }
+        assert reflected == declared, table.name
 
 
 def test_migrate_refuses_a_newer_database(engine: Engine) -> None:
@@ -147,7 +158,8 @@ def test_migrate_refuses_a_newer_database(engine: Engine) -> None:
     with pytest.raises(StoreError) as info:
         store.migrate(engine)
     assert str(info.value).startswith(
-        "database schema v7 is newer than this papers-digest (v1); upgrade the program"
+        f"database schema v7 is newer than this papers-digest (v{store.SCHEMA_VERSION}); "
+        "upgrade the program"
     )
 
 
@@ -156,13 +168,34 @@ def add_language_column(conn: Connection) -> None:
     conn.execute(text("UPDATE papers SET language = 'en'"))
 
 
-def test_migrate_upgrades_a_v1_database_to_v2_keeping_its_data(engine: Engine) -> None:
+def test_migrate_upgrades_a_v1_database_to_v2_keeping_its_data(backend: Backend) -> None:
+    engine = backend.engine("v1", migrated=False)
+    assert store.migrate(engine, store.MIGRATIONS[:1]) == 1
+    with engine.begin() as conn:  # a v1 database in use: a subscriber and a leased digest
+        conn.execute(text("INSERT INTO subscribers VALUES ('ada@x.org', '2026-01-01', NULL)"))
+        conn.execute(text(
+            "INSERT INTO digests (subscriber, slot, status, attempts, next_attempt_at, "
+            "message_id, recipient, sender, subject, paper_ids_json, created_at) VALUES "
+            "('ada@x.org', '2026-01-02', 'pending', 0, '2026-01-02 00:05', '<m>', 'ada@x.org', "
+            "'d@x.org', 's', '[]', '2026-01-02')"))  # fmt: skip
+    assert store.migrate(engine) == store.SCHEMA_VERSION
+    with engine.connect() as conn:
+        assert conn.execute(text(
+            "SELECT subscriber, status, lease_host, lease_pid, maybe_sent_at FROM digests"
+        )).all() == [("ada@x.org", "pending", None, None, None)]  # fmt: skip
+        assert conn.execute(text("SELECT email, covered_until FROM subscribers")).all() == [
+            ("ada@x.org", None)
+        ]
+
+
+def test_migrate_runs_a_further_migration_keeping_the_data(engine: Engine) -> None:
     store.upsert_listings(engine, D1, [paper("2510.00001")], NOW)
-    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == 2
-    assert versions(engine) == [2]
+    later = store.SCHEMA_VERSION + 1
+    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == later
+    assert versions(engine) == [later]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id, language FROM papers")).all() == [("2510.00001", "en")]
-    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == 2  # no rerun
+    assert store.migrate(engine, [*store.MIGRATIONS, add_language_column]) == later  # once
 
 
 def test_a_failing_migration_rolls_back_entirely(engine: Engine) -> None:
@@ -172,9 +205,10 @@ def test_a_failing_migration_rolls_back_entirely(engine: Engine) -> None:
 
     # SQLite: "duplicate column name: title"; PostgreSQL: 'column "title" ... already exists'
     shown = re.escape(store.mask_url(engine.url))
-    with pytest.raises(StoreError, match=rf"migration v2 failed on {shown}: .*(duplicate|exists)"):
+    failing = rf"migration v{store.SCHEMA_VERSION + 1} failed on {shown}: .*(duplicate|exists)"
+    with pytest.raises(StoreError, match=failing):
         store.migrate(engine, [*store.MIGRATIONS, half_done])
-    assert versions(engine) == [1]
+    assert versions(engine) == [store.SCHEMA_VERSION]
     assert "scratch" not in inspect(engine).get_table_names()  # the DDL was rolled back too
 
 

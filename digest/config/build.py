@@ -297,6 +297,7 @@ class Builder:
             max_connections=self.field(t, w, "max_connections", d.max_connections, at_least(1)),
             rate_per_second=self.field(t, w, "rate_per_second", d.rate_per_second, positive_number),
             retries=self.field(t, w, "retries", d.retries, at_least(0)),
+            data_timeout=self.field(t, w, "data_timeout", d.data_timeout, positive_number),
         )
 
     # -- subscribers

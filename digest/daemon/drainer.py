@@ -71,11 +71,12 @@ class Drainer:
                 return
             self.sent += report.sent
             self.failed += report.failed
-            if report.sent or report.failed or report.retried or report.error:
+            if report.sent or report.failed or report.retried or report.maybe or report.error:
                 why = f" ({report.error})" if report.error else ""
+                maybe = f", {report.maybe} maybe delivered" if report.maybe else ""
                 log.info(
-                    "drain: %d sent, %d failed, %d retried, %d pending%s",
-                    report.sent, report.failed, report.retried, report.pending, why,
+                    "drain: %d sent, %d failed, %d retried, %d pending%s%s",
+                    report.sent, report.failed, report.retried, report.pending, maybe, why,
                 )
             if not self._again or self.stop.is_set():
                 return

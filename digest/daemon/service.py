@@ -131,6 +131,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._engine = store.open_engine(self.config.storage.url)
         store.migrate(self._engine)
+        pipeline.cancel_removed(self.config, self._engine, self.clock())  # before any drain
         self._drainer = Drainer(
             self._engine, lambda: self.config.mail, clock=self.clock, stop=self._stopping,
             spawn=lambda work: self._spawn(work, must_finish=True),
@@ -385,6 +386,10 @@ class Daemon:
             new = replace(new, storage=old.storage)
         change = diff_subscribers(old.subscribers, new.subscribers)
         self.config = new
+        try:  # removed subscribers' pending digests are never sent
+            pipeline.cancel_removed(new, self.engine, self.clock())
+        except DigestError as e:
+            log.error("reload: cannot cancel the digests of removed subscribers: %s", e)
         if new.mail.templates != old.mail.templates:
             self._renderer = None
         if new.source.poll_interval != old.source.poll_interval:

@@ -7,10 +7,16 @@ Does not own: SMTP itself (smtp.py), the outbox table's transactions (outbox.py)
 rendering (render.py). The caller owns the transport's lifetime (``async with``).
 
 Claiming: each of `concurrency` workers claims one due digest just before sending it and
-the next one as soon as it is done, with a lease the transport derives from its own
-timeouts (seconds, not minutes). So a drain killed with SIGKILL leaves at most
-`concurrency` digests leased, and a rerun a few seconds later sends them again (the
-"messages in flight"); everything else is due at once.
+the next one as soon as it is done, with a lease as long as one message can take (the
+transport says how long; renewed while a send goes on). A lease names this process, so
+a drain killed with SIGKILL leaves at most `concurrency` digests leased, and the next
+drain on this host takes those over at once (their owner is gone) and sends them again
+(the "messages in flight"); everything else is due at once anyway.
+
+Maybe delivered: when the reply to the final dot of DATA never comes (the transport's
+`data_timeout`), the server may have the message. Such a digest is recorded, kept
+pending, and resent at most once, no sooner than MAYBE_RESEND_AFTER later, with the same
+bytes and Message-ID; a second such timeout marks it failed instead of sending a third.
 
 Retry policy across runs (a transient failure: 4xx, dropped connections, server down):
 the digest stays pending and is due again after 1 min, 5 min, 30 min, 2 h, then every
@@ -36,11 +42,13 @@ from digest.config import MailConfig
 from digest.errors import (
     ConfigError,
     MailServerUnavailableError,
+    MaybeDeliveredError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from digest.mail.smtp import SmtpTransport
 from digest.store import outbox
+from digest.store.owner import this_process
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +61,7 @@ RETRY_DELAYS = (
     dt.timedelta(hours=6),  # and every 6 hours after that
 )
 MAX_ATTEMPTS = 12  # 1m+5m+30m+2h+7*6h: ~45 h of trying, then failed
+MAYBE_RESEND_AFTER = dt.timedelta(hours=1)  # a digest that may have arrived: resent once
 
 
 class Transport(Protocol):
@@ -132,14 +141,21 @@ def make_transport(mail: MailConfig) -> Transport:
 
 @dataclass(frozen=True)
 class DrainReport:
-    """What one drain did; `pending` is the outbox's pending count when it returned and
-    `error` why it stopped early (the server takes no mail), else None."""
+    """What one drain did; `pending` is the outbox's pending count when it returned, due
+    again from `first_due` to `last_due` (None: due now), and `error` why it stopped
+    early (the server takes no mail), else None. `maybe` counts digests whose final reply
+    never came (left pending, resent once an hour later); `taken_over` the leases of a
+    dead process handed back at the start."""
 
     sent: int = 0
     failed: int = 0
     retried: int = 0
     pending: int = 0
     error: str | None = None
+    maybe: int = 0
+    taken_over: int = 0
+    first_due: dt.datetime | None = None
+    last_due: dt.datetime | None = None
 
 
 def retry_delay(attempts: int) -> dt.timedelta:
@@ -210,7 +226,8 @@ class _Drain:
         self.in_flight: set[int] = set()  # claimed by this drain and being sent
         self.queue: list[tuple[Sent | None, asyncio.Future[outbox.OutboxItem | None]]] = []
         self.settling = False  # a worker is running the queue's transactions
-        self.sent = self.failed = self.retried = 0
+        self.sent = self.failed = self.retried = self.maybe = 0
+        self.owner = this_process()
         self.error: str | None = None  # set when the server takes no mail: stop claiming
         self.broken = False  # an outcome could not be recorded: start nothing more
 
@@ -228,6 +245,10 @@ class _Drain:
         return self.stop.is_set() or self.error is not None or self.broken
 
     async def run(self, workers: int) -> DrainReport:
+        taken = await self.db(outbox.take_over_dead_leases, self.engine, self.now())
+        if taken:
+            log.info("took over %d digests leased by a process of this host that is gone", taken)
+        renewer = asyncio.create_task(self.renew_leases())
         tasks = [asyncio.create_task(self.work()) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)
@@ -236,8 +257,24 @@ class _Drain:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        counts = await self.db(outbox.outbox_counts, self.engine)
-        return DrainReport(self.sent, self.failed, self.retried, counts[outbox.PENDING], self.error)
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        left = await self.db(outbox.pending, self.engine, self.now())
+        return DrainReport(
+            self.sent, self.failed, self.retried, left.count, self.error, self.maybe, taken,
+            left.first_due, left.last_due,
+        )  # fmt: skip
+
+    async def renew_leases(self) -> None:
+        """Keep the leases of the digests being sent ahead of the clock: a send that goes
+        on (the transport's retries) keeps its digest; one that is done lets go."""
+        period = max(self.lease.total_seconds() / 2, 0.5)
+        while True:
+            await asyncio.sleep(period)
+            if self.in_flight:
+                await self.db(outbox.renew_leases, self.engine, tuple(self.in_flight),
+                              self.now(), self.lease, self.owner)  # fmt: skip
 
     async def work(self) -> None:
         """Claim a due digest, send it, record it; again until nothing is due."""
@@ -275,7 +312,7 @@ class _Drain:
         try:
             items = await self.db(
                 outbox.mark_sent_and_claim, self.engine, sent, self.now(),
-                wanted, self.lease, tuple(self.in_flight),
+                wanted, self.lease, tuple(self.in_flight), self.owner,
             )  # fmt: skip
         except BaseException as e:
             for _, future in batch:
@@ -301,12 +338,30 @@ class _Drain:
             await self.db(outbox.mark_failed, self.engine, item.id, str(e), self.now())
             self.failed += 1
             return None
+        except MaybeDeliveredError as e:
+            await self.record_maybe(item, str(e))
+            return None
         except TransientDeliveryError as e:
             if isinstance(e, MailServerUnavailableError):
                 self.error = str(e)  # the others wait, each with its attempts
             await self.record_transient(item, str(e))
             return None
         return item.id, reply
+
+    async def record_maybe(self, item: outbox.OutboxItem, reply: str) -> None:
+        """The final reply never came: resend once, an hour later at least; never twice."""
+        if item.maybe_sent:
+            log.warning("digest %s to %s: no final reply a second time, not sent again: %s",
+                        item.id, item.recipient, reply)  # fmt: skip
+            why = f"maybe delivered: no reply to the end of the message, twice: {reply}"
+            await self.db(outbox.mark_failed, self.engine, item.id, why, self.now())
+            self.failed += 1
+            return
+        log.warning("digest %s to %s maybe delivered (%s); resent once, in %s at the earliest",
+                    item.id, item.recipient, reply, MAYBE_RESEND_AFTER)  # fmt: skip
+        await self.db(outbox.mark_maybe_sent, self.engine, item.id,
+                      f"maybe delivered: {reply}", self.now(), MAYBE_RESEND_AFTER)  # fmt: skip
+        self.maybe += 1
 
     async def record_transient(self, item: outbox.OutboxItem, reply: str) -> None:
         attempts = item.attempts + 1

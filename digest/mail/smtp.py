@@ -30,13 +30,17 @@ from digest.config import SmtpConfig
 from digest.errors import (
     ConfigError,
     MailServerUnavailableError,
+    MaybeDeliveredError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from digest.mail.wire import Dropped, Refused, Wire, envelope_address, to_wire
+from digest.mail.wire import Dropped, Refused, Unanswered, Wire, envelope_address, to_wire
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LEASE = dt.timedelta(seconds=5)
+# waits of up to `timeout` each before the final dot: connect, greeting, EHLO, STARTTLS,
+# EHLO again, AUTH, then the replies to MAIL, RCPT and DATA
+HANDSHAKE_STEPS = 9
 Clock = Callable[[], float]
 
 
@@ -126,14 +130,14 @@ class SmtpTransport:
 
     @property
     def claim_lease(self) -> dt.timedelta:
-        """Twice the longest one `send` normally takes: every try timing out once, the
-        backoff between tries, and the rate cap's wait for a whole pool; at least 5 s."""
-        tries = self.config.retries + 1
-        backoff = self._backoff * (2 ** (tries - 1) - 1)  # 1 + 2 + 4 ... seconds
+        """As long as one message can take, not a whole retry ladder (a drain renews the
+        lease while a send goes on): the rate cap's wait for a whole pool, connecting
+        (TCP, greeting, EHLO, STARTTLS, AUTH), the envelope's replies, each within
+        `timeout`, and the final reply within `data_timeout`; at least 5 s."""
         rate = self.config.rate_per_second
         queue = self.config.max_connections / rate if rate > 0 else 0.0
-        worst = self.config.timeout * tries + backoff + queue
-        return max(MIN_LEASE, dt.timedelta(seconds=2 * worst))
+        worst = queue + self.config.timeout * HANDSHAKE_STEPS + self.config.data_timeout
+        return max(MIN_LEASE, dt.timedelta(seconds=worst))
 
     async def __aenter__(self) -> SmtpTransport:
         return self
@@ -156,8 +160,9 @@ class SmtpTransport:
         """Hand one message over; return the server's reply to DATA.
 
         Raises PermanentDeliveryError (5xx for this message), MailServerUnavailableError
-        (cannot connect, TLS or AUTH refused) or TransientDeliveryError (4xx or dropped
-        connections on every try).
+        (cannot connect, TLS or AUTH refused), MaybeDeliveredError (the final reply never
+        came: not retried here, the server may have it) or TransientDeliveryError (4xx or
+        dropped connections on every try).
         """
         async with self._slots:
             last: _Retryable | None = None
@@ -189,6 +194,12 @@ class SmtpTransport:
         except asyncio.CancelledError:
             wire.close()  # mid-transaction: this connection cannot carry another message
             raise
+        except Unanswered as e:  # closed: its late reply must not answer the next message
+            wire.close()
+            raise MaybeDeliveredError(
+                f"{recipient}: {self._where} took the whole message but gave {e}; "
+                "it may have been delivered"
+            ) from e
         except Dropped as e:  # the wire closed itself
             raise _Retryable(
                 TransientDeliveryError(
@@ -256,7 +267,7 @@ class SmtpTransport:
             client.close()
             raise MailServerUnavailableError(f"{self._where}: {e}") from e
         try:
-            wire = Wire.take_over(client, config.timeout)
+            wire = Wire.take_over(client, config.timeout, config.data_timeout)
         except Dropped as e:
             client.close()
             raise _Retryable(

@@ -11,8 +11,10 @@ do this: it drops replies that arrive while an earlier one waits to be picked up
 Owns: the wire format of a message (`to_wire`: CRLF line ends, dot-stuffing, the final
 dot, done with bytes.replace), the three-reply bookkeeping, RSET after a refusal, QUIT.
 Does not own: what a reply code means for the digest (smtp.py classifies) or retries.
-Raises only `Refused` (the server answered, not with success) and `Dropped` (connection
-lost, timed out or out of sync); smtp.py turns them into the DeliveryError tree.
+Raises only `Refused` (the server answered, not with success), `Dropped` (connection
+lost, timed out or out of sync before the message was complete) and `Unanswered` (no
+reply to the final dot within `data_timeout`: the server may have the message); smtp.py
+turns them into the DeliveryError tree.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class Refused(Exception):
 
 class Dropped(Exception):
     """The connection was lost, timed out or went out of sync; it is closed."""
+
+
+class Unanswered(Exception):
+    """The whole message went out but its final reply did not come within data_timeout:
+    the server may have stored it ("maybe delivered"). The connection is closed."""
 
 
 def to_wire(message: bytes) -> bytes:
@@ -74,9 +81,16 @@ def envelope_address(address: str) -> bytes:
 class Wire:
     """A connection after its handshake: `transact` per message, `aclose` at the end."""
 
-    def __init__(self, transport: asyncio.WriteTransport, pipelining: bool, timeout: float):
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        pipelining: bool,
+        timeout: float,
+        data_timeout: float | None = None,
+    ) -> None:
         self.pipelining = pipelining
         self.timeout = timeout
+        self.data_timeout = timeout if data_timeout is None else data_timeout
         self._transport = transport
         self._reader = asyncio.StreamReader(limit=1 << 16)
         protocol = asyncio.StreamReaderProtocol(self._reader)
@@ -84,13 +98,15 @@ class Wire:
         protocol.connection_made(transport)
 
     @classmethod
-    def take_over(cls, client: aiosmtplib.SMTP, timeout: float) -> Wire:
+    def take_over(
+        cls, client: aiosmtplib.SMTP, timeout: float, data_timeout: float | None = None
+    ) -> Wire:
         """The transport of a connected, greeted (and authenticated) aiosmtplib client."""
         protocol = client.protocol
         transport = protocol.transport if protocol is not None else None
         if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             raise Dropped("the connection closed right after the handshake")
-        return cls(transport, client.supports_extension("pipelining"), timeout)
+        return cls(transport, client.supports_extension("pipelining"), timeout, data_timeout)
 
     @property
     def is_connected(self) -> bool:
@@ -124,7 +140,13 @@ class Wire:
             await self._reset()
             raise refusal
         self._transport.write(wire_message)
-        code, text = await self._reply()
+        try:  # RFC 5321 4.5.3.2.6: the server may take minutes to answer the final dot
+            code, text = await self._reply(self.data_timeout)
+        except Dropped as e:
+            if isinstance(e.__cause__, TimeoutError):
+                raise Unanswered(f"no reply to the end of the message within "
+                                 f"{self.data_timeout:g}s") from e  # fmt: skip
+            raise
         if code != 250:
             raise Refused("DATA", code, text)  # the transaction ends with this reply
         return text
@@ -151,12 +173,14 @@ class Wire:
         except Dropped:
             pass  # already closed; the refusal is what the caller needs to hear
 
-    async def _reply(self) -> tuple[int, str]:
-        """One (possibly multi-line) reply: its code and its text lines joined by \\n."""
+    async def _reply(self, timeout: float | None = None) -> tuple[int, str]:
+        """One (possibly multi-line) reply: its code and its text lines joined by \\n;
+        each line within `timeout` seconds (default: the command timeout)."""
         lines: list[str] = []
+        seconds = self.timeout if timeout is None else timeout
         while True:
             try:
-                async with asyncio.timeout(self.timeout):  # unlike wait_for, no extra task
+                async with asyncio.timeout(seconds):  # unlike wait_for, no extra task
                     line = await self._reader.readline()
             except (TimeoutError, ValueError, ConnectionError) as e:
                 self.close()

@@ -18,6 +18,7 @@ database still gets exactly v1 before migration 2's ALTERs run.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.types import TypeEngine
 
 from digest.errors import StoreError
 from digest.store.engine import mask_url, wrap_db_errors, write_bind
@@ -151,7 +153,25 @@ def _v1_create_tables(conn: Connection) -> None:
     _V1.create_all(conn, checkfirst=False)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables,)
+def _add_column(conn: Connection, table: str, column: str, kind: TypeEngine[Any]) -> None:
+    """ALTER TABLE ... ADD COLUMN, nullable, with the type as this dialect spells it."""
+    spelled = kind.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {spelled}"))
+
+
+def _v2_leases_coverage(conn: Connection) -> None:
+    """Issue 9 (nothing lost, nothing twice): a lease names its owner process (host, pid,
+    start time) so a restart takes over the leases of a dead one at once; a digest whose
+    final reply timed out records when it was "maybe delivered"; each subscriber keeps the
+    last listing day their previous digest covered (the coverage watermark)."""
+    _add_column(conn, "digests", "lease_host", String())
+    _add_column(conn, "digests", "lease_pid", Integer())
+    _add_column(conn, "digests", "lease_started", String())
+    _add_column(conn, "digests", "maybe_sent_at", UTC_DATETIME)
+    _add_column(conn, "subscribers", "covered_until", Date())
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables, _v2_leases_coverage)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

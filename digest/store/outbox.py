@@ -1,16 +1,22 @@
 """The outbox: the digests table as a state machine, one short transaction per call.
 
-A digest is one row keyed by (subscriber, slot) and moves ``pending -> sent`` or
-``pending -> failed``. Owns: adding a rendered digest exactly once (the row and its
-message bytes, which live in ``digest_messages`` and are never rewritten), claiming due
-rows (``FOR UPDATE SKIP LOCKED`` plus a short lease on PostgreSQL, so several processes
-can drain one outbox; the same code without row locks on SQLite), and recording each
-outcome. ``mark_sent`` writes the DeliveryRows in the same transaction, so a paper counts
-as delivered only when its digest is sent.
+A digest is one row keyed by (subscriber, slot) and moves ``pending -> sent``,
+``pending -> failed`` or ``pending -> cancelled`` (its subscriber left the file or
+unsubscribed: never sent, the row kept for the record with when and why).
+
+Owns: adding a rendered digest exactly once (the row and its message bytes, which live
+in ``digest_messages`` and are never rewritten), claiming due rows (``FOR UPDATE SKIP
+LOCKED`` plus a short lease on PostgreSQL, so several processes can drain one outbox;
+the same code without row locks on SQLite), recording each outcome, and cancelling the
+pending digests of people who left (``cancel_pending``, ``cancel_pending_except``).
+``mark_sent`` writes the DeliveryRows in the same transaction, so a paper counts as
+delivered only when its digest is sent.
 
 The lease is the caller's: delivery.py claims a row just before sending it, with a lease
-a little longer than one send can take, so after a kill -9 only the messages that were
-really in flight stay invisible, and only for seconds.
+as long as one message can take (renewed while a send goes on), so only the messages
+really in flight are invisible to others. A lease names its owner process (host, pid,
+start time: owner.py); `take_over_dead_leases` hands back at once the leases of a
+process on this host that is gone (kill -9), so a rerun right after a crash sends them.
 
 Does not own: rendering (render.py), SMTP or Maildir (delivery.py), the retry policy
 (delivery.py decides the delay and when to give up), or the engine (store.py).
@@ -34,8 +40,10 @@ from sqlmodel import Session, col, select
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestMessageRow, DigestRow, SubscriberRow, as_utc
 from digest.store.engine import describe_error, mask_url, write_bind
+from digest.store.owner import Owner, is_running, this_process
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
+STATUSES = (PENDING, SENT, FAILED, CANCELLED)
 # how long a claimed row stays invisible to others when the caller names no lease;
 # drain_outbox passes its transport's much shorter claim_lease
 DEFAULT_LEASE = dt.timedelta(minutes=10)
@@ -51,6 +59,7 @@ class OutboxItem:
     message: bytes
     attempts: int  # failed attempts so far
     message_id: str = ""
+    maybe_sent: bool = False  # a reply to the final dot timed out once already
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,7 @@ _DUE = (
         _MESSAGES.c.message,
         _DIGESTS.c.attempts,
         _DIGESTS.c.message_id,
+        _DIGESTS.c.maybe_sent_at.is_not(None),
     )
     .join(_MESSAGES, _MESSAGES.c.digest_id == _DIGESTS.c.id)
     .where(
@@ -211,8 +221,14 @@ _DUE_BY_DIALECT = {  # PostgreSQL: other processes skip the rows this one locked
 _LEASE = (
     update(_DIGESTS)
     .where(_DIGESTS.c.id.in_(bindparam("ids", expanding=True)))
-    .values(next_attempt_at=bindparam("until"))
+    .values(
+        next_attempt_at=bindparam("until"),
+        lease_host=bindparam("host"),
+        lease_pid=bindparam("pid"),
+        lease_started=bindparam("started"),
+    )
 )
+NO_LEASE = {"lease_host": None, "lease_pid": None, "lease_started": None}
 
 
 def claim_due(
@@ -221,17 +237,20 @@ def claim_due(
     limit: int,
     lease: dt.timedelta = DEFAULT_LEASE,
     skip: Collection[int] = (),
+    owner: Owner | None = None,
 ) -> list[OutboxItem]:
     """Claim up to `limit` pending digests that are due, oldest first, with their messages.
 
-    A claimed row gets ``next_attempt_at = now + lease``, so another process (or a restart
-    after a crash) does not pick it up while it is being sent; after the lease it is due
-    again. `skip`: ids the caller is sending right now (never claimed twice by one drain,
-    even when a send outlives its lease).
+    A claimed row gets ``next_attempt_at = now + lease`` and its owner (default: this
+    process), so another process does not pick it up while it is being sent; after the
+    lease, or at once when the owner on this host is gone, it is due again. `skip`: ids
+    the caller is sending right now (never claimed twice by one drain).
     """
     try:
         with write_bind(engine).begin() as conn:  # SQLite: the write lock at BEGIN
-            return _claim(conn, engine.dialect.name, as_utc(now), limit, lease, skip)
+            return _claim(
+                conn, engine.dialect.name, as_utc(now), limit, lease, skip, owner or this_process()
+            )
     except SQLAlchemyError as e:
         raise _store_error(engine, "claim due digests", e) from e
 
@@ -243,14 +262,88 @@ def _claim(
     limit: int,
     lease: dt.timedelta,
     skip: Collection[int],
+    owner: Owner,
 ) -> list[OutboxItem]:
     """claim_due inside the caller's transaction."""
     due = _DUE_BY_DIALECT.get(dialect, _DUE)
     found = conn.execute(due, {"now": now, "skip": list(skip), "limit": limit})
     items = [OutboxItem(*row) for row in found]
     if items:
-        conn.execute(_LEASE, {"ids": [i.id for i in items], "until": now + lease})
+        conn.execute(
+            _LEASE,
+            {"ids": [i.id for i in items], "until": now + lease, "host": owner.host,
+             "pid": owner.pid, "started": owner.started},
+        )  # fmt: skip
     return items
+
+
+def renew_leases(
+    engine: Engine,
+    digest_ids: Collection[int],
+    now: dt.datetime,
+    lease: dt.timedelta,
+    owner: Owner | None = None,
+) -> int:
+    """Extend the leases `owner` (default: this process) holds on `digest_ids` to
+    ``now + lease``: a send that goes on (a retry inside it) keeps its digest. Returns
+    how many leases were renewed (a row sent, retried or taken over meanwhile is not)."""
+    if not digest_ids:
+        return 0
+    me = owner or this_process()
+    statement = (
+        update(_DIGESTS)
+        .where(
+            _DIGESTS.c.id.in_(sorted(digest_ids)),
+            _DIGESTS.c.status == PENDING,
+            _DIGESTS.c.lease_host == me.host,
+            _DIGESTS.c.lease_pid == me.pid,
+        )
+        .values(next_attempt_at=as_utc(now) + lease)
+    )
+    try:
+        with write_bind(engine).begin() as conn:
+            return int(conn.execute(statement).rowcount)
+    except SQLAlchemyError as e:
+        raise _store_error(engine, "renew leases", e) from e
+
+
+def take_over_dead_leases(engine: Engine, now: dt.datetime, host: str | None = None) -> int:
+    """Hand back at once the leases held by processes of this host that are gone (killed,
+    crashed: a pid that no longer runs, or runs a younger process): those digests are due
+    now, not when the lease would end. Leases of live processes and of other hosts are
+    left to run out. Returns how many digests were handed back."""
+    host = host if host is not None else this_process().host
+    me = this_process()
+    held = (
+        sa_select(_DIGESTS.c.lease_pid, _DIGESTS.c.lease_started)
+        .where(
+            _DIGESTS.c.status == PENDING,
+            _DIGESTS.c.lease_host == host,
+            _DIGESTS.c.lease_pid.is_not(None),
+            _DIGESTS.c.next_attempt_at > as_utc(now),
+        )
+        .distinct()
+    )
+    taken = 0
+    try:
+        with write_bind(engine).begin() as conn:
+            for pid, started in conn.execute(held).all():
+                holder = Owner(host, int(pid), started or "")
+                if holder == me or is_running(holder):
+                    continue
+                taken += conn.execute(
+                    update(_DIGESTS)
+                    .where(
+                        _DIGESTS.c.status == PENDING,
+                        _DIGESTS.c.lease_host == host,
+                        _DIGESTS.c.lease_pid == pid,
+                        _DIGESTS.c.lease_started == started,
+                    )
+                    .values(next_attempt_at=None, **NO_LEASE)
+                ).rowcount
+    except SQLAlchemyError as e:
+        raise _store_error(engine, "take over the leases of dead processes", e) from e
+    return taken
 
 
 def release(engine: Engine, digest_ids: Iterable[int]) -> None:
@@ -261,7 +354,7 @@ def release(engine: Engine, digest_ids: Iterable[int]) -> None:
     _update(
         engine,
         ids,
-        {"next_attempt_at": None},
+        {"next_attempt_at": None, **NO_LEASE},
         what="release claimed digests",
     )
 
@@ -278,6 +371,7 @@ _MARK_SENT = (
         sent_at=bindparam("when"),
         last_reply=bindparam("reply_text"),
         next_attempt_at=None,
+        **NO_LEASE,
     )
 )
 _INSERT_NEW_DELIVERIES = {  # keep the first delivery of a paper sent again
@@ -299,9 +393,10 @@ def mark_sent_and_claim(
     limit: int,
     lease: dt.timedelta = DEFAULT_LEASE,
     skip: Collection[int] = (),
+    owner: Owner | None = None,
 ) -> list[OutboxItem]:
-    """mark_sent for every (digest id, reply) in `sent`, then claim_due(limit, lease, skip),
-    in one transaction: a drain's group commit (one BEGIN/COMMIT for several outcomes
+    """mark_sent for every (digest id, reply) in `sent`, then claim_due(limit, lease, skip,
+    owner), in one transaction: a drain's group commit (one BEGIN/COMMIT for several outcomes
     and the next claims). Returns the claimed digests."""
     now = as_utc(now)
     ids = [digest_id for digest_id, _ in sent]
@@ -313,7 +408,9 @@ def mark_sent_and_claim(
             if limit <= 0:
                 return []
             what = "claim due digests"
-            return _claim(conn, engine.dialect.name, now, limit, lease, skip)
+            return _claim(
+                conn, engine.dialect.name, now, limit, lease, skip, owner or this_process()
+            )
     except SQLAlchemyError as e:
         raise _store_error(engine, what, e) from e
 
@@ -358,8 +455,30 @@ def mark_retry(
             "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
             "last_reply": reply,
             "next_attempt_at": as_utc(now) + delay,
+            **NO_LEASE,
         },
         what=f"mark digest {digest_id} for retry",
+        only_pending=True,
+    )
+
+
+def mark_maybe_sent(
+    engine: Engine, digest_id: int, reply: str, now: dt.datetime, delay: dt.timedelta
+) -> None:
+    """The message went out whole but its final reply never came: it may have been
+    delivered. Record when (``maybe_sent_at``), count the attempt, keep it pending and
+    due again only after `delay`; delivery.py resends such a digest at most once."""
+    _update(
+        engine,
+        [digest_id],
+        {
+            "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
+            "last_reply": reply,
+            "maybe_sent_at": as_utc(now),
+            "next_attempt_at": as_utc(now) + delay,
+            **NO_LEASE,
+        },
+        what=f"mark digest {digest_id} maybe delivered",
         only_pending=True,
     )
 
@@ -376,15 +495,65 @@ def mark_failed(engine: Engine, digest_id: int, reply: str, now: dt.datetime) ->
             "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
             "last_reply": reply,
             "next_attempt_at": None,
+            **NO_LEASE,
         },
         what=f"mark digest {digest_id} failed",
         only_pending=True,
     )
 
 
+def cancel_pending(
+    engine: Engine, emails: Iterable[str], reason: str, now: dt.datetime
+) -> int:
+    """Cancel every pending digest of the subscribers `emails` (lower-cased addresses):
+    they become ``cancelled``, are never claimed again, and keep `reason` and `now` in
+    ``last_reply`` for the record. Returns how many were cancelled.
+
+    A digest being sent at this moment may still be accepted; mark_sent then records it
+    as sent (which it is)."""
+    wanted = sorted(set(emails))
+    note = f"cancelled {as_utc(now):%Y-%m-%d %H:%M:%S} UTC: {reason}"[:2000]
+    cancelled = 0
+    try:
+        with write_bind(engine).begin() as conn:
+            for start in range(0, len(wanted), 500):
+                result = conn.execute(
+                    update(_DIGESTS)
+                    .where(
+                        _DIGESTS.c.status == PENDING,
+                        _DIGESTS.c.subscriber.in_(wanted[start : start + 500]),
+                    )
+                    .values(status=CANCELLED, last_reply=note, next_attempt_at=None, **NO_LEASE)
+                )
+                cancelled += result.rowcount
+    except SQLAlchemyError as e:
+        raise _store_error(engine, f"cancel the pending digests of {len(wanted)} people", e) from e
+    return cancelled
+
+
+def cancel_pending_except(
+    engine: Engine, keep: Collection[str], reason: str, now: dt.datetime
+) -> int:
+    """Cancel the pending digests of everyone not in `keep` (the subscribers the file
+    still lists): see cancel_pending. Returns how many were cancelled. Keys with a
+    ``kind:`` prefix are not subscribers (alerts.py queues ``alert:admin@...``) and are
+    left alone: an address in the file never contains a colon."""
+    try:
+        with Session(engine) as session:
+            waiting = set(
+                session.exec(
+                    select(DigestRow.subscriber).where(DigestRow.status == PENDING).distinct()
+                )
+            )
+    except SQLAlchemyError as e:
+        raise _store_error(engine, "read who has pending digests", e) from e
+    gone = {key for key in waiting - set(keep) if ":" not in key}
+    return cancel_pending(engine, gone, reason, now) if gone else 0
+
+
 def outbox_counts(engine: Engine) -> dict[str, int]:
-    """How many digests are pending, sent and failed (every key present)."""
-    counts = {PENDING: 0, SENT: 0, FAILED: 0}
+    """How many digests are pending, sent, failed and cancelled (every key present)."""
+    counts = dict.fromkeys(STATUSES, 0)
     try:
         with Session(engine) as session:
             rows = session.exec(
@@ -394,6 +563,36 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
         raise _store_error(engine, "count digests", e) from e
     counts.update({status: int(n) for status, n in rows})
     return counts
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The pending digests: how many, and when the first and the last are due (None: now)."""
+
+    count: int
+    first_due: dt.datetime | None
+    last_due: dt.datetime | None
+
+
+def pending(engine: Engine, now: dt.datetime) -> Pending:
+    """How many digests are pending and when they are due (a lease or a backoff delays
+    one; a row due already counts as due at `now`)."""
+    query = sa_select(
+        func.count(), func.min(_DIGESTS.c.next_attempt_at), func.max(_DIGESTS.c.next_attempt_at),
+        func.count(_DIGESTS.c.next_attempt_at),
+    ).where(_DIGESTS.c.status == PENDING)  # fmt: skip
+    try:
+        with engine.connect() as conn:
+            count, first, last, timed = conn.execute(query).one()
+    except SQLAlchemyError as e:
+        raise _store_error(engine, "count pending digests", e) from e
+    now = as_utc(now)
+
+    def when(value: dt.datetime | None) -> dt.datetime | None:
+        return None if value is None or as_utc(value) <= now else as_utc(value)
+
+    first_due = None if timed < count else when(first)  # a NULL is due now
+    return Pending(int(count), first_due, when(last))
 
 
 def _update(

@@ -37,7 +37,7 @@ from digest.models import (
 )
 from digest.store.engine import begin_write, session_url, to_db_time, wrap_db_errors
 
-DIGEST_STATUSES = ("pending", "sent", "failed")
+DIGEST_STATUSES = ("pending", "sent", "failed", "cancelled")
 
 
 def get_day(session: Session, day: dt.date) -> DayRow | None:
@@ -210,7 +210,7 @@ class StoreStats:
     days_fetched: int  # days with a recorded fetch (the `days` table)
     first_day: dt.date | None  # earliest listing day stored
     last_day: dt.date | None  # latest listing day stored
-    digests: dict[str, int]  # by status; pending, sent and failed always present
+    digests: dict[str, int]  # by status; every one of DIGEST_STATUSES present
     last_poll: PollRow | None
 
     def as_dict(self) -> dict[str, Any]:
