@@ -2,6 +2,7 @@
 slots for a subset, against the local fixture server and a real aiosmtpd server.
 
     .venv/bin/python benchmarks/soak.py               # 10 minutes
+    .venv/bin/python benchmarks/soak.py --minutes 30  # the long run: is RSS flat after 5?
     .venv/bin/python benchmarks/soak.py --minutes 1   # a quick run
 
 Side by side in the same run, the baseline: a bare httpx loop fetching the same URLs at
@@ -20,7 +21,9 @@ real days of papers, as in production.
 SIGUSR1 writes its top allocations, diffed against its first snapshot, to trace.txt next
 to its log; the soak signals it after minute 1 and at the end and prints the diff.
 
-Measured: RSS after minute 1 and at the end (growth = a leak), CPU seconds, digests sent,
+Measured: RSS after minute 1 and at the end (growth = a leak), RSS minute by minute (also
+printed to stderr as it goes) and how far it strays from minute 5's after minute 5 (the
+goal: within +-10%), CPU seconds, digests sent,
 duplicates (a paper mailed twice to the same subscriber, or a Message-ID twice: must be
 0), and in a second phase the idle CPU between polls (poll every 10 min, nothing due).
 """
@@ -283,6 +286,8 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[list[float], dict[str, t
                     daemon.send_signal(signal.SIGUSR1)  # the reference snapshot
             if time.monotonic() - started >= 60 * (len(by_minute) + 1):
                 by_minute.append(rss_mib(d))
+                print(f"soak: minute {len(by_minute)}: daemon RSS {by_minute[-1]:.1f} MiB",
+                      file=sys.stderr, flush=True)
             if daemon.poll() is not None:
                 raise SystemExit(f"soak: the daemon died (exit {daemon.returncode}); see {log}")
         rss_end = (rss_mib(d), rss_mib(b))
@@ -306,6 +311,7 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[list[float], dict[str, t
             print(f"soak: daemon logged: {line}", file=sys.stderr)
     return by_minute, {
         "RSS after minute 1 (MiB)": (f"{rss_1m[0]:.1f}", f"{rss_1m[1]:.1f}"),
+        "RSS after minute 5, range vs minute 5": (after_minute_5(by_minute), "-"),
         "RSS at the end (MiB)": (f"{rss_end[0]:.1f}", f"{rss_end[1]:.1f}"),
         "RSS growth after minute 1 (MiB)": (f"{rss_end[0] - rss_1m[0]:+.1f}",
                                             f"{rss_end[1] - rss_1m[1]:+.1f}"),
@@ -320,6 +326,15 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[list[float], dict[str, t
         "ERROR log lines": (str(errors), "-"),
         "exit code after SIGTERM": (str(code), "-"),
     }
+
+
+def after_minute_5(by_minute: list[float]) -> str:
+    """How far RSS strays from its minute-5 value afterwards: "-3% .. +4%" ("-": too short)."""
+    if len(by_minute) < 6:
+        return "-"
+    base = by_minute[4]
+    later = [100 * (r - base) / base for r in by_minute[5:]]
+    return f"{min(later):+.0f}% .. {max(later):+.0f}%"
 
 
 def idle(args: argparse.Namespace, work: Path) -> tuple[float, float]:
