@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.orm import relationship
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -110,15 +110,16 @@ class PaperRow(SQLModel, table=True):
     title: str
     abstract: str = ""
     authors_json: str = "[]"
-    author_count: int = 0
+    # counts from the source are BIGINT (migration 3): one huge value must not fail a day
+    author_count: int = Field(default=0, sa_type=BigInteger)
     organization: str | None = None
     organization_fullname: str | None = None
-    upvotes: int = 0  # the highest seen across listings
-    num_comments: int = 0
+    upvotes: int = Field(default=0, sa_type=BigInteger)  # the highest seen across listings
+    num_comments: int = Field(default=0, sa_type=BigInteger)
     thumbnail: str | None = None
     media_urls_json: str = "[]"
     github_repo: str | None = None
-    github_stars: int | None = None
+    github_stars: int | None = Field(default=None, sa_type=BigInteger)
     project_page: str | None = None
     ai_summary: str | None = None
     ai_keywords_json: str = "[]"
@@ -134,8 +135,8 @@ class ListingRow(SQLModel, table=True):
 
     paper_id: str = Field(primary_key=True, foreign_key="papers.id")
     listed_on: dt.date = Field(primary_key=True, index=True)
-    upvotes: int = 0
-    num_comments: int = 0
+    upvotes: int = Field(default=0, sa_type=BigInteger)
+    num_comments: int = Field(default=0, sa_type=BigInteger)
     submitter: str | None = None
     first_seen_at: dt.datetime
     last_seen_at: dt.datetime

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import BigInteger, Connection, Engine, UniqueConstraint, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import CreateIndex
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Session, SQLModel
 
 from digest import store
@@ -124,32 +125,94 @@ def test_migrate_fresh_database_is_current_and_idempotent(backend: Backend) -> N
     assert versions(engine) == [store.SCHEMA_VERSION]
 
 
-def test_migrated_schema_matches_the_models(engine: Engine) -> None:
-    """The frozen v1 snapshot stays v1 (later migrations only add columns), and a migrated
-    database has exactly the columns, types and nullability models.py declares."""
+def test_the_frozen_v1_snapshot_is_what_models_py_declared_at_v1() -> None:
+    """Migration 1 builds from the snapshot, never from the live models: every v1 column
+    is as models.py has it now, except the counts migration 3 made BIGINT."""
     for dialect in (sqlite.dialect(), postgresql.dialect()):
         for table in SQLModel.metadata.sorted_tables:
             frozen = _V1.tables[table.name]
-            for column in frozen.columns:  # every v1 column as models.py has it now
+            for column in frozen.columns:
                 now = table.c[column.name]
-                assert str(column.type.compile(dialect=dialect)) == str(
-                    now.type.compile(dialect=dialect)
-                ), (table.name, column.name)
+                expected = (
+                    "INTEGER"
+                    if isinstance(now.type, BigInteger)
+                    else str(now.type.compile(dialect=dialect))
+                )
+                assert str(column.type.compile(dialect=dialect)) == expected, column
                 assert (column.nullable, column.primary_key) == (now.nullable, now.primary_key)
             assert sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in frozen.indexes) == (
                 sorted(str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes)
             )
+
+
+def _type_name(engine: Engine, type_: TypeEngine[object]) -> str:
+    """A column type as `engine` spells it, SQLite's integers as the one 64-bit INTEGER
+    they all are (its column affinity; SQLite cannot ALTER a column's type)."""
+    name = str(type_.compile(dialect=engine.dialect)).upper()
+    if engine.dialect.name == "sqlite" and name in ("INTEGER", "BIGINT", "SMALLINT"):
+        return "INTEGER"
+    return name
+
+
+def test_migrated_schema_matches_the_models(engine: Engine) -> None:
+    """Every migration applied, the database is what models.py declares: columns, types,
+    nullability, keys and indexes (add a migration with every change to the models)."""
     inspector = inspect(engine)
-    dialect = engine.dialect
     for table in SQLModel.metadata.sorted_tables:
         reflected = {
-            c["name"]: (c["nullable"], str(c["type"].compile(dialect=dialect)))
+            c["name"]: (_type_name(engine, c["type"]), c["nullable"])
             for c in inspector.get_columns(table.name)
         }
-        declared = {
-            c.name: (c.nullable, str(c.type.compile(dialect=dialect))) for c in table.columns
-        }
+        declared = {c.name: (_type_name(engine, c.type), c.nullable) for c in table.columns}
         assert reflected == declared, table.name
+        primary = inspector.get_pk_constraint(table.name)["constrained_columns"]
+        assert sorted(primary) == sorted(c.name for c in table.primary_key.columns)
+        indexes = {  # PostgreSQL lists a unique constraint's own index too: not an Index
+            tuple(i["column_names"])
+            for i in inspector.get_indexes(table.name)
+            if "duplicates_constraint" not in i
+        }
+        assert indexes == {tuple(c.name for c in i.columns) for i in table.indexes}, table.name
+        uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(table.name)}
+        declared_uniques = {
+            tuple(c.name for c in u.columns)
+            for u in table.constraints
+            if isinstance(u, UniqueConstraint)
+        }
+        assert uniques == declared_uniques, table.name
+        foreign = {
+            (tuple(f["constrained_columns"]), f["referred_table"])
+            for f in inspector.get_foreign_keys(table.name)
+        }
+        assert foreign == {((f.parent.name,), f.column.table.name) for f in table.foreign_keys}, (
+            table.name
+        )
+
+
+def test_a_count_past_2_to_the_31_is_stored(engine: Engine) -> None:
+    """PostgreSQL's INTEGER stops at 2^31 - 1 ("integer out of range" failed a whole
+    day); the counts are BIGINT since migration 3."""
+    big = 3 * 2**31
+    store.upsert_listings(
+        engine,
+        D1,
+        [paper("2510.00001", upvotes=big, num_comments=big, author_count=big, github_stars=big)],
+        NOW,
+    )
+    with Session(engine) as session:
+        (stored,) = store.candidate_papers(session, D1, D1)
+    assert (stored.upvotes, stored.num_comments, stored.author_count, stored.github_stars) == (
+        big, big, big, big,
+    )  # fmt: skip
+
+
+def test_a_v1_paper_takes_a_count_past_2_to_the_31_after_the_upgrade(backend: Backend) -> None:
+    engine = backend.engine("v1", migrated=False)
+    assert store.migrate(engine, store.MIGRATIONS[:1]) == 1
+    store.upsert_listings(engine, D1, [paper("2510.00001", upvotes=41)], NOW)  # as v1 stored it
+    assert store.migrate(engine) == store.SCHEMA_VERSION
+    report = store.upsert_listings(engine, D1, [paper("2510.00001", upvotes=3 * 2**31)], NOW)
+    assert [p.upvotes for p in report.updated] == [3 * 2**31]
 
 
 def test_migrate_refuses_a_newer_database(engine: Engine) -> None:

@@ -171,8 +171,38 @@ def _v2_leases_coverage(conn: Connection) -> None:
     _add_column(conn, "subscribers", "covered_until", Date())
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables, _v2_leases_coverage)
+
+# Counts from the source that can grow past 2^31 (a record with upvotes 3e9 must not fail
+# a whole day with "integer out of range" on PostgreSQL).
+_BIGINT_COUNTS = {
+    "papers": ("author_count", "upvotes", "num_comments", "github_stars"),
+    "listings": ("upvotes", "num_comments"),
+}
+
+
+def _v3_counts_bigint(conn: Connection) -> None:
+    """Counts become BIGINT. SQLite's INTEGER already holds 64 bits (and SQLite cannot
+    ALTER a column's type), so only other databases change."""
+    if conn.dialect.name == "sqlite":
+        return
+    for table, columns in _BIGINT_COUNTS.items():
+        changes = ", ".join(f"ALTER COLUMN {column} TYPE BIGINT" for column in columns)
+        conn.execute(text(f"ALTER TABLE {table} {changes}"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables, _v2_leases_coverage, _v3_counts_bigint)
 SCHEMA_VERSION = len(MIGRATIONS)
+# pg_advisory_xact_lock's key for migrate: any fixed 64-bit number, ours alone
+_MIGRATE_LOCK_KEY = 0x5061_7065_7273_4D67  # "PapersMg"
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Hold the schema for this transaction: a second migrate waits here, then finds the
+    schema current. SQLite: the write lock taken at BEGIN (write_bind) already does it;
+    PostgreSQL: a transaction-level advisory lock (CREATE TABLE IF NOT EXISTS alone races:
+    two processes both find no table and one fails on the catalog's unique index)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
 
 
 def _read_version(conn: Connection) -> int:
@@ -187,15 +217,18 @@ def _read_version(conn: Connection) -> int:
 def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     """Bring the database to the latest version in one transaction; return that version.
 
-    A fresh database gets every migration; a current one gets none. A database
-    newer than `migrations` is refused with StoreError; any failure rolls the
-    whole upgrade back. `migrations` is a parameter so tests can add a v2.
+    Processes migrating at once take turns (see `_lock_schema`): the first migrates,
+    the others then find the schema current. A fresh database gets every migration; a
+    current one gets none. A database newer than `migrations` is refused with
+    StoreError; any failure rolls the whole upgrade back. `migrations` is a parameter so
+    tests can add one more.
     """
     known = len(migrations)
     with (
         wrap_db_errors(f"migrating the database to schema v{known}", engine.url),
         write_bind(engine).begin() as conn,
     ):
+        _lock_schema(conn)
         version = _read_version(conn)
         if version > known:
             raise StoreError(
