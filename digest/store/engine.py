@@ -2,21 +2,25 @@
 
 Owns: `open_engine` (any SQLAlchemy URL; SQLite gets WAL, foreign keys, a busy
 timeout, synchronous=NORMAL and real BEGIN handling), `write_bind`/`begin_write`
-(transactions that take SQLite's write lock up front), and `wrap_db_errors`, the
-one place a SQLAlchemy exception becomes a `StoreError`. Does not own the schema
-(`migrations.py`) or any query (`listings.py`, `state.py`).
+(transactions that take SQLite's write lock up front), `upsert` (INSERT ... ON
+CONFLICT for whichever database it is: a write two processes can race on never reads
+first), and `wrap_db_errors`, the one place a SQLAlchemy exception becomes a
+`StoreError`. Does not own the schema (`migrations.py`) or any query (`listings.py`,
+`state.py`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session
@@ -141,3 +145,31 @@ def begin_write(session: Session) -> None:
     """Open the session's transaction with SQLite's write lock, unless one is already open."""
     if not session.in_transaction():
         session.connection(execution_options={_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def dialect_insert(dialect: str, table: Table) -> Any:
+    """The INSERT of `dialect` that has `on_conflict_do_nothing/_do_update` and `excluded`
+    (PostgreSQL's and SQLite's share that interface)."""
+    if dialect == "postgresql":
+        return postgresql_insert(table)
+    if dialect == "sqlite":
+        return sqlite_insert(table)
+    raise StoreError(f"no INSERT ... ON CONFLICT for the {dialect} database")
+
+
+def upsert(dialect: str, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET each of `update` to the value given.
+
+    Two processes writing the same new key both succeed (the later one updates), where
+    a read-then-insert fails one of them on the primary key (PostgreSQL; SQLite's
+    writers take turns). With `update` empty, an existing row is left alone.
+    """
+    statement = dialect_insert(dialect, table)
+    result: Insert
+    if update:
+        excluded = statement.excluded
+        set_ = {name: excluded[name] for name in update}
+        result = statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
+    else:
+        result = statement.on_conflict_do_nothing(index_elements=list(keys))
+    return result

@@ -22,7 +22,13 @@ from sqlmodel import Session, SQLModel
 
 from digest.errors import StoreError
 from digest.models import Paper, as_utc
-from digest.store.engine import session_url, to_db_time, wrap_db_errors, write_bind
+from digest.store.engine import (
+    dialect_insert,
+    session_url,
+    to_db_time,
+    wrap_db_errors,
+    write_bind,
+)
 
 PAPERS: Table = SQLModel.metadata.tables["papers"]
 LISTINGS: Table = SQLModel.metadata.tables["listings"]
@@ -36,8 +42,18 @@ _EMPTY_VALUES = (None, "", "[]")  # "[]" is an empty JSON list column
 _IN_CHUNK = 500  # ids per IN (...) clause, well under every database's parameter limit
 
 # Built once: SQLAlchemy caches their compiled form; `ids` expands to the chunk given.
-_SELECT_PAPERS = select(PAPERS).where(PAPERS.c.id.in_(bindparam("ids", expanding=True)))
-_SELECT_DAY = select(LISTINGS).where(LISTINGS.c.listed_on == bindparam("day"))
+_SELECT_PAPERS = (
+    select(PAPERS).where(PAPERS.c.id.in_(bindparam("ids", expanding=True))).order_by(PAPERS.c.id)
+)
+_SELECT_DAY = (
+    select(LISTINGS).where(LISTINGS.c.listed_on == bindparam("day")).order_by(LISTINGS.c.paper_id)
+)
+# PostgreSQL: the rows an upsert read stay locked until it commits, so two processes
+# storing the same papers take turns (ids in order: no deadlock) and neither overwrites
+# the other's merge with one computed from an older read. SQLite's writers take turns
+# at BEGIN already.
+_LOCKING = {"postgresql": (_SELECT_PAPERS.with_for_update(), _SELECT_DAY.with_for_update())}
+_ROUNDS = 3  # a paper whose INSERT found another process's row is merged again, once
 _TOUCH_LISTINGS = (
     LISTINGS.update()
     .where(
@@ -174,7 +190,7 @@ class _Plan:
     relisted_ids: list[str] = field(default_factory=list)  # listings already stored for the day
     new: list[Paper] = field(default_factory=list)
     updated: list[Paper] = field(default_factory=list)
-    unchanged: int = 0
+    unchanged: list[str] = field(default_factory=list)  # ids
 
 
 def _plan_upsert(
@@ -214,22 +230,34 @@ def _plan_upsert(
         if changed & REPORTED_COLUMNS:
             plan.updated.append(paper_from_columns(merged, day, listing["submitter"]))
         else:
-            plan.unchanged += 1
+            plan.unchanged.append(paper_id)
     return plan
 
 
-def _write_plan(conn: Connection, day: dt.date, stamp: dt.datetime, plan: _Plan) -> None:
-    """The bulk statements of one upsert: papers first (listings reference them)."""
+def _write_plan(conn: Connection, day: dt.date, stamp: dt.datetime, plan: _Plan) -> set[str]:
+    """The bulk statements of one upsert: papers first (listings reference them), each in
+    id order. Returns the ids whose INSERT found a row that another process wrote after
+    our read (ON CONFLICT DO NOTHING skipped it): those are merged again."""
+    dialect = conn.dialect.name
+    lost: set[str] = set()
     if plan.paper_inserts:
-        conn.execute(PAPERS.insert(), plan.paper_inserts)
+        rows = sorted(plan.paper_inserts, key=lambda row: str(row["id"]))
+        statement = dialect_insert(dialect, PAPERS).on_conflict_do_nothing()
+        stored = set(conn.execute(statement.returning(PAPERS.c.id), rows).scalars())
+        lost.update(row["id"] for row in rows if row["id"] not in stored)
     if plan.paper_updates:
-        conn.execute(_UPDATE_PAPER, plan.paper_updates)
+        conn.execute(_UPDATE_PAPER, sorted(plan.paper_updates, key=lambda row: str(row["_id"])))
     if plan.listing_inserts:
-        conn.execute(LISTINGS.insert(), plan.listing_inserts)
-    for chunk in _chunks(plan.relisted_ids):  # one statement marks every re-seen listing
+        rows = sorted(plan.listing_inserts, key=lambda row: str(row["paper_id"]))
+        statement = dialect_insert(dialect, LISTINGS).on_conflict_do_nothing()
+        stored = set(conn.execute(statement.returning(LISTINGS.c.paper_id), rows).scalars())
+        lost.update(row["paper_id"] for row in rows if row["paper_id"] not in stored)
+    for chunk in _chunks(sorted(plan.relisted_ids)):  # one statement marks every re-seen listing
         conn.execute(_TOUCH_LISTINGS, {"day": day, "ids": chunk, "stamp": stamp})
     if plan.listing_updates:
-        conn.execute(_UPDATE_LISTING, [{**row, "_day": day} for row in plan.listing_updates])
+        rows = sorted(plan.listing_updates, key=lambda row: str(row["_id"]))
+        conn.execute(_UPDATE_LISTING, [{**row, "_day": day} for row in rows])
+    return lost
 
 
 def upsert_listings(
@@ -241,25 +269,49 @@ def upsert_listings(
     transaction is its own and commits before returning; on any error nothing of
     this call is stored and StoreError is raised. Cost: two SELECTs for the day
     plus bulk INSERT/UPDATEs, so an unchanged day is cheap.
+
+    Several processes may store the same day at once (PostgreSQL): inserts are
+    INSERT ... ON CONFLICT DO NOTHING; a paper another process inserted in between is
+    read again and merged like any stored paper, so exactly one process reports it new.
     """
     folded = _fold_duplicates(papers)
     if not folded:
         return UpsertReport(new=[], updated=[], unchanged=0)
     stamp = to_db_time(now)
+    new: list[Paper] = []
+    updated: list[Paper] = []
+    unchanged = 0
     with (
         wrap_db_errors(f"saving the listings of {day}", engine.url),
         write_bind(engine).begin() as conn,
     ):
-        ids = list(folded)
-        stored = {
-            row.id: row._mapping
-            for chunk in _chunks(ids)
-            for row in conn.execute(_SELECT_PAPERS, {"ids": chunk})
-        }
-        listed = {row.paper_id: row._mapping for row in conn.execute(_SELECT_DAY, {"day": day})}
-        plan = _plan_upsert(day, stamp, folded, stored, listed)
-        _write_plan(conn, day, stamp, plan)
-    return UpsertReport(new=plan.new, updated=plan.updated, unchanged=plan.unchanged)
+        select_papers, select_day = _LOCKING.get(conn.dialect.name, (_SELECT_PAPERS, _SELECT_DAY))
+        ours: set[str] = set()  # papers this call inserted: new, whatever a later round reads
+        pending = folded
+        for _ in range(_ROUNDS):
+            ids = list(pending)
+            stored = {
+                row.id: row._mapping
+                for chunk in _chunks(sorted(ids))
+                for row in conn.execute(select_papers, {"ids": chunk})
+            }
+            listed = {row.paper_id: row._mapping for row in conn.execute(select_day, {"day": day})}
+            plan = _plan_upsert(day, stamp, pending, stored, listed)
+            lost = _write_plan(conn, day, stamp, plan)
+            fresh = [p for p in plan.new if p.id not in lost]
+            ours.update(p.id for p in fresh)
+            new += fresh
+            updated += [p for p in plan.updated if p.id not in lost and p.id not in ours]
+            unchanged += sum(1 for i in plan.unchanged if i not in lost and i not in ours)
+            if not lost:
+                break
+            pending = {paper_id: folded[paper_id] for paper_id in sorted(lost)}
+        else:
+            raise StoreError(
+                f"saving the listings of {day}: {len(pending)} papers kept changing under "
+                f"other processes' writes ({', '.join(list(pending)[:3])} ...)"
+            )
+    return UpsertReport(new=new, updated=updated, unchanged=unchanged)
 
 
 def candidate_papers(session: Session, first_day: dt.date, last_day: dt.date) -> list[Paper]:

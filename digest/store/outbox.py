@@ -34,16 +34,19 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestMessageRow, DigestRow, SubscriberRow, as_utc
-from digest.store.engine import describe_error, mask_url, write_bind
+from digest.store.engine import describe_error, dialect_insert, mask_url, upsert, write_bind
 from digest.store.owner import Owner, is_running, this_process
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"
 STATUSES = (PENDING, SENT, FAILED, CANCELLED)
+_DIGESTS = DigestRow.__table__  # type: ignore[attr-defined]  # SQLModel types no __table__
+_MESSAGES = DigestMessageRow.__table__  # type: ignore[attr-defined]  # as above
+_SUBSCRIBERS = SubscriberRow.__table__  # type: ignore[attr-defined]  # as above
 # how long a claimed row stays invisible to others when the caller names no lease;
 # drain_outbox passes its transport's much shorter claim_lease
 DEFAULT_LEASE = dt.timedelta(minutes=10)
@@ -108,93 +111,97 @@ def add_digests(
     transaction: a slot is never recorded as handled without its digest, and planning
     10,000 digests costs a few commits, not 30,000.
 
-    Returns each digest's id, None where (subscriber, slot) already had one.
+    Returns each digest's id, None where (subscriber, slot) already had one. Every row
+    goes in with INSERT ... ON CONFLICT: two processes planning the same slots at once
+    (PostgreSQL) both succeed, one digest each (subscriber, slot), never an error.
     """
     try:
-        with Session(write_bind(engine)) as session, session.begin():
-            existing = _existing_slots(session, digests)
-            rows: list[DigestRow | None] = []
-            for digest in digests:
-                key = (digest.subscriber, as_utc(digest.slot))
-                rows.append(None if key in existing else _digest_row(digest, now))
-                existing.add(key)
-            session.add_all(row for row in rows if row is not None)
-            session.flush()  # one INSERT for all of them, and their ids
-            session.add_all(
-                DigestMessageRow(digest_id=_id(row), message=digest.message)
-                for row, digest in zip(rows, digests, strict=True)
-                if row is not None
-            )
-            _record_handled(session, handled, now)
-            return [None if row is None else _id(row) for row in rows]
-    except IntegrityError as e:
-        with Session(engine) as session:
-            raced = _existing_slots(session, digests)
-        if not raced:  # not a digest that exists already: a real problem, nothing written
-            raise _store_error(engine, f"add {len(digests)} digests", e) from e
-        # another process (PostgreSQL) added some of these meanwhile: those are theirs; the
-        # others go in one at a time, each with its own subscriber's slot
-        ids: list[int | None] = []
-        for d in digests:
-            mine = [h for h in handled if h[0] == d.subscriber]
-            key = (d.subscriber, as_utc(d.slot))
-            ids.append(None if key in raced else add_digests(engine, [d], now=now, handled=mine)[0])
-        others = {d.subscriber for d in digests}
-        rest = [h for h in handled if h[0] not in others]
-        if rest:
-            add_digests(engine, [], now=now, handled=rest)
-        return ids
+        with write_bind(engine).begin() as conn:
+            ids = _insert_digests(conn, digests, now)
+            _record_handled(conn, handled, now)
+            return ids
     except SQLAlchemyError as e:
         raise _store_error(engine, f"add {len(digests)} digests", e) from e
 
 
-def _record_handled(
-    session: Session, handled: Sequence[tuple[str, dt.datetime | None]], now: dt.datetime
-) -> None:
-    """Each subscriber's last handled slot; a first sight records `now` as first seen."""
-    emails = sorted({email for email, _ in handled})
-    states = {
-        row.email: row
-        for start in range(0, len(emails), 500)
-        for row in session.exec(
-            select(SubscriberRow).where(col(SubscriberRow.email).in_(emails[start : start + 500]))
-        )
+def _insert_digests(
+    conn: Connection, digests: Sequence[NewDigest], now: dt.datetime
+) -> list[int | None]:
+    """The digests not already in the outbox, and their messages; each one's id or None."""
+    first: dict[tuple[str, dt.datetime], int] = {}  # (subscriber, slot) -> index in digests
+    for index, digest in enumerate(digests):
+        first.setdefault((digest.subscriber, as_utc(digest.slot)), index)
+    if not first:
+        return []
+    # sorted by key: two processes inserting overlapping batches lock rows in one order
+    order = sorted(first)
+    statement = (
+        dialect_insert(conn.dialect.name, _DIGESTS)
+        .on_conflict_do_nothing(index_elements=["subscriber", "slot"])
+        .returning(_DIGESTS.c.id, _DIGESTS.c.subscriber, _DIGESTS.c.slot)
+    )
+    rows = [_digest_values(digests[first[key]], now) for key in order]
+    inserted = {
+        (subscriber, as_utc(slot)): digest_id
+        for digest_id, subscriber, slot in conn.execute(statement, rows)
     }
-    for email, slot in handled:
-        state = states.get(email)
-        if state is None:
-            state = states[email] = SubscriberRow(email=email, first_seen_at=as_utc(now))
-            session.add(state)
-        if slot is not None:
-            state.last_slot = as_utc(slot)
+    ids: list[int | None] = [None] * len(digests)
+    for key, digest_id in inserted.items():
+        ids[first[key]] = digest_id
+    messages = [
+        {"digest_id": digest_id, "message": digests[index].message}
+        for index, digest_id in enumerate(ids)
+        if digest_id is not None
+    ]
+    if messages:
+        conn.execute(insert(_MESSAGES), messages)
+    return ids
 
 
-def _existing_slots(session: Session, digests: Sequence[NewDigest]) -> set[tuple[str, dt.datetime]]:
-    subscribers = sorted({d.subscriber for d in digests})
-    slots = sorted({as_utc(d.slot) for d in digests})
-    if not digests:
-        return set()
-    query = select(DigestRow.subscriber, DigestRow.slot).where(
-        col(DigestRow.subscriber).in_(subscribers), col(DigestRow.slot).in_(slots)
-    )
-    return {(subscriber, as_utc(slot)) for subscriber, slot in session.exec(query)}
+def _record_handled(
+    conn: Connection, handled: Sequence[tuple[str, dt.datetime | None]], now: dt.datetime
+) -> None:
+    """Each subscriber's last handled slot; a first sight records `now` as first seen.
+
+    INSERT ... ON CONFLICT: a subscriber two processes see for the first time at once
+    (start-up planning, a reload) is one row, never a primary key error."""
+    last: dict[str, dt.datetime | None] = {}
+    for email, slot in handled:  # in order: the last slot given wins, None changes nothing
+        if slot is not None or email not in last:
+            last[email] = as_utc(slot) if slot is not None else None
+    dialect = conn.dialect.name
+    with_slot = [
+        {"email": e, "first_seen_at": as_utc(now), "last_slot": s}
+        for e, s in sorted(last.items())
+        if s is not None
+    ]
+    seen_only = [
+        {"email": e, "first_seen_at": as_utc(now), "last_slot": None}
+        for e, s in sorted(last.items())
+        if s is None
+    ]
+    if with_slot:
+        conn.execute(upsert(dialect, _SUBSCRIBERS, ["email"], ["last_slot"]), with_slot)
+    if seen_only:
+        conn.execute(upsert(dialect, _SUBSCRIBERS, ["email"], []), seen_only)
 
 
-def _digest_row(digest: NewDigest, now: dt.datetime) -> DigestRow:
-    return DigestRow(
-        subscriber=digest.subscriber,
-        slot=as_utc(digest.slot),
-        recipient=digest.recipient,
-        sender=digest.sender,
-        message_id=digest.message_id,
-        subject=digest.subject,
-        paper_ids_json=json.dumps(list(digest.paper_ids)),
-        created_at=as_utc(now),
-    )
+def _digest_values(digest: NewDigest, now: dt.datetime) -> dict[str, object]:
+    """A new `digests` row: pending, no attempts yet."""
+    return {
+        "subscriber": digest.subscriber,
+        "slot": as_utc(digest.slot),
+        "status": PENDING,
+        "attempts": 0,
+        "message_id": digest.message_id,
+        "recipient": digest.recipient,
+        "sender": digest.sender,
+        "subject": digest.subject,
+        "paper_ids_json": json.dumps(list(digest.paper_ids)),
+        "created_at": as_utc(now),
+    }
 
 
-_DIGESTS = DigestRow.__table__  # type: ignore[attr-defined]  # SQLModel types no __table__
-_MESSAGES = DigestMessageRow.__table__  # type: ignore[attr-defined]  # as above
 # claim_due runs once per message sent: its statements are built once, here.
 _DUE = (
     sa_select(  # OutboxItem's fields, in order

@@ -7,7 +7,9 @@ Does not own the outbox state machine (`digest/outbox.py` writes `digests` and
 
 Every function takes a Session. Reads leave the session as they found it; each
 write commits the session before returning (one short transaction per call),
-taking SQLite's write lock at BEGIN when it opens the transaction.
+taking SQLite's write lock at BEGIN when it opens the transaction. A write of a row
+that may not exist yet is one INSERT ... ON CONFLICT, never a read then an insert:
+two processes (PostgreSQL) writing the same new key both succeed.
 
 Datetimes go in as any aware value and come back as aware UTC.
 """
@@ -20,8 +22,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, func
+from sqlmodel import Session, SQLModel, col, select
 
 from digest.errors import StoreError
 from digest.models import (
@@ -35,9 +37,12 @@ from digest.models import (
     SubscriberRow,
     as_utc,
 )
-from digest.store.engine import begin_write, session_url, to_db_time, wrap_db_errors
+from digest.store.engine import begin_write, session_url, to_db_time, upsert, wrap_db_errors
 
 DIGEST_STATUSES = ("pending", "sent", "failed", "cancelled")
+_DAYS: Table = SQLModel.metadata.tables["days"]
+_SUBSCRIBERS: Table = SQLModel.metadata.tables["subscribers"]
+_META: Table = SQLModel.metadata.tables["meta"]
 
 
 def get_day(session: Session, day: dt.date) -> DayRow | None:
@@ -58,18 +63,15 @@ def save_day(
     """Record a successful fetch of `day` and commit; call it after `upsert_listings`,
     so a crash in between refetches the day instead of trusting an ETag whose
     papers were never stored."""
+    values = {"day": day, "source": source, "etag": etag, "last_modified": last_modified,
+              "paper_count": paper_count, "fetched_at": to_db_time(now)}  # fmt: skip
     with wrap_db_errors(f"saving the fetch state of {day}", session_url(session)):
         begin_write(session)
-        row = session.get(DayRow, day)
-        if row is None:
-            row = DayRow(day=day, source=source, fetched_at=to_db_time(now))
-            session.add(row)
-        row.source = source
-        row.etag = etag
-        row.last_modified = last_modified
-        row.paper_count = paper_count
-        row.fetched_at = to_db_time(now)
+        conn = session.connection()
+        statement = upsert(conn.dialect.name, _DAYS, ["day"], [k for k in values if k != "day"])
+        conn.execute(statement, values)
         session.commit()
+        session.expire_all()  # a DayRow this session loaded before now shows the new values
 
 
 def start_poll(session: Session, now: dt.datetime) -> int:
@@ -172,19 +174,25 @@ def save_subscriber_state(
 ) -> None:
     """Set the given fields and commit; the first save of a subscriber must give
     `first_seen_at`."""
+    given: dict[str, Any] = {}
+    if first_seen_at is not None:
+        given["first_seen_at"] = to_db_time(first_seen_at)
+    if last_slot is not None:
+        given["last_slot"] = to_db_time(last_slot)
     with wrap_db_errors(f"saving the state of subscriber {email}", session_url(session)):
         begin_write(session)
-        row = session.get(SubscriberRow, email)
-        if row is None:
-            if first_seen_at is None:
+        conn = session.connection()
+        if first_seen_at is not None:  # may be the first save: insert, or update what is given
+            conn.execute(upsert(conn.dialect.name, _SUBSCRIBERS, ["email"], list(given)),
+                         {"email": email, **given})  # fmt: skip
+        else:
+            table = _SUBSCRIBERS
+            found = conn.execute(table.update().where(table.c.email == email).values(**given))
+            if found.rowcount == 0:
+                session.rollback()
                 raise StoreError(f"subscriber {email} has no saved state yet: give first_seen_at")
-            row = SubscriberRow(email=email, first_seen_at=to_db_time(first_seen_at))
-            session.add(row)
-        if first_seen_at is not None:
-            row.first_seen_at = to_db_time(first_seen_at)
-        if last_slot is not None:
-            row.last_slot = to_db_time(last_slot)
         session.commit()
+        session.expire_all()
 
 
 def get_meta(session: Session, key: str) -> str | None:
@@ -197,8 +205,11 @@ def set_meta(session: Session, key: str, value: str) -> None:
     """Set `key` to `value` and commit."""
     with wrap_db_errors(f"saving meta key {key!r}", session_url(session)):
         begin_write(session)
-        session.merge(MetaRow(key=key, value=value))
+        conn = session.connection()
+        conn.execute(upsert(conn.dialect.name, _META, ["key"], ["value"]),
+                     {"key": key, "value": value})  # fmt: skip
         session.commit()
+        session.expire_all()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""One process of a race (tests/test_races.py): imports everything, says `ready`, waits
+for `go` on stdin, does one store call and prints its outcome as one JSON line.
+
+So the calls of several processes start within a millisecond or two of one another,
+not a second apart as their start-up would have them.
+
+    python -m tests.race_child URL migrate
+    python -m tests.race_child URL upsert DAY       (the real corpus list of DAY)
+    python -m tests.race_child URL handled EMAIL... (add_digests with no digests)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+from digest import store
+from digest.errors import DigestError
+from digest.store import outbox
+from tests.store_helpers import NOW, corpus_day
+
+
+def main(argv: list[str]) -> int:
+    url, action, *rest = argv
+    engine = store.open_engine(url)
+    papers = corpus_day(dt.date.fromisoformat(rest[0])) if action == "upsert" else []
+    print("ready", flush=True)  # noqa: T201  # the parent waits for this line
+    if sys.stdin.readline().strip() != "go":
+        return 2
+    result: dict[str, object] = {}
+    try:
+        if action == "migrate":
+            result["version"] = store.migrate(engine)
+        elif action == "upsert":
+            report = store.upsert_listings(engine, dt.date.fromisoformat(rest[0]), papers, NOW)
+            result["new"] = sorted(p.id for p in report.new)
+            result["updated"] = sorted(p.id for p in report.updated)
+            result["unchanged"] = report.unchanged
+        elif action == "handled":
+            outbox.add_digests(engine, [], now=NOW, handled=[(email, NOW) for email in rest])
+            result["handled"] = len(rest)
+        else:
+            result["error"] = f"unknown action {action}"
+    except DigestError as e:
+        result["error"] = str(e)
+    finally:
+        engine.dispose()
+    print(json.dumps(result), flush=True)  # noqa: T201  # the parent reads this line
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
