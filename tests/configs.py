@@ -1,5 +1,6 @@
-"""Subscription files for end-to-end tests: a fixture server as the source, an SQLite
-file and the given mail settings beside the config, then the subscribers."""
+"""Subscription files for end-to-end tests: a fixture server as the source, a database
+(an SQLite file beside the config unless told otherwise), the given mail settings, then
+the subscribers."""
 
 from __future__ import annotations
 
@@ -18,10 +19,16 @@ topics = [
 
 
 def write_config(
-    tmp_path: Path, base_url: str, *, subscribers: str = ADA, mail: str = 'maildir = "mail"'
+    tmp_path: Path,
+    base_url: str,
+    *,
+    subscribers: str = ADA,
+    mail: str = 'maildir = "mail"',
+    db: str = "sqlite:///digest.db",
 ) -> Path:
     """digest.toml in `tmp_path`, polling `base_url` for today and yesterday, no retries
-    to speak of (tests inject their failures on purpose)."""
+    to speak of (tests inject their failures on purpose), storing in `db` (a URL; by
+    default an SQLite file beside the config)."""
     path = tmp_path / "digest.toml"
     path.write_text(
         f"""
@@ -33,7 +40,7 @@ timeout = 5.0
 lookback_days = 1
 
 [storage]
-url = "sqlite:///digest.db"
+url = "{db}"
 
 [mail]
 from = "Papers Digest <digest@example.org>"

@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,10 +20,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlmodel import Session
+from sqlalchemy import inspect
+from sqlmodel import Session, col, select
 
 from digest import store
+from digest.models import DigestRow, as_utc
 from digest.schedule import latest_slot, parse_schedule
+from tests.backends import Backend
 from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
 from tests.testdata import corpus_dir
@@ -137,11 +139,12 @@ def write_config(
     poll: str = "1s",
     lookback: int = 1,
     max_connections: int = 2,
+    db: str = "sqlite:///digest.db",
 ) -> Path:
     path.write_text(
         f'[source]\nbase_url = "{hf.base_url}"\nmode = "api"\npoll_interval = "{poll}"\n'
         f"lookback_days = {lookback}\nretries = 0\ntimeout = 5\n\n"
-        f'[storage]\nurl = "sqlite:///digest.db"\n\n'
+        f'[storage]\nurl = "{db}"\n\n'
         f'[mail]\nfrom = "Papers Digest <digest@example.org>"\ntransport = "smtp"\n'
         f'smtp = {{ host = "127.0.0.1", port = {smtp.port}, security = "none", '
         f"max_connections = {max_connections}, rate_per_second = 1000 }}\n\n"
@@ -171,21 +174,47 @@ def received_by(smtp: SmtpServer) -> dict[str, int]:
     return {rcpt: len(items) for rcpt, items in smtp.handler.by_recipient().items()}
 
 
-def digest_rows(db: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT subscriber, status FROM digests ORDER BY id").fetchall()
+def digests_in(url: str) -> list[DigestRow]:
+    engine = store.open_engine(url)
+    try:
+        with Session(engine) as session:
+            return list(session.exec(select(DigestRow).order_by(col(DigestRow.id))).all())
+    finally:
+        engine.dispose()
+
+
+def tables_in(url: str) -> list[str]:
+    """The tables of the database at `url` (none: SQLite's file was never created)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    engine = store.open_engine(url)
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def digest_rows(url: str) -> list[tuple[str, str]]:
+    engine = store.open_engine(url)
+    try:
+        with Session(engine) as session:
+            query = select(DigestRow.subscriber, DigestRow.status).order_by(col(DigestRow.id))
+            return [tuple(row) for row in session.exec(query).all()]
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- tests
 
 
 def test_a_slot_a_few_seconds_ahead_gets_exactly_one_digest(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     config = write_config(tmp_path / "digest.toml", hf, smtp, [
         subscriber("ada@example.org", "every 2s"),
         subscriber("bob@example.org", "daily 03:00"),  # new: waits for its next slot
-    ])
+    ], db=db)
     daemon = start(run_daemon, config)
     sent = daemon.wait_for(r"drain: 1 sent")
     later = daemon.wait_for(r"planned 0 digests \(1 due", after=sent)  # later slots: nothing new
@@ -203,13 +232,14 @@ def test_a_slot_a_few_seconds_ahead_gets_exactly_one_digest(
 
 
 def test_sigterm_while_sending_exits_0_and_loses_nothing(
-    tmp_path: Path, hf: HFServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     people = [f"reader{i:02d}@example.org" for i in range(12)]
     handler = RecordingHandler(data_delay=0.25)  # 12 messages, 2 at a time: ~1.5 s of sending
     with SmtpServer(handler) as smtp:
         config = write_config(tmp_path / "digest.toml", hf, smtp,
-                              [subscriber(p, "every 2s") for p in people])
+                              [subscriber(p, "every 2s") for p in people], db=db)
         daemon = start(run_daemon, config)
         deadline = time.monotonic() + WAIT
         while not handler.received and time.monotonic() < deadline:
@@ -217,7 +247,7 @@ def test_sigterm_while_sending_exits_0_and_loses_nothing(
         assert handler.received, "nothing was sent:\n" + "\n".join(daemon.lines)
         assert daemon.stop() == 0
         first_run = len(handler.received)
-        rows = digest_rows(tmp_path / "digest.db")
+        rows = digest_rows(db)
         assert len(rows) == len(people)
         sent = sum(status == "sent" for _, status in rows)
         assert sent == first_run  # every accepted message is marked sent, no more
@@ -229,14 +259,15 @@ def test_sigterm_while_sending_exits_0_and_loses_nothing(
         again.wait_for(r"drain: \d+ sent, 0 failed, 0 retried, 0 pending")
         assert again.stop() == 0
     assert received_by(smtp) == dict.fromkeys(people, 1)
-    assert {status for _, status in digest_rows(tmp_path / "digest.db")} == {"sent"}
+    assert {status for _, status in digest_rows(db)} == {"sent"}
 
 
 def test_a_bad_config_at_start_exits_2_naming_file_and_field(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer
 ) -> None:
+    db = backend.url(migrated=False)
     config = write_config(tmp_path / "digest.toml", hf, smtp, [
-        subscriber("ada@example.org", "every 2s").replace('"UTC"', '"Europe/Berln"')])
+        subscriber("ada@example.org", "every 2s").replace('"UTC"', '"Europe/Berln"')], db=db)
     daemon = Daemon(config)
     try:
         assert daemon.proc.wait(30) == 2
@@ -244,15 +275,16 @@ def test_a_bad_config_at_start_exits_2_naming_file_and_field(
         daemon.kill()
     assert daemon.count(r"digest\.toml:\d+: .*timezone.*Europe/Berln") == 1
     assert daemon.count(r"daemon started") == 0
-    assert not (tmp_path / "digest.db").exists()
+    assert not tables_in(db)  # nothing created, not even the schema
 
 
 def test_sigterm_during_a_slow_poll_stops_at_once_without_errors(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     hf.add_fault("/api/", *[Fault(status=200, real_body=True, delay=20) for _ in range(4)])
     config = write_config(tmp_path / "digest.toml", hf, smtp,
-                          [subscriber("ada@example.org", "daily 03:00")], lookback=0)
+                          [subscriber("ada@example.org", "daily 03:00")], lookback=0, db=db)
     daemon = start(run_daemon, config)
     deadline = time.monotonic() + WAIT
     while not hf.requests and time.monotonic() < deadline:
@@ -267,10 +299,11 @@ def test_sigterm_during_a_slow_poll_stops_at_once_without_errors(
 
 
 def test_sighup_with_a_broken_file_keeps_the_old_config(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     good = [subscriber("ada@example.org", "every 2s")]
-    config = write_config(tmp_path / "digest.toml", hf, smtp, good)
+    config = write_config(tmp_path / "digest.toml", hf, smtp, good, db=db)
     daemon = start(run_daemon, config)
     daemon.wait_for(r"drain: 1 sent")
     broken = config.read_text().replace('timezone = "UTC"', 'timezone = "Europe/Berln"')
@@ -288,13 +321,14 @@ def test_sighup_with_a_broken_file_keeps_the_old_config(
 
 
 def test_sighup_adding_a_subscriber_schedules_them(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     ada = subscriber("ada@example.org", "every 2s")
-    config = write_config(tmp_path / "digest.toml", hf, smtp, [ada])
+    config = write_config(tmp_path / "digest.toml", hf, smtp, [ada], db=db)
     daemon = start(run_daemon, config)
     daemon.wait_for(r"drain: 1 sent")
-    write_config(config, hf, smtp, [ada, subscriber("bob@example.org", "every 3s")])
+    write_config(config, hf, smtp, [ada, subscriber("bob@example.org", "every 3s")], db=db)
     mark = len(daemon.lines)
     daemon.send(signal.SIGHUP)
     daemon.wait_for(r"reloaded .*: 2 subscribers \(1 added, 0 removed, 0 changed\) in 2 slot",
@@ -305,16 +339,17 @@ def test_sighup_adding_a_subscriber_schedules_them(
 
 
 def test_missed_slot_two_days_ago_gets_one_catch_up_digest_and_restarts_send_nothing(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     now = utcnow()
     hour_ago = now - dt.timedelta(hours=1)
     schedule = f"daily {hour_ago:%H:%M}"
     slot = latest_slot(parse_schedule(schedule), ZoneInfo("UTC"), now)
     assert slot is not None
     config = write_config(tmp_path / "digest.toml", hf, smtp,
-                          [subscriber("ada@example.org", schedule)], poll="1h")
-    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
+                          [subscriber("ada@example.org", schedule)], poll="1h", db=db)
+    engine = store.open_engine(db)
     store.migrate(engine)
     with Session(engine) as session:  # the daemon knew ada, and last ran two days ago
         store.save_subscriber_state(session, "ada@example.org",
@@ -332,17 +367,16 @@ def test_missed_slot_two_days_ago_gets_one_catch_up_digest_and_restarts_send_not
         assert again.stop(sig) == 0
         assert again.count(r"stopped after .* 0 digests planned, 0 sent") == 1
     assert received_by(smtp) == {"ada@example.org": 1}
-    with sqlite3.connect(tmp_path / "digest.db") as conn:
-        ((stored_slot,),) = conn.execute("SELECT slot FROM digests").fetchall()
-    assert dt.datetime.fromisoformat(stored_slot).replace(tzinfo=dt.UTC) == slot
+    assert [as_utc(row.slot) for row in digests_in(db)] == [slot]
 
 
 def test_failing_source_sends_one_alert_then_one_recovery_across_a_restart(
-    tmp_path: Path, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     hf.add_fault("/api/", *[Fault(status=503) for _ in range(6)])  # 6 polls of 1 day fail
     config = write_config(tmp_path / "digest.toml", hf, smtp, [], lookback=0, extra=(
-        '[alerts]\nemail = "admin@example.org"\nafter_failed_polls = 2\n'))
+        '[alerts]\nemail = "admin@example.org"\nafter_failed_polls = 2\n'), db=db)
     daemon = start(run_daemon, config)
     alerted = daemon.wait_for(r"alert after 2 failed polls")
     daemon.wait_for(r"drain: 1 sent", after=alerted)
@@ -363,15 +397,16 @@ def test_failing_source_sends_one_alert_then_one_recovery_across_a_restart(
 
 
 def test_sighup_removing_a_subscriber_cancels_their_pending_digest(
-    tmp_path: Path, hf: HFServer, run_daemon: list[Daemon]
+    tmp_path: Path, backend: Backend, hf: HFServer, run_daemon: list[Daemon]
 ) -> None:
+    db = backend.url(migrated=False)
     handler = RecordingHandler(rcpt_script={"ada@example.org": ["451 4.7.1 try later"] * 9})
     with SmtpServer(handler) as smtp:
         ada, bob = (subscriber(f"{who}@example.org", "every 2s") for who in ("ada", "bob"))
-        config = write_config(tmp_path / "digest.toml", hf, smtp, [ada, bob], poll="1h")
+        config = write_config(tmp_path / "digest.toml", hf, smtp, [ada, bob], poll="1h", db=db)
         daemon = start(run_daemon, config)
         daemon.wait_for(r"drain: 1 sent, 0 failed, 1 retried, 1 pending")  # ada waits a minute
-        write_config(config, hf, smtp, [bob], poll="1h")
+        write_config(config, hf, smtp, [bob], poll="1h", db=db)
         mark = len(daemon.lines)
         daemon.send(signal.SIGHUP)
         daemon.wait_for(r"cancelled 1 pending digests of people no longer in .*digest.toml",
@@ -380,7 +415,7 @@ def test_sighup_removing_a_subscriber_cancels_their_pending_digest(
         assert daemon.stop() == 0
         assert daemon.count(r"stopped after .* 0 pending") == 1
     assert received_by(smtp) == {"bob@example.org": 1}
-    assert sorted(digest_rows(tmp_path / "digest.db")) == [
+    assert sorted(digest_rows(db)) == [
         ("ada@example.org", "cancelled"),
         ("bob@example.org", "sent"),
     ]
