@@ -41,13 +41,17 @@ from digest.render import (
 )
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api
+from digest.topics.query import Leaf
 from tests.testdata import corpus_day
 
 DAYS = ["2025-10-01", "2025-10-03", "2025-10-14", "2025-12-02", "2025-12-19"]
-TOPICS = {
-    "Reinforcement learning": frozenset({"reinforcement", "learning", "rl", "reward"}),
-    "Diffusion": frozenset({"diffusion", "denoising"}),
-    "LLM agents": frozenset({"agent", "agents", "llm", "llms"}),
+TOPICS = {  # each topic's explaining leaves: its words, searched in title and abstract
+    name: frozenset(Leaf(None, (w,), False) for w in words)
+    for name, words in {
+        "Reinforcement learning": ("reinforcement", "learning", "rl", "reward"),
+        "Diffusion": ("diffusion", "denoising"),
+        "LLM agents": ("agent", "agents", "llm", "llms"),
+    }.items()
 }
 MAIL = MailConfig(from_addr="Papers Digest <digest@example.org>")
 SUBSCRIBER = Subscriber(

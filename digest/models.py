@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.orm import relationship
 from sqlmodel import Field, Relationship, SQLModel
+
+if TYPE_CHECKING:  # a Leaf is a plain tuple; only its type comes from the query language
+    from digest.topics.query import Leaf
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -72,10 +76,12 @@ class Paper:
 
 @dataclass(frozen=True, slots=True)
 class TopicHit:
-    """One topic that matched a paper, and the paper's words that made it match."""
+    """One topic that matched a paper, and the query leaves that made it match: those
+    not under a NOT that match the paper too (words, prefixes, phrases, each in its
+    field). The renderer highlights where each occurs in the text it shows."""
 
     topic: str
-    words: frozenset[str] = field(default_factory=frozenset)  # lower-cased tokens
+    leaves: frozenset[Leaf] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +96,11 @@ class Match:
         return tuple(h.topic for h in self.hits)
 
     @property
-    def words(self) -> frozenset[str]:
-        return frozenset().union(*(h.words for h in self.hits))
+    def leaves(self) -> frozenset[Leaf]:
+        """Every topic's explaining leaves (what the digest highlights)."""
+        if len(self.hits) == 1:
+            return self.hits[0].leaves
+        return frozenset().union(*(h.leaves for h in self.hits))
 
     @property
     def score(self) -> int:

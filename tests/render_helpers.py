@@ -16,14 +16,23 @@ from digest.models import Match, Paper, TopicHit
 from digest.render import Renderer, render_digest, render_digest_bytes
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api
+from digest.topics.query import Leaf, compile_query, parse_query
 from tests.testdata import corpus_day
 
 CORPUS_DAY = corpus_day("2025-10-01")
 SLOT = dt.datetime(2025, 10, 1, 6, 0, tzinfo=dt.UTC)  # 08:00 in Berlin
 NOW = dt.datetime(2025, 10, 1, 6, 0, 5, tzinfo=dt.UTC)
 MAIL = MailConfig(from_addr="Papers Digest <digest@example.org>")
-RL = TopicHit("Reinforcement learning", frozenset({"reinforcement", "learning", "rl"}))
-VLM = TopicHit("Vision-language models", frozenset({"vlm", "vlms", "vision"}))
+
+
+def hit(topic: str, query: str) -> TopicHit:
+    """A TopicHit explained by every positive leaf of `query` (as if all matched)."""
+    compiled = compile_query(parse_query(query))
+    return TopicHit(topic, frozenset(Leaf.from_key(k) for k in compiled.positive))
+
+
+RL = hit("Reinforcement learning", '"reinforcement learning" OR rl')
+VLM = hit("Vision-language models", "vlm OR vlms OR vision")
 
 
 def make_subscriber(**changes: object) -> Subscriber:

@@ -258,8 +258,11 @@ def message_id_for(recipient: str, slot: dt.datetime) -> str:
     return f"<digest.{slot:%Y%m%dT%H%M}.{recipient.replace('@', '.')}@example.org>"
 
 
-def build_message(recipient: str, slot: dt.datetime = T0, *, body: str = "") -> bytes:
-    """A digest-like message: text and HTML alternatives, the Message-ID from the key."""
+def build_message(
+    recipient: str, slot: dt.datetime = T0, *, body: str = "", linesep: str = "\n"
+) -> bytes:
+    """A digest-like message: text and HTML alternatives, the Message-ID from the key.
+    `linesep="\r\n"` gives the outbox's form (the renderer's bytes are SMTP's)."""
     message = EmailMessage()
     message["From"] = f"Papers Digest <{SENDER}>"
     message["To"] = recipient
@@ -267,11 +270,16 @@ def build_message(recipient: str, slot: dt.datetime = T0, *, body: str = "") -> 
     message["Message-ID"] = message_id_for(recipient, slot)
     message.set_content(body or f"Hello {recipient}\n\n1. A paper\n")
     message.add_alternative(f"<p>Hello {recipient}</p><ol><li>A paper</li></ol>", subtype="html")
-    return message.as_bytes()
+    return message.as_bytes(policy=message.policy.clone(linesep=linesep))
 
 
 def add_digests(
-    engine: Engine, recipients: list[str], *, slot: dt.datetime = T0, papers: int = 2
+    engine: Engine,
+    recipients: list[str],
+    *,
+    slot: dt.datetime = T0,
+    papers: int = 2,
+    linesep: str = "\n",
 ) -> dict[str, int]:
     """One pending digest per recipient; returns recipient -> digest id."""
     ids: dict[str, int] = {}
@@ -285,7 +293,7 @@ def add_digests(
             message_id=message_id_for(recipient, slot),
             subject=f"Papers digest for {recipient}",
             paper_ids=[f"2401.{n:05d}{k}" for k in range(papers)],
-            message=build_message(recipient, slot),
+            message=build_message(recipient, slot, linesep=linesep),
             now=slot,
         )
         assert digest_id is not None

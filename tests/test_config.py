@@ -99,6 +99,7 @@ def test_example_loads_and_mentions_every_option(tmp_path: Path) -> None:
         *SUBSCRIBER_KEYS,
         "catch_up",
         "after_failed_polls",
+        "thumbnails",
     ):
         assert key in text, f"example.toml does not mention {key}"
 
@@ -140,6 +141,7 @@ def test_the_file_keys_are_the_ones_the_loader_reads() -> None:
         "min_upvotes",
         "send_empty",
         "window_days",
+        "thumbnails",
         "topics",
     }
 
@@ -342,6 +344,12 @@ def test_config_is_frozen(tmp_path: Path) -> None:
             'from = "Digest"',
             'digest.toml:5: mail.from: "Digest" is not an email address (expected '
             "name@example.org)",
+        ),
+        (
+            'max_papers = 5\n',
+            'max_papers = 5\nthumbnails = "huge"\n',
+            'digest.toml:25: subscribers[2] (grace@example.org).thumbnails: "huge" is not one of '
+            '"small", "large", "none"',
         ),
         (
             "[mail]\n",
@@ -556,6 +564,7 @@ max_papers = 3
 min_upvotes = 4
 send_empty = true
 window_days = 6
+thumbnails = "none"
 topics = [{ name = "t", query = "q" }]
 """
     c = load_config(write(tmp_path, text), {"P": "pw"})
@@ -601,7 +610,8 @@ topics = [{ name = "t", query = "q" }]
         sub.min_upvotes,
         sub.send_empty,
         sub.window_days,
-    ) == ("A", "Asia/Kolkata", "0 9 * * 1-5", 3, 4, True, 6)
+        sub.thumbnails,
+    ) == ("A", "Asia/Kolkata", "0 9 * * 1-5", 3, 4, True, 6, "none")
 
 
 def test_a_byte_order_mark_is_not_part_of_the_file(here: Path) -> None:

@@ -22,7 +22,7 @@ from digest.topics.match import (
     iter_bits,
     match_subscriber,
 )
-from digest.topics.query import compile_query, parse_query, tokenize
+from digest.topics.query import Leaf, compile_query, parse_query, tokenize
 from tests.testdata import SEED_PAPERS
 
 DAY = dt.date(2025, 10, 1)
@@ -165,7 +165,11 @@ def run(
     return [(m.paper.id, m.topics) for m in matches]
 
 
-def test_highlight_words_are_the_papers_words_of_positive_terms() -> None:
+def keys(leaves: frozenset[Leaf]) -> set[str]:
+    return {leaf.key for leaf in leaves}
+
+
+def test_a_match_is_explained_by_the_positive_leaves_that_match_the_paper() -> None:
     m1, m4 = match_subscriber(
         small_index(),
         compile_topics(topics('distill* "consistency model*" -rlhf OR id:2502.00004')),
@@ -174,12 +178,12 @@ def test_highlight_words_are_the_papers_words_of_positive_terms() -> None:
     )
     assert (m1.paper.id, m4.paper.id) == (P1, P4)
     assert m1.hits[0].topic == "T0"
-    # the prefix and the phrase as they occur (title "Models", abstract "model"), no NOT word
-    assert m1.words == {"distill", "consistency", "models", "model"}
-    assert m4.words == frozenset()  # matched by id only
+    # the prefix and the phrase that matched, never the NOT, nor the id that did not
+    assert keys(m1.leaves) == {"*|p|distill", "*|p|consistency model"}
+    assert keys(m4.leaves) == {"id|x|2502.00004"}  # matched by id only
 
 
-def test_highlight_words_per_field_and_topic() -> None:
+def test_explaining_leaves_per_field_and_topic() -> None:
     matches = match_subscriber(
         small_index(),
         compile_topics(topics('author:"nathan lam*"', "keyword:rlhf OR title:reward", "id:2501.*")),
@@ -188,25 +192,33 @@ def test_highlight_words_per_field_and_topic() -> None:
     )
     by_id = {m.paper.id: m for m in matches}
     assert [h.topic for h in by_id[P1].hits] == ["T0", "T2"]
-    assert by_id[P1].hits[0].words == {"nathan", "lambert"}
-    assert by_id[P1].hits[1].words == frozenset()  # an id has no words to highlight
-    assert by_id[P2].hits[0].words == {"rlhf", "reward"}
+    assert keys(by_id[P1].hits[0].leaves) == {"author|p|nathan lam"}
+    assert keys(by_id[P1].hits[1].leaves) == {"id|p|2501."}
+    assert keys(by_id[P2].hits[0].leaves) == {"keyword|x|rlhf", "title|x|reward"}
     assert set(by_id) == {P1, P2, P3}
 
 
 @pytest.mark.parametrize(
     "query",
     [
-        '"reward signals" distillation -survey',  # words known when compiled
-        '"reward signals" distillation -survey -(rlhf -x)',  # x is positive: found per paper
+        '"reward signals" distillation -survey',  # known when compiled: a conjunction
+        '"reward signals" distillation -survey -(rlhf -x)',  # x is positive: tested per paper
     ],
 )
-def test_highlight_words_of_a_conjunction(query: str) -> None:
+def test_explaining_leaves_of_a_conjunction(query: str) -> None:
     [m] = match_subscriber(
         small_index(), compile_topics(topics(query)), min_upvotes=0, max_papers=5
     )
     assert m.paper.id == P3
-    assert m.words == {"reward", "signals", "distillation"}
+    assert keys(m.leaves) == {"*|x|reward signals", "*|x|distillation"}
+
+
+def test_hits_are_shared_by_subscribers_with_the_same_explanation() -> None:
+    index = small_index()
+    compiled = [compile_topics(topics("diffusion OR survey")) for _ in range(2)]
+    a, b = (match_subscriber(index, c, min_upvotes=0, max_papers=5) for c in compiled)
+    assert [m.hits[0] for m in a] == [m.hits[0] for m in b]
+    assert all(x.hits[0] is y.hits[0] for x, y in zip(a, b, strict=True))
 
 
 def test_ranking_by_topics_then_upvotes_then_newest_then_id() -> None:
@@ -422,5 +434,9 @@ def test_index_agrees_with_reference_evaluator(generated: tuple[str, Node]) -> N
     assert got == expected, text
     for pos in iter_bits(query.evaluate(index)):
         p = index.papers[pos]
-        all_words = {w for f in (None, "author") for seg in segments(p, f) for w in seg}
-        assert index.query_words(query, pos) <= all_words
+        for leaf in index.query_leaves(query, pos):  # each explaining leaf matches the paper
+            assert leaf.key in query.positive and (index.leaf_bits[leaf.key] >> pos) & 1
+            kind = "prefix" if leaf.prefix and len(leaf.words) == 1 else "word"
+            alone: Node = (kind, leaf.field, leaf.words[0]) if len(leaf.words) == 1 else (
+                "phrase", leaf.field, leaf.words, leaf.prefix)  # fmt: skip
+            assert reference(alone, p), (text, leaf)

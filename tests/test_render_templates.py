@@ -13,7 +13,7 @@ from digest.models import Match, Paper
 from digest.render import Renderer, shipped_templates_dir
 from digest.render.css import inline_template, parse_stylesheet
 from digest.render.text import first_sentences, format_authors, highlight
-from tests.render_helpers import RL, Html, corpus_papers, parts, render
+from tests.render_helpers import RL, Html, corpus_papers, hit, parts, render
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_override_folder_wins_and_gets_inlined(tmp_path: Path, papers: list[Pape
     (tmp_path / "_paper_link.html.j2").write_text("unused\n")
     (tmp_path / "_paper.html.j2").write_text(
         '<tr><td class="card" style="border:2px solid red">'
-        '<a class="title" href="{{ p.url }}">OVERRIDDEN {{ p.title | hl(p.words) }}</a></td></tr>\n'
+        '<a class="title" href="{{ p.url }}">OVERRIDDEN '
+        '{{ p.title | hl(p.leaves, "title") }}</a></td></tr>\n'
     )
     custom = Renderer(tmp_path)
     _, html = parts(render(custom, [Match(papers[1], (RL,))]))
@@ -43,7 +44,7 @@ def test_override_folder_wins_and_gets_inlined(tmp_path: Path, papers: list[Pape
     cell = next(
         a for t, a in page.tags if t == "td" and "border:2px solid red" in str(a.get("style"))
     )
-    assert str(cell["style"]).startswith("padding:16px 24px")  # class first, own style last
+    assert str(cell["style"]).startswith("padding:10px 24px")  # class first, own style last
     assert papers[1].url in page.hrefs()  # the shipped page template still wraps it
 
 
@@ -90,12 +91,12 @@ def test_stylesheet_inlining_rules() -> None:
 # Text helpers
 
 
-def test_highlight_escapes_before_marking() -> None:
-    words = frozenset({"amp", "script", "x", "39"})
-    out = str(highlight("R&D's <script>x</script> & amp", words, "<mark>"))
+def test_highlight_escapes_what_it_marks_and_what_it_does_not() -> None:
+    leaves = hit("T", "amp OR script OR x OR 39").leaves  # 39: the entity of "'"
+    out = str(highlight("R&D's <script>x</script> & amp", leaves, "title", "<mark>"))
     assert out == ("R&amp;D&#39;s &lt;<mark>script</mark>&gt;<mark>x</mark>&lt;/"
                    "<mark>script</mark>&gt; &amp; <mark>amp</mark>")  # fmt: skip
-    assert str(highlight("a <b>", frozenset(), "<mark>")) == "a &lt;b&gt;"
+    assert str(highlight("a <b>", frozenset(), "title", "<mark>")) == "a &lt;b&gt;"
 
 
 def test_first_sentences_caps_and_skips_abbreviations() -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 from digest.config.lines import Path as KeyPath
 from digest.config.lines import key_lines, line_of
 from digest.config.schema import (
+    THUMBNAILS,
     AlertsConfig,
     Config,
     DaemonConfig,
@@ -368,6 +369,7 @@ class Builder:
             "min_upvotes": at_least(0),
             "send_empty": boolean,
             "window_days": at_least(1),
+            "thumbnails": one_of(*THUMBNAILS),
         }[key]
         try:
             return True, convert(value)

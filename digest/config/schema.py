@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo
 from digest.schedule import Schedule, default_window_days
 
 DEFAULT_BASE_URL = "https://huggingface.co"
+Thumbnails = Literal["small", "large", "none"]
+THUMBNAILS: tuple[Thumbnails, ...] = ("small", "large", "none")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Subscriber:
     min_upvotes: int = 0
     send_empty: bool = False
     window_days: int | None = None  # None: 2 for daily, 8 for weekly (see schedule.py)
+    thumbnails: Thumbnails = "small"  # preview images: beside the text, full width, or none
 
     @property
     def zone(self) -> ZoneInfo:

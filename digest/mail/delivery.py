@@ -91,7 +91,10 @@ class Transport(Protocol):
 
 
 class MaildirTransport:
-    """Every message into one Maildir folder, bytes exactly as given (``mutt -f DIR``)."""
+    """Every message into one Maildir folder (``mutt -f DIR``), with the local line
+    ending: the outbox holds SMTP's CRLF, but a Maildir file is a local file, and mail
+    clients and Python's `mailbox` expect LF there (mutt shows a stray ``^M`` otherwise).
+    Nothing else of the bytes changes."""
 
     pool_size = 1
     claim_lease = dt.timedelta(seconds=5)  # a local file write
@@ -114,7 +117,7 @@ class MaildirTransport:
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         box = self._open()
         try:
-            key = box.add(message)
+            key = box.add(message.replace(b"\r\n", b"\n"))
         except OSError as e:
             raise MailServerUnavailableError(f"maildir {self.path}: cannot write: {e}") from e
         return f"250 delivered to maildir {self.path} as {key}"

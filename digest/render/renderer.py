@@ -37,6 +37,7 @@ import jinja2
 from markupsafe import Markup
 
 from digest.config import MailConfig, Subscriber
+from digest.config.schema import Thumbnails
 from digest.errors import ConfigError
 from digest.models import Match, Paper
 from digest.render.css import Stylesheet, inline_template, parse_stylesheet
@@ -52,13 +53,18 @@ from digest.render.message import (
 )
 from digest.render.text import (
     SUMMARY_CAP_CHARS,
+    authors_rest,
     first_sentences,
     format_authors,
     format_day,
     format_subject,
     highlight,
+    numbered_entries,
     safe_url,
+    shown_authors,
+    wrap,
 )
+from digest.topics.query import Leaf
 
 __all__ = [
     "DigestBodies",
@@ -95,14 +101,17 @@ def shipped_templates_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PaperView:
-    """A matched paper, ready to show: cleaned text, checked URLs, the matching words."""
+    """A matched paper, ready to show: cleaned text, checked URLs, the leaves to mark
+    (`leaves`, for the `hl` filter), and how to show its thumbnail."""
 
     id: str
     title: str
     url: str
     arxiv_url: str
     pdf_url: str
-    authors_line: str
+    authors_line: str  # "A, B, C et al. (12 authors)": authors + authors_rest
+    authors: tuple[str, ...]  # the names shown (each marked on its own)
+    authors_rest: str  # " et al. (12 authors)", "12 authors" or ""
     organization: str | None
     upvotes: int
     comments: int
@@ -112,7 +121,8 @@ class PaperView:
     github: str | None
     project_page: str | None
     topics: tuple[str, ...]
-    words: frozenset[str]
+    leaves: frozenset[Leaf]
+    thumbnails: Thumbnails  # the subscriber's choice: "small", "large" or "none"
 
 
 class RenderedPaper(NamedTuple):
@@ -124,12 +134,13 @@ class RenderedPaper(NamedTuple):
     text: str
 
 
-def view_match(match: Match) -> PaperView:
+def view_match(match: Match, thumbnails: Thumbnails = "small") -> PaperView:
     """The view of one match: what `_paper.html.j2` and `digest.txt.j2` show."""
     return PaperView(
         **_paper_fields(match.paper),
         topics=tuple(clean_text(t) for t in match.topics),
-        words=frozenset(w.lower() for w in match.words),
+        leaves=match.leaves,
+        thumbnails=thumbnails,
     )
 
 
@@ -147,6 +158,8 @@ def _paper_fields(paper: Paper) -> dict[str, Any]:
         "arxiv_url": paper.arxiv_url,
         "pdf_url": paper.pdf_url,
         "authors_line": format_authors(paper.authors, paper.author_count),
+        "authors": shown_authors(paper.authors),
+        "authors_rest": authors_rest(paper.authors, paper.author_count),
         "organization": clean_text(org) if org else None,
         "upvotes": paper.upvotes,
         "comments": paper.num_comments,
@@ -213,6 +226,7 @@ class Renderer:
             mark_attrs = sheet.attrs_for("hl") if inline_css else ' class="hl"'
             self._mark_open = f"<mark{mark_attrs}>"
             self.env.filters["hl"] = self._highlight
+            self.env.filters["wrap"] = wrap
             self.page = self.env.get_template("digest.html.j2")
             self.paper = self.env.get_template("_paper.html.j2")
             self.paper_link = self.env.get_template("_paper_link.html.j2")
@@ -223,11 +237,11 @@ class Renderer:
         # (paper, topic hits) is rendered once and reused.
         self.render_paper = functools.lru_cache(maxsize=FRAGMENT_CACHE_SIZE)(self._render_paper)
 
-    def _highlight(self, text: str, words: frozenset[str]) -> Markup:
-        return highlight(text, words, self._mark_open)
+    def _highlight(self, text: str, leaves: frozenset[Leaf], where: str) -> Markup:
+        return highlight(text, leaves, where, self._mark_open)
 
-    def _render_paper(self, match: Match) -> RenderedPaper:
-        view = view_match(match)
+    def _render_paper(self, match: Match, thumbnails: Thumbnails = "small") -> RenderedPaper:
+        view = view_match(match, thumbnails)
         html = Markup(pack_html(self.paper.render(p=view)))
         return RenderedPaper(view=view, html=html, text=self.paper_text.render(p=view))
 
@@ -304,7 +318,7 @@ def render_digest_bodies(
     """Subject, text and HTML of a digest (HTML under HTML_CAP_BYTES)."""
     local_day = _local(slot, subscriber).date()
     with _template_errors():
-        papers = [renderer.render_paper(m) for m in matches]
+        papers = [renderer.render_paper(m, subscriber.thumbnails) for m in matches]
     views = [p.view for p in papers]
     n = len(views)
     subject = format_subject(matches, local_day)
@@ -323,11 +337,11 @@ def render_digest_bodies(
         "head_css": renderer.head_css,
         "views": views,
         "paper_html": [p.html for p in papers],
-        "paper_text": [p.text for p in papers],
+        "paper_text": numbered_entries([p.text for p in papers]),
     }
     with _template_errors():
         html = _render_capped_html(renderer, papers, context)
-        text = renderer.text.render(context)
+        text = renderer.text.render(context).rstrip("\n") + "\n"  # ends with a line end
     return DigestBodies(subject=subject, text=text, html=html)
 
 

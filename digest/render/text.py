@@ -1,8 +1,9 @@
 """The words of a digest: summaries, author lines, highlighting, the subject. Pure.
 
 Owns: the small text decisions `render.py` and the templates rely on: the first
-sentences of an abstract, "A, B, C et al. (12 authors)", marking the matching
-words in escaped HTML, which URLs may become links, the subject line and the
+sentences of an abstract, "A, B, C et al. (12 authors)", marking where the
+matching query leaves occur in escaped HTML (the spans come from
+`digest/topics/spans.py`), which URLs may become links, the subject line and the
 date as the subscriber reads it. Does not own: Jinja (`render.py`) or headers
 (`render_message.py`, whose `clean_text`/`clean_header` this module uses).
 """
@@ -10,7 +11,9 @@ date as the subscriber reads it. Does not own: Jinja (`render.py`) or headers
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -19,12 +22,13 @@ from markupsafe import Markup, escape
 
 from digest.models import Match
 from digest.render.message import clean_header, clean_text, shorten
+from digest.topics.query import Leaf
+from digest.topics.spans import merged_spans
 
 SUMMARY_CAP_CHARS = 400
 SHOWN_AUTHORS = 3
+TEXT_WIDTH = 72  # columns of the text part; a URL longer than that keeps its own line
 
-# A word is a run of Unicode letters and digits (as in query.py); entities stay whole.
-_HL_SPLIT_RE = re.compile(r"(&#?[A-Za-z0-9]+;|[^\W_]+)")
 _URL_BAD_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 _SENTENCE_END_RE = re.compile(r"[.!?]\s+(?=[A-Z0-9\"'(\[])")
 # English names whatever the process locale (strftime's %b/%A follow LC_TIME).
@@ -50,22 +54,77 @@ def first_sentences(text: str, count: int = 2, *, limit: int = SUMMARY_CAP_CHARS
     return shorten(text[:end], limit)
 
 
-def highlight(text: str, words: frozenset[str], open_tag: str) -> Markup:
-    """`text` HTML-escaped, with each whole word whose lower-case form is in `words` wrapped
-    in `open_tag` ... `</mark>`.
+# Which query fields' leaves are marked in which shown text: a bare term (field None)
+# searches title and abstract, so it is marked in the title and in the summary (the AI
+# summary or the abstract's first sentences); `title:` only in the title, and so on.
+# Keywords and ids are not shown, so their leaves mark nothing.
+MARKED_FIELDS: dict[str, frozenset[str | None]] = {
+    "title": frozenset({None, "title"}),
+    "summary": frozenset({None, "abstract"}),
+    "author": frozenset({"author"}),
+    "org": frozenset({"org"}),
+}
 
-    Escapes first and marks the escaped text: a word token never contains `&<>"'`, and
-    the entities escaping made (`&amp;`, `&#39;`) are split off whole, never marked.
+
+def highlight(text: str, leaves: frozenset[Leaf], where: str, open_tag: str) -> Markup:
+    """`text` HTML-escaped, with each occurrence of a leaf that applies to `where` (a
+    key of MARKED_FIELDS) wrapped in `open_tag` ... `</mark>`: a phrase as one mark, a
+    prefix on the words it matched, overlapping occurrences as one mark.
+
+    A pure function of its arguments, memoised: the same paper shown to many
+    subscribers with the same leaves is marked once.
     """
-    escaped = str(escape(text))
-    lowered = escaped.lower()
-    if not any(w in lowered for w in words):
-        return Markup(escaped)
-    parts = _HL_SPLIT_RE.split(escaped)  # odd indexes: a word or an entity
-    for i in range(1, len(parts), 2):
-        if parts[i].lower() in words:
-            parts[i] = f"{open_tag}{parts[i]}</mark>"
-    return Markup("".join(parts))
+    return _highlight(text, _applicable(leaves, where), open_tag)
+
+
+@functools.lru_cache(maxsize=16384)
+def _applicable(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
+    fields = MARKED_FIELDS[where]
+    return frozenset(leaf for leaf in leaves if leaf.field in fields)
+
+
+@functools.lru_cache(maxsize=16384)
+def _highlight(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
+    if not leaves:
+        return escape(text)
+    out: list[str] = []
+    pos = 0
+    for start, end in merged_spans(text, leaves):
+        out += [str(escape(text[pos:start])), open_tag, str(escape(text[start:end])), "</mark>"]
+        pos = end
+    out.append(str(escape(text[pos:])))
+    return Markup("".join(out))
+
+
+def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
+    """One paragraph wrapped at `width` columns, every line indented by `indent` spaces.
+    Breaks only at spaces: a URL (or any long word) is never split, it gets a line of
+    its own even when that is longer than `width`."""
+    pad = " " * indent
+    lines = textwrap.wrap(
+        text, width, initial_indent=pad, subsequent_indent=pad,
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    return "\n".join(lines) if lines else pad
+
+
+@functools.lru_cache(maxsize=8192)
+def text_entry(text: str, indent: int) -> str:
+    """A paper's text entry (one logical line per line, as `_paper.txt.j2` renders it)
+    with each line wrapped at TEXT_WIDTH and indented by `indent` columns. Memoised:
+    the same paper in many digests of a batch is wrapped once per indent."""
+    return "\n".join(wrap(line, indent=indent) for line in text.splitlines() if line.strip())
+
+
+def numbered_entries(texts: Sequence[str]) -> list[str]:
+    """The text entries numbered "1. ", with the numbers right-aligned and every
+    entry's lines indented under its title, however many entries there are:
+    `` 9. Title`` / ``10. Title``."""
+    indent = len(f"{len(texts)}. ")
+    return [
+        f"{f'{i}.':>{indent - 1}} {text_entry(text, indent)[indent:]}"
+        for i, text in enumerate(texts, 1)
+    ]
 
 
 def safe_url(value: str | None) -> str | None:
@@ -84,13 +143,22 @@ def safe_url(value: str | None) -> str | None:
 
 def format_authors(authors: Sequence[str], author_count: int) -> str:
     """The first three names, then how many in all: 'A, B, C et al. (12 authors)'."""
-    shown = ", ".join(clean_text(a) for a in authors[:SHOWN_AUTHORS])
+    return ", ".join(shown_authors(authors)) + authors_rest(authors, author_count)
+
+
+def shown_authors(authors: Sequence[str]) -> tuple[str, ...]:
+    """The names `format_authors` shows, cleaned."""
+    return tuple(clean_text(a) for a in authors[:SHOWN_AUTHORS])
+
+
+def authors_rest(authors: Sequence[str], author_count: int) -> str:
+    """What follows the shown names: ' et al. (12 authors)', '12 authors' or ''."""
     total = max(author_count, len(authors))
     if total <= min(len(authors), SHOWN_AUTHORS):
-        return shown
-    if not shown:
+        return ""
+    if not authors:
         return f"{total} authors"
-    return f"{shown} et al. ({total} authors)"
+    return f" et al. ({total} authors)"
 
 
 def format_subject(matches: Sequence[Match], local_day: dt.date) -> str:

@@ -1,19 +1,20 @@
 """The paper index: one batch of candidate papers, indexed once for matching.
 
 Owns: `PaperIndex` (an inverted index over one batch, per field, with bitsets as
-Python ints over paper positions; it resolves query leaves and finds the words that
-explain a match), and the shared `TopicHit` records built from them. Does not
+Python ints over paper positions; it resolves query leaves and tells which of a
+query's leaves explain a match), and the shared `TopicHit` records built from them. Does not
 own: the query language (`query.py`), evaluating, ranking and cutting a
 subscriber's matches (`match.py`), which papers are candidates (the store and the
 daemon). Pure: no I/O, no clock.
 
 Cost: building is linear in the batch's text. A leaf (a word, a prefix, a phrase
-in a field) is resolved once per batch and memoised, and so are its highlight words
-(for every paper it matches, on the leaf's first use). `TopicHit`s are memoised
-per index: these frozen records are shared by every subscriber whose topic of that
-name is explained by the same words (a day's 100k subscribers get ~525k hits but
-only ~18k distinct ones). Matches are not shared: on a week's batch most are
-distinct and the memo cost more than it saved.
+in a field) is resolved once per batch and memoised. A match is explained by the
+query's positive leaves that also match the paper (one bit test each, none for a
+plain conjunction); where they occur in the shown text is the renderer's business
+(`spans.leaf_spans`). `TopicHit`s are memoised per index: these frozen records are
+shared by every subscriber whose topic of that name is explained by the same leaves
+(a day's 100k subscribers get ~525k hits, far fewer distinct ones). Matches are
+not shared: on a week's batch most are distinct and the memo cost more than it saved.
 
 Papers get their bit positions in ranking order (upvotes desc, newest listing desc,
 id asc) when the index is built; `match.py` relies on it.
@@ -25,7 +26,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from digest.models import Paper, TopicHit
-from digest.topics.query import CompiledQuery, Leaf, tokenize
+from digest.topics.query import CompiledQuery, Leaf, leaf_set, tokenize
 
 # The index's columns: the text fields of query.FIELDS, plus "text" (title, gap, abstract)
 # for bare terms. Ids are indexed apart.
@@ -98,21 +99,6 @@ class _LeafBits(dict[str, int]):
         return bits
 
 
-class _LeafWords(dict[str, dict[int, frozenset[str]]]):
-    """Leaf key -> {position: the words it matched there}, for every paper it matches."""
-
-    def __init__(self, index: PaperIndex) -> None:
-        super().__init__()
-        self._index = index
-
-    def __missing__(self, key: str) -> dict[int, frozenset[str]]:
-        found = self[key] = self._index.find_leaf_words(key)
-        return found
-
-
-_NO_WORDS: frozenset[str] = frozenset()
-
-
 class PaperIndex:
     """An inverted index over one batch of papers; implements query.LeafResolver.
 
@@ -147,13 +133,11 @@ class PaperIndex:
         self.leaf_bits: dict[str, int] = _LeafBits(self)
         self._leaves: dict[str, Leaf] = {}
         self._prefix_words: dict[tuple[Column, str], list[str]] = {}
-        self._leaf_words: dict[str, dict[int, frozenset[str]]] = _LeafWords(self)
-        # One shared object per distinct value: word sets (so equal sets are one object
-        # with a cached hash), unions of them, and TopicHits. Sharing is safe: all are
-        # frozen. They live as long as the index (one batch).
-        self._word_sets_seen: dict[frozenset[str], frozenset[str]] = {}
-        self._unions: dict[tuple[frozenset[str], ...], frozenset[str]] = {}
-        self._hits: dict[tuple[str, frozenset[str]], TopicHit] = {}
+        # One shared object per distinct value: the leaf sets that explain matches (so
+        # equal sets are one object with a cached hash) and TopicHits. Sharing is safe:
+        # both are frozen. They live as long as the index (one batch).
+        self._leaf_sets: dict[tuple[str, ...], frozenset[Leaf]] = {}
+        self._hits: dict[tuple[str, frozenset[Leaf]], TopicHit] = {}
         self._upvote_masks: dict[int, int] = {}
 
     @classmethod
@@ -260,71 +244,23 @@ class PaperIndex:
             self._upvote_masks[minimum] = mask
         return mask
 
-    def leaf_words(self, key: str, pos: int) -> frozenset[str]:
-        """The words of paper `pos` that the leaf `key` matched (empty: ids, non-matches)."""
-        return self._leaf_words[key].get(pos, _NO_WORDS)
+    def query_leaves(self, query: CompiledQuery, pos: int) -> frozenset[Leaf]:
+        """The leaves of `query` that explain why it matched paper `pos`: its positive
+        leaves (not under a NOT) that match the paper too."""
+        if query.fixed_leaves is not None:
+            return query.fixed_leaves
+        bits_of = self.leaf_bits
+        found = tuple(key for key in query.positive if (bits_of[key] >> pos) & 1)
+        leaves = self._leaf_sets.get(found)
+        if leaves is None:
+            leaves = self._leaf_sets[found] = leaf_set(tuple(self._leaf(k) for k in found))
+        return leaves
 
-    def find_leaf_words(self, key: str) -> dict[int, frozenset[str]]:
-        """Position -> the words leaf `key` matched there, for every paper it matches.
-
-        Callers go through the memo `_leaf_words`. An id explains nothing; a word or
-        an exact phrase is its own words; a prefix or a phrase ending in one is looked
-        up per paper (a prefix: its vocabulary words, through their postings).
-        """
-        field, words, prefix = self._leaf(key)
-        matched = self.leaf_bits[key]
-        if field == "id" or not matched:
-            return {}
-        if not prefix:
-            same = self._shared(frozenset(words))
-            return dict.fromkeys(iter_bits(matched), same)
-        column = field or "text"
-        if len(words) == 1:
-            postings = self._postings[column]
-            per_paper: dict[int, list[str]] = {}
-            for word in self._words_with_prefix(column, words[0]):
-                for pos in iter_bits(postings[word]):
-                    per_paper.setdefault(pos, []).append(word)
-            return {pos: self._shared(frozenset(ws)) for pos, ws in per_paper.items()}
-        found: dict[int, frozenset[str]] = {}
-        for pos in iter_bits(matched):
-            tokens = self._tokens[column][pos]
-            starts = self._phrase_starts(column, pos, words, prefix)
-            found[pos] = self._shared(
-                frozenset(w for start in starts for w in tokens[start : start + len(words)])
-            )
-        return found
-
-    def _shared(self, words: frozenset[str]) -> frozenset[str]:
-        """The one shared object equal to `words` (equal sets then hash and compare fast)."""
-        return self._word_sets_seen.setdefault(words, words)
-
-    def query_words(self, query: CompiledQuery, pos: int) -> frozenset[str]:
-        """The words of paper `pos` that explain why `query` matched it."""
-        if query.fixed_words is not None:
-            return query.fixed_words
-        bits_of, words_of = self.leaf_bits, self._leaf_words
-        found = []
-        for key, fixed in query.positive:
-            if fixed is None:  # a prefix: its words depend on the paper
-                words = words_of[key].get(pos)
-                if words:
-                    found.append(words)
-            elif fixed and (bits_of[key] >> pos) & 1:
-                found.append(fixed)
-        if len(found) == 1:
-            return found[0]
-        parts = tuple(found)
-        union = self._unions.get(parts)
-        if union is None:
-            union = self._unions[parts] = self._shared(frozenset().union(*parts))
-        return union
-
-    def topic_hit(self, topic: str, words: frozenset[str]) -> TopicHit:
-        """The one shared TopicHit(topic, words) of this batch."""
-        hit = self._hits.get((topic, words))
+    def topic_hit(self, topic: str, leaves: frozenset[Leaf]) -> TopicHit:
+        """The one shared TopicHit(topic, leaves) of this batch."""
+        hit = self._hits.get((topic, leaves))
         if hit is None:
-            hit = self._hits[(topic, words)] = TopicHit(topic, words)
+            hit = self._hits[(topic, leaves)] = TopicHit(topic, leaves)
         return hit
 
 

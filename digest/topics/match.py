@@ -1,14 +1,14 @@
 """Batch matching: match each subscriber against one indexed batch of papers.
 
 Owns: `compile_topics`, `match_subscriber` (evaluate, rank, cut, explain) and
-`count_matches`. Does not own: the index (`match_index.py`, re-exported here with
+`count_matches`. Does not own: the index (`index.py`, re-exported here with
 `iter_bits`), the query language (`query.py`), which papers are candidates or
 already delivered (the store and the daemon pass them in), nor rendering. Pure: no
 I/O, no clock.
 
 Cost: a subscriber costs a few bitset operations per query node (the index memoises
-every leaf), then a little work per paper kept: its explanation's words (from the
-index's memo) and a `Match` holding the index's shared `TopicHit`s.
+every leaf), then a little work per paper kept: its explanation (which of the query's leaves match
+it: a bit test per leaf) and a `Match` holding the index's shared `TopicHit`s.
 
 Ranking (DESIGN.md): topics matched desc, then upvotes desc, then newest listing
 desc, then id asc. Papers get their bit positions in the last three keys' order
@@ -59,9 +59,9 @@ def match_subscriber(
     union, several = _union_and_overlap(results)
     if not union:
         return []
-    papers, query_words, topic_hit = index.papers, index.query_words, index.topic_hit
+    papers, query_leaves, topic_hit = index.papers, index.query_leaves, index.topic_hit
     named = [
-        (t.name, t.query, t.query.fixed_words, bits)
+        (t.name, t.query, t.query.fixed_leaves, bits)
         for t, bits in zip(topics, results, strict=True)
         if bits
     ]
@@ -69,7 +69,7 @@ def match_subscriber(
     for pos in _rank(results, union, several, index.ids, max_papers, exclude):
         if (several >> pos) & 1:  # a few papers: several topics matched them
             hits = tuple(
-                topic_hit(name, query_words(query, pos) if fixed is None else fixed)
+                topic_hit(name, query_leaves(query, pos) if fixed is None else fixed)
                 for name, query, fixed, bits in named
                 if (bits >> pos) & 1
             )
@@ -77,8 +77,8 @@ def match_subscriber(
             continue
         for name, query, fixed, bits in named:  # most papers: the one topic that matched
             if (bits >> pos) & 1:
-                words = query_words(query, pos) if fixed is None else fixed
-                matches.append(Match(papers[pos], (topic_hit(name, words),)))
+                leaves = query_leaves(query, pos) if fixed is None else fixed
+                matches.append(Match(papers[pos], (topic_hit(name, leaves),)))
                 break
     return matches
 

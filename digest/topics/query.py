@@ -396,19 +396,20 @@ def _shape_of(node: Query, keys: dict[str, int]) -> str:
 class CompiledQuery:
     """A query ready to run: ``evaluate(index)`` returns the matching papers as a bitset.
 
-    ``keys`` are the leaf keys the shape function reads. ``positive`` lists the
-    leaves not under a NOT (their words explain a match, for highlighting), each
-    with its words when those are the same in every paper it matches (a word, a
-    phrase without ``*``, an id: none) or None (a prefix: the paper decides).
-    ``fixed_words``: the highlight words of every match, when the query is a plain
-    conjunction of such leaves (``a "b c" -d``), else None. Small on purpose (the
-    daemon keeps one per topic per subscriber); keys are interned, shared strings.
+    ``keys`` are the leaf keys the shape function reads. ``positive`` lists the keys
+    of the leaves not under a NOT: those that also match a paper explain why the
+    query matched it (and are what the digest highlights). ``fixed_leaves``: the
+    explaining leaves of every match, when the query is a plain conjunction of
+    positive leaves and NOTs (``a "b c*" -d``: every match contains all three), else
+    None (the index tests each positive leaf against the paper). Small on purpose (the
+    daemon keeps one per topic per subscriber); keys are interned, shared strings and
+    equal leaf sets are one shared object.
     """
 
     function: ShapeFunction
     keys: tuple[str, ...]
-    positive: tuple[tuple[str, frozenset[str] | None], ...]
-    fixed_words: frozenset[str] | None
+    positive: tuple[str, ...]
+    fixed_leaves: frozenset[Leaf] | None
 
     def evaluate(self, resolver: LeafResolver) -> int:
         return self.function(resolver.leaf_bits, self.keys, resolver.all_bits)
@@ -432,11 +433,10 @@ def _positive_leaves(node: Query, negated: bool, out: dict[str, Leaf]) -> None:
             _positive_leaves(p, negated, out)
 
 
-@lru_cache(maxsize=65536)  # one shared set per leaf: compiled queries stay small
-def _fixed_words(leaf: Leaf) -> frozenset[str] | None:
-    if leaf.field == "id":
-        return frozenset()
-    return None if leaf.prefix else frozenset(leaf.words)
+@lru_cache(maxsize=65536)  # one shared set per distinct value: compiled queries stay small
+def leaf_set(leaves: tuple[Leaf, ...]) -> frozenset[Leaf]:
+    """The one shared frozenset of `leaves` (equal sets are then one object, hashed once)."""
+    return frozenset(leaves)
 
 
 def compile_query(q: Query) -> CompiledQuery:
@@ -445,17 +445,10 @@ def compile_query(q: Query) -> CompiledQuery:
     expression = _shape_of(q, keys)
     leaves: dict[str, Leaf] = {}
     _positive_leaves(q, False, leaves)
-    positive = tuple((key, _fixed_words(leaf)) for key, leaf in leaves.items())
     direct = [p for p in (q.parts if isinstance(q, And) else (q,)) if not isinstance(p, Not)]
-    fixed = [words for _, words in positive if words is not None]
-    conjunction = len(direct) == len(fixed) == len(positive)
-    if conjunction and all(isinstance(p, Term | Phrase) for p in direct):
-        fixed_words: frozenset[str] | None = (
-            fixed[0] if len(fixed) == 1 else frozenset().union(*fixed)
-        )
-    else:
-        fixed_words = None
-    return CompiledQuery(_shape_function(expression), tuple(keys), positive, fixed_words)
+    conjunction = len(direct) == len(leaves) and all(isinstance(p, Term | Phrase) for p in direct)
+    fixed = leaf_set(tuple(leaves.values())) if conjunction else None
+    return CompiledQuery(_shape_function(expression), tuple(keys), tuple(leaves), fixed)
 
 
 __all__ = [
@@ -463,6 +456,7 @@ __all__ = [
     "CompiledQuery",
     "Leaf",
     "compile_query",
+    "leaf_set",
     "parse_query",
     "tokenize",
     "word_spans",
