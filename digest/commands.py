@@ -13,8 +13,10 @@ import datetime as dt
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
@@ -330,6 +332,8 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         f"{written} new digests ({len(planned) - written} due slots had nothing new); "
         f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
+    if report.sent and config.mail.transport == "maildir":
+        out.write(maildir_line(config.mail.maildir, report.sent) + "\n")
     if report.error:
         raise DeliveryError(f"mail not sent: {report.error}; {still_pending(report, utcnow())}")
     if report.failed:
@@ -380,6 +384,18 @@ def _duration(delta: dt.timedelta) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def maildir_line(folder: Path, sent: int) -> str:
+    """Where the digests went and how to read them: '1 digest delivered to ./mail (mutt
+    -f mail)'; the folder as the user would type it from here (else absolute)."""
+    try:
+        shown = folder.resolve().relative_to(Path.cwd().resolve())
+        typed, named = str(shown), f"./{shown}" if str(shown) != "." else "."
+    except ValueError:  # not below the current folder
+        typed = named = str(folder)
+    plural = "" if sent == 1 else "s"
+    return f"{sent} digest{plural} delivered to {named} (mutt -f {shlex.quote(typed)})"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

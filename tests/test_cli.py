@@ -210,3 +210,38 @@ def test_help_speaks_to_users_and_names_every_command() -> None:
     for name in ("init", "check", "fetch", "match", "preview", "send", "run", "status"):
         assert f"\n    {name} " in out, name
     assert "Exit status" in out
+
+
+def test_the_first_run_of_the_example_leaves_a_digest_in_mail(
+    tmp_path: Path,
+    hf_server: HFServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's first command in an empty folder, on an ordinary day: 2025-12-02's
+    list, on which the example's two precise topics match nothing (the broad ones do),
+    served as every polled day. Only the source's address is changed from the example."""
+    body = corpus_day_bytes("2025-12-02")
+    for back in range(5):
+        hf_server.set_api_body(today() - dt.timedelta(days=back), body)
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    config = tmp_path / "digest.toml"
+    text = config.read_text(encoding="utf-8")
+    old = '# base_url = "https://huggingface.co"'
+    assert old in text
+    config.write_text(text.replace(old, f'base_url = "{hf_server.base_url}"'), encoding="utf-8")
+    capsys.readouterr()
+
+    assert main(["send"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "1 digest delivered to ./mail (mutt -f mail)"
+    (path,) = (tmp_path / "mail" / "new").iterdir()
+    data = path.read_bytes()
+    assert b"\r" not in data  # a Maildir file has LF line ends
+    message = message_from_bytes(data, policy=policy.default)
+    assert "new papers: language models" in message["Subject"].lower()
+
+
+def corpus_day_bytes(day: str) -> bytes:
+    return (corpus_dir() / f"{day}.json").read_bytes()

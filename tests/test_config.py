@@ -91,7 +91,9 @@ def test_example_loads_and_mentions_every_option(tmp_path: Path) -> None:
     assert config.storage.url == f"sqlite:///{tmp_path}/digest.db"
     (sub,) = config.subscribers
     assert sub.email == "ada@example.org"
-    assert [t.name for t in sub.topics] == ["Consistency models", "Reward models"]
+    assert [t.name for t in sub.topics] == [
+        "Language models", "Diffusion", "Consistency models", "Reward models"
+    ]
     for key in (
         *SOURCE_KEYS,
         *MAIL_KEYS,
