@@ -206,10 +206,16 @@ def select_subscribers(config: Config, email: str | None) -> list[Subscriber]:
 
 
 def next_digest(
-    planner: pipeline.Planner, subscriber: Subscriber, now: dt.datetime, since: dt.date | None
+    planner: pipeline.Planner,
+    subscriber: Subscriber,
+    now: dt.datetime,
+    since: dt.date | None,
+    *,
+    more: int = 0,
 ) -> tuple[dt.datetime, list[Match], int]:
     """What the subscriber's next digest would hold: the due slot if one is waiting, else
-    the next one; with `since`, every paper listed from that day on."""
+    the next one; with `since`, every paper listed from that day on. `more`: also up
+    to that many matches past max_papers (the digest's title links)."""
     tz = ZoneInfo(subscriber.timezone)
     with Session(planner.engine) as session:
         state = store.get_subscriber_state(session, subscriber.email)
@@ -220,7 +226,7 @@ def next_digest(
         first, last = since, now.date() + dt.timedelta(days=1)
     else:
         first, last = pipeline.digest_days(subscriber, slot, last_slot)
-    matches, total = planner.matches_for(subscriber, first, last)
+    matches, total = planner.matches_for(subscriber, first, last, more=more)
     return slot, matches, total
 
 
@@ -268,7 +274,8 @@ def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
     (subscriber,) = select_subscribers(config, args.subscriber)
-    slot, matches, total = next_digest(planner, subscriber, now, None)
+    slot, found, total = next_digest(planner, subscriber, now, None, more=pipeline.MORE_LINKS)
+    matches, more = found[: subscriber.max_papers], found[subscriber.max_papers :]
     message = render_digest(
         planner.renderer,
         subscriber=subscriber,
@@ -277,6 +284,7 @@ def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
         mail=config.mail,
         now=now,
         total_matches=total,
+        more=more,
     )
     if args.out is None:
         text = message.get_body(("plain",))

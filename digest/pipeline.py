@@ -255,6 +255,7 @@ def digest_days(
 
 
 SAVE_EVERY = 200  # digests rendered and held in memory before one transaction writes them
+MORE_LINKS = 50  # matches past max_papers listed as title links at a digest's end
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,13 @@ class PlannedDigest:
     total_matches: int
     window: tuple[dt.date, dt.date]  # the listing days it covers
     digest_id: int | None = None  # None: not written (dry run, empty, or it existed already)
+    more: tuple[Match, ...] = ()  # the next best past max_papers (up to MORE_LINKS): links
+
+    @property
+    def paper_ids(self) -> tuple[str, ...]:
+        """Every paper the digest shows, in full or as a title link: once it is sent,
+        each counts as delivered."""
+        return tuple(m.paper.id for m in (*self.matches, *self.more))
 
 
 class Planner:
@@ -306,9 +314,10 @@ class Planner:
         return self._windows[key]
 
     def matches_for(
-        self, subscriber: Subscriber, first: dt.date, last: dt.date
+        self, subscriber: Subscriber, first: dt.date, last: dt.date, *, more: int = 0
     ) -> tuple[list[Match], int]:
-        """The subscriber's best matches in the window, and how many matched in all."""
+        """The subscriber's best matches in the window (max_papers of them, and up to
+        `more` after those), and how many matched in all."""
         compiled = self._compiled.get(subscriber.email)
         if compiled is None:
             compiled = self._compiled[subscriber.email] = match.compile_topics(subscriber.topics)
@@ -319,7 +328,7 @@ class Planner:
             index,
             compiled,
             min_upvotes=subscriber.min_upvotes,
-            max_papers=subscriber.max_papers,
+            max_papers=subscriber.max_papers + more,
             exclude=exclude,
         )
         total = match.count_matches(
@@ -332,8 +341,11 @@ class Planner:
     ) -> PlannedDigest:
         """What the digest for one (subscriber, slot) holds. Writes nothing."""
         window = digest_days(subscriber, slot, last_slot)
-        matches, total = self.matches_for(subscriber, *window)
-        return PlannedDigest(subscriber, slot, tuple(matches), total, window)
+        found, total = self.matches_for(subscriber, *window, more=MORE_LINKS)
+        cut = subscriber.max_papers
+        return PlannedDigest(
+            subscriber, slot, tuple(found[:cut]), total, window, more=tuple(found[cut:])
+        )
 
     def save(
         self, planned: Sequence[PlannedDigest], now: dt.datetime, *, seen: Sequence[str] = ()
@@ -354,6 +366,7 @@ class Planner:
                 mail=mail,
                 now=now,
                 total_matches=p.total_matches,
+                more=p.more,
             )
             new.append(
                 outbox.NewDigest(
@@ -363,7 +376,7 @@ class Planner:
                     sender=sender,
                     message_id=message_id_for(p.subscriber.email, p.slot, mail.from_addr),
                     subject=subject,
-                    paper_ids=tuple(m.paper.id for m in p.matches),
+                    paper_ids=p.paper_ids,
                     message=message,
                 )
             )
@@ -375,7 +388,7 @@ class Planner:
         written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
         for p in chosen:  # the snapshot: these papers are now on their way
             taken = self._window(*p.window)[1]
-            taken.setdefault(p.subscriber.email, set()).update(m.paper.id for m in p.matches)
+            taken.setdefault(p.subscriber.email, set()).update(p.paper_ids)
         return [replace(p, digest_id=written.get(id(p))) for p in planned]
 
 

@@ -4,6 +4,8 @@ plan_due over a real SQLite file (new subscribers, restarts, catch-up)."""
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,6 +20,7 @@ from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
 from digest.store import outbox
 from tests.backends import Backend
+from tests.render_helpers import Html
 from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -166,3 +169,32 @@ def test_a_paper_is_never_offered_twice(planner: pipeline.Planner) -> None:
     assert delivered == [m.paper.id for m in first.matches]
     (third,) = pipeline.plan_due(planner, subs, at("2026-03-15 09:00"), daemon=False)
     assert not set(delivered) & {m.paper.id for m in third.matches}
+
+
+def test_matches_past_max_papers_go_along_as_links_and_count_as_delivered(
+    planner: pipeline.Planner,
+) -> None:
+    """max_papers=2 of the day's Agents papers: the digest shows 2 in full, lists the rest
+    as title links (HTML and text), and all of them are the digest's papers."""
+    few = subscriber(max_papers=2)
+    now = at("2026-03-13 09:00")
+    (planned,) = pipeline.plan_due(planner, (few,), now, daemon=False)
+    assert len(planned.matches) == 2 and planned.more
+    assert planned.total_matches == 2 + len(planned.more)
+    assert planned.digest_id is not None
+    with Session(planner.engine) as session:
+        row = session.get(DigestRow, planned.digest_id)
+        assert row is not None
+        message = email.message_from_bytes(row.message, policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]  # present
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]  # present
+    n = len(planned.more)
+    assert f"the best 2 of {2 + n} matches" in text
+    assert f"And {n} more matches past the 2 shown:" in text
+    assert f"And {n} more matches</strong> past the 2 shown" in html
+    hrefs = Html(html).hrefs()
+    for m in planned.more:
+        assert m.paper.url in hrefs and f"  {m.paper.url}" in text.splitlines()
+        assert m.paper.arxiv_url not in hrefs  # a title link, not the full card
+    assert sent_ids(planner, planned.digest_id, now) == list(planned.paper_ids)
+    assert len(planned.paper_ids) == 2 + n

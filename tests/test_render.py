@@ -356,3 +356,20 @@ def test_a_bad_id_is_quoted_and_only_http_links_with_a_host_render(
     assert "javascript:" not in html
     assert "/../../evil?x=" not in text and "2603.90008%2F" not in text
     assert "https://huggingface.co/papers/2603.90008/../../evil%3Fx%3D" in text
+
+
+def test_matches_past_the_cut_are_title_links_and_the_rest_a_count(
+    renderer: Renderer, papers: list[Paper]
+) -> None:
+    shown, more = papers[:3], papers[3:8]
+    text, html = parts(render(renderer, [Match(p, (RL,)) for p in shown],
+                              more=[Match(p, (RL,)) for p in more], total_matches=20))  # fmt: skip
+    assert "the best 3 of 20 matches" in text
+    page = Html(html)
+    assert "And 17 more matches past the 3 shown:" in page.all_text()
+    assert "…and 12 more on Hugging Face Daily Papers" in page.all_text()
+    assert "And 17 more matches past the 3 shown:" in text
+    assert "...and 12 more on https://huggingface.co/papers" in text
+    for p in more:
+        assert p.url in page.hrefs() and p.arxiv_url not in page.hrefs()
+        assert f"  {p.url}" in text.splitlines()

@@ -2,7 +2,8 @@
 and 375 px, light and dark, the thumbnail choices, and the text part's 72 columns.
 
 The digest is a real one: two corpus days (2025-09-30 and 2025-10-01, 87 papers)
-through the real matcher with three broad topics, cut to the best 25 of 70 matches.
+through the real matcher with three broad topics: the best 25 of 70 matches in full
+(the other 45 as title links where a test says so).
 """
 
 from __future__ import annotations
@@ -39,26 +40,31 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def digest() -> tuple[list[Match], int]:
+def digest() -> tuple[list[Match], list[Match]]:
+    """The best 25 matches, and the other 45 (the digest's title links past max_papers)."""
     papers = []
     for day in ("2025-09-30", "2025-10-01"):
         papers += parse_api(corpus_day(day).read_bytes(), dt.date.fromisoformat(day))
     index = PaperIndex.build(papers)
     topics = compile_topics(TOPICS)
-    matches = match_subscriber(index, topics, min_upvotes=0, max_papers=25)
-    assert len(matches) == 25
-    return matches, count_matches(index, topics, min_upvotes=0)
+    found = match_subscriber(index, topics, min_upvotes=0, max_papers=100)
+    assert len(found) == count_matches(index, topics, min_upvotes=0) == 70
+    return found[:25], found[25:]
 
 
-def html_of(digest: tuple[list[Match], int], **changes: object) -> str:
-    matches, total = digest
+def html_of(
+    digest: tuple[list[Match], list[Match]], *, with_more: bool = False, **changes: object
+) -> str:
+    """The 25 papers' HTML; `with_more`: and the other 45 matches as title links."""
+    matches, more = digest
     sub = make_subscriber(topics=TOPICS, **changes)
-    _, html = parts(render(Renderer(), matches, subscriber=sub, total_matches=total))
+    extra = more if with_more else []
+    _, html = parts(render(Renderer(), matches, subscriber=sub, more=extra))
     return html
 
 
 def test_a_25_paper_digest_fits_the_height_bound_at_700_px(
-    browser: Browser, digest: tuple[list[Match], int]
+    browser: Browser, digest: tuple[list[Match], list[Match]]
 ) -> None:
     html = html_of(digest)
     heights = {}
@@ -68,11 +74,16 @@ def test_a_25_paper_digest_fits_the_height_bound_at_700_px(
         page.close()
     assert heights["light"] < HEIGHT_BOUND, heights
     assert heights["dark"] == heights["light"]  # dark mode changes colours, not layout
+    # the 45 matches past max_papers add one short line each, not a card
+    page = open_html(browser, html_of(digest, with_more=True), width=700)
+    extra = page_height(page) - heights["light"]
+    page.close()
+    assert 45 * 15 < extra < 45 * 25 + 100, extra
 
 
 @pytest.mark.parametrize("width", [700, 375])
 def test_nothing_is_wider_than_the_screen(
-    browser: Browser, digest: tuple[list[Match], int], width: int
+    browser: Browser, digest: tuple[list[Match], list[Match]], width: int
 ) -> None:
     page = open_html(browser, html_of(digest), width=width)
     assert page.evaluate("document.documentElement.scrollWidth") <= width
@@ -80,7 +91,7 @@ def test_nothing_is_wider_than_the_screen(
 
 
 def test_dark_mode_turns_the_page_and_the_cards_dark(
-    browser: Browser, digest: tuple[list[Match], int]
+    browser: Browser, digest: tuple[list[Match], list[Match]]
 ) -> None:
     html = html_of(digest)
     colours = {}
@@ -96,7 +107,7 @@ def test_dark_mode_turns_the_page_and_the_cards_dark(
     assert colours["dark"] == ["rgb(24, 24, 27)", "rgb(39, 39, 42)", "rgb(133, 77, 14)"]
 
 
-def test_thumbnail_choices(browser: Browser, digest: tuple[list[Match], int]) -> None:
+def test_thumbnail_choices(browser: Browser, digest: tuple[list[Match], list[Match]]) -> None:
     with_thumbnail = sum(1 for m in digest[0] if m.paper.thumbnail)
     assert with_thumbnail > 20
     heights = {}
@@ -113,7 +124,7 @@ def test_thumbnail_choices(browser: Browser, digest: tuple[list[Match], int]) ->
 
 
 def test_with_images_blocked_the_layout_holds(
-    browser: Browser, digest: tuple[list[Match], int]
+    browser: Browser, digest: tuple[list[Match], list[Match]]
 ) -> None:
     page = open_html(browser, html_of(digest), width=700, images=False)
     boxes = page.evaluate(
@@ -129,10 +140,10 @@ URL_RE = re.compile(r"https?://\S+")
 
 
 def test_the_text_part_wraps_at_72_columns_with_aligned_numbers(
-    digest: tuple[list[Match], int],
+    digest: tuple[list[Match], list[Match]],
 ) -> None:
-    matches, total = digest
-    text, _ = parts(render(Renderer(), matches, subscriber=SUBSCRIBER, total_matches=total))
+    matches, _ = digest
+    text, _ = parts(render(Renderer(), matches, subscriber=SUBSCRIBER))
     text = text.replace("\r\n", "\n")
     assert text.endswith("\n") and not text.endswith("\n\n")
     lines = text.split("\n")[:-1]

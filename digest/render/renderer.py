@@ -59,6 +59,7 @@ from digest.render.text import (
     format_day,
     format_subject,
     highlight,
+    link_entry,
     numbered_entries,
     safe_url,
     shown_authors,
@@ -277,11 +278,12 @@ def render_digest(
     mail: MailConfig,
     now: dt.datetime,
     total_matches: int | None = None,
+    more: Sequence[Match] = (),
 ) -> EmailMessage:
     """The digest for `subscriber` at `slot` as a multipart/alternative EmailMessage."""
     bodies = render_digest_bodies(
         renderer, subscriber=subscriber, slot=slot, matches=matches, mail=mail,
-        total_matches=total_matches,
+        total_matches=total_matches, more=more,
     )  # fmt: skip
     return build_digest_message(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
 
@@ -295,13 +297,14 @@ def render_digest_bytes(
     mail: MailConfig,
     now: dt.datetime,
     total_matches: int | None = None,
+    more: Sequence[Match] = (),
 ) -> tuple[str, bytes]:
     """(Subject, message bytes) of the digest: exactly `render_digest(...)` then
     `str(msg["Subject"])` and `msg.as_bytes()`, at a fraction of the cost. For the
     outbox, which stores bytes."""
     bodies = render_digest_bodies(
         renderer, subscriber=subscriber, slot=slot, matches=matches, mail=mail,
-        total_matches=total_matches,
+        total_matches=total_matches, more=more,
     )  # fmt: skip
     return build_digest_bytes(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
 
@@ -314,8 +317,14 @@ def render_digest_bodies(
     matches: Sequence[Match],
     mail: MailConfig,
     total_matches: int | None = None,
+    more: Sequence[Match] = (),
 ) -> DigestBodies:
-    """Subject, text and HTML of a digest (HTML under HTML_CAP_BYTES)."""
+    """Subject, text and HTML of a digest (HTML under HTML_CAP_BYTES).
+
+    `matches` are shown in full; `more` are the matches past the subscriber's
+    max_papers (the next best, in order), listed at the end as title links, so every
+    match of the digest can be seen; `total_matches` counts them all (the ones past
+    `more` are only counted)."""
     local_day = _local(slot, subscriber).date()
     with _template_errors():
         papers = [renderer.render_paper(m, subscriber.thumbnails) for m in matches]
@@ -324,8 +333,10 @@ def render_digest_bodies(
     subject = format_subject(matches, local_day)
     shown = f"{n} new paper{'' if n == 1 else 's'}" if n else "No new papers"
     intro = format_day(local_day)
-    if total_matches is not None and total_matches > n:
-        intro += f" - the best {n} of {total_matches} matches"
+    total = max(total_matches or 0, n + len(more))
+    if total > n:
+        intro += f" - the best {n} of {total} matches"
+    more_views = [view_match(m, "none") for m in more]
     context = {
         "subject": subject,
         "heading": f"{shown} for your topics",
@@ -338,6 +349,9 @@ def render_digest_bodies(
         "views": views,
         "paper_html": [p.html for p in papers],
         "paper_text": numbered_entries([p.text for p in papers]),
+        "more": more_views,  # the matches past max_papers: title links
+        "more_total": total - n,  # how many matched past max_papers (more, and uncounted)
+        "more_text": [link_entry(v.title, v.url) for v in more_views],
     }
     with _template_errors():
         html = _render_capped_html(renderer, papers, context)

@@ -127,6 +127,16 @@ def numbered_entries(texts: Sequence[str]) -> list[str]:
     ]
 
 
+def link_entry(title: str, url: str) -> str:
+    """A title and its link for the text part: '- Title' wrapped at TEXT_WIDTH (its
+    continuation lines indented by 2), then the URL on its own line."""
+    lines = textwrap.wrap(
+        title, TEXT_WIDTH, initial_indent="- ", subsequent_indent="  ",
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    return "\n".join([*lines, f"  {url}"])
+
+
 def safe_url(value: str | None) -> str | None:
     """`value` if it is a plain http(s) URL with a host (no spaces or controls), else None."""
     if not value:
