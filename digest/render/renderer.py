@@ -7,8 +7,12 @@ highlighting, subject) come from `render_text.py`; `render_message.py` turns the
 bodies into the message (headers, MIME).
 
 Speed: each Match's HTML and text entry is rendered once per Renderer and reused
-(`Renderer.render_paper`, an LRU: a slot's digests share the papers of the day), so
-a digest's own work is the page around them. `render_digest_bytes` is the outbox's
+(`Renderer.render_paper`, an LRU keyed by the Match and the thumbnail choice: a
+slot's digests share the papers of the day), so a digest's own work is the page
+around them. A Match's highlights depend only on (text, its explaining leaves that
+apply to that text): `text.highlight` memoises that, and `topics.spans` memoises
+each (text, leaf)'s spans, so a paper shown with different leaves costs a merge and
+a join, not a tokenisation. `render_digest_bytes` is the outbox's
 path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
 
 Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
