@@ -96,10 +96,12 @@ def _highlight(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
     return Markup("".join(out))
 
 
+@functools.lru_cache(maxsize=4096)
 def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
     """One paragraph wrapped at `width` columns, every line indented by `indent` spaces.
     Breaks only at spaces: a URL (or any long word) is never split, it gets a line of
-    its own even when that is longer than `width`."""
+    its own even when that is longer than `width`. Memoised: a batch's digests repeat
+    the same intro and footer lines."""
     pad = " " * indent
     lines = textwrap.wrap(
         text, width, initial_indent=pad, subsequent_indent=pad,
