@@ -225,7 +225,8 @@ def next_digest(
     if since is not None:
         first, last = since, now.date() + dt.timedelta(days=1)
     else:
-        first, last = pipeline.digest_days(subscriber, slot, last_slot)
+        covered_until = state.covered_until if state else None
+        first, last = pipeline.digest_days(subscriber, slot, last_slot, covered_until)
     matches, total = planner.matches_for(subscriber, first, last, more=more)
     return slot, matches, total
 
@@ -322,9 +323,11 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         if not poll_report.fetched:  # nothing is known to be new: plan nothing, close no slot
             return await _deliver_only(config, engine, poll_report, out)
     planner = pipeline.Planner(config, engine)
+    held: list[str] = []  # due slots whose days the poll failed to fetch: not closed
     planned = pipeline.plan_due(
-        planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run
-    )
+        planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run,
+        unfed=poll_report.failed_days if poll_report is not None else (), held=held,
+    )  # fmt: skip
     if args.dry_run:
         for p in planned:
             out.write(
@@ -336,8 +339,9 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
     async with make_transport(config.mail) as transport:
         report = await drain_outbox(engine, transport, now=utcnow)
     written = sum(p.digest_id is not None for p in planned)
+    waiting = f", {len(held)} wait for the days the poll could not fetch" if held else ""
     out.write(
-        f"{written} new digests ({len(planned) - written} due slots had nothing new); "
+        f"{written} new digests ({len(planned) - written} due slots had nothing new{waiting}); "
         f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
     if report.sent and config.mail.transport == "maildir":

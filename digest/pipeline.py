@@ -17,7 +17,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
@@ -38,7 +38,7 @@ from digest.topics import match
 
 log = logging.getLogger(__name__)
 
-MAX_FOLD_DAYS = 31  # missed slots fold into the next digest, but never more than a month back
+MAX_FOLD_DAYS = 31  # a digest covers at most this many listing days, however long the gap
 
 
 # --------------------------------------------------------------------------- poll
@@ -59,6 +59,14 @@ class PollReport:
     days: list[DayOutcome] = field(default_factory=list)
     seconds: float = 0.0
     unreachable: str | None = None  # the source could not be reached: the poll stopped
+    requested: tuple[dt.date, ...] = ()  # the days this poll was asked to fetch
+
+    @property
+    def failed_days(self) -> frozenset[dt.date]:
+        """The requested days this poll did not fetch (an error, or never reached after
+        the source turned out unreachable): digests covering them must wait."""
+        fetched = {d.day for d in self.days if d.error is None}
+        return frozenset(self.requested) - fetched
 
     @property
     def fetched(self) -> bool:
@@ -128,7 +136,7 @@ async def poll(
     The whole poll has `source.poll_deadline` seconds. A source that cannot be reached
     at all stops the poll at the first such failure, with that one error."""
     started = time.monotonic()
-    report = PollReport()
+    report = PollReport(requested=tuple(days))
     with Session(engine) as session:
         poll_id = store.start_poll(session, now())
         validators = {d: _validators(store.get_day(session, d)) for d in days}
@@ -241,16 +249,24 @@ def due_slot(
 
 
 def digest_days(
-    subscriber: Subscriber, slot: dt.datetime, last_slot: dt.datetime | None
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    last_slot: dt.datetime | None,
+    covered_until: dt.date | None = None,
 ) -> tuple[dt.date, dt.date]:
-    """The listing days a digest at `slot` covers: its window, stretched back to the
-    previous handled slot when slots were missed (capped at MAX_FOLD_DAYS)."""
+    """The listing days a digest at `slot` covers: its window, stretched back to where the
+    previous digest's coverage stopped (`covered_until`, the subscriber's watermark: that
+    day again, since lists keep growing), so no listing day falls between two digests
+    whatever the schedule, downtime, failed polls or catch-up; at most MAX_FOLD_DAYS
+    days in all. The first digest covers its window. A database from before the
+    watermark gives only `last_slot`: its local date stands in."""
     tz = ZoneInfo(subscriber.timezone)
     window = subscriber.window_days or default_window_days(subscriber.schedule)
     first, last = digest_window(subscriber.schedule, tz, slot, window)
-    if last_slot is not None:
-        folded = last_slot.astimezone(tz).date()
-        first = max(min(first, folded), last - dt.timedelta(days=MAX_FOLD_DAYS))
+    if covered_until is None and last_slot is not None:
+        covered_until = last_slot.astimezone(tz).date()
+    if covered_until is not None:
+        first = max(min(first, covered_until), last - dt.timedelta(days=MAX_FOLD_DAYS - 1))
     return first, last
 
 
@@ -337,10 +353,16 @@ class Planner:
         return best, total
 
     def plan(
-        self, subscriber: Subscriber, slot: dt.datetime, *, last_slot: dt.datetime | None
+        self,
+        subscriber: Subscriber,
+        slot: dt.datetime,
+        *,
+        last_slot: dt.datetime | None,
+        covered_until: dt.date | None = None,
+        window: tuple[dt.date, dt.date] | None = None,
     ) -> PlannedDigest:
         """What the digest for one (subscriber, slot) holds. Writes nothing."""
-        window = digest_days(subscriber, slot, last_slot)
+        window = window or digest_days(subscriber, slot, last_slot, covered_until)
         found, total = self.matches_for(subscriber, *window, more=MORE_LINKS)
         cut = subscriber.max_papers
         return PlannedDigest(
@@ -380,10 +402,8 @@ class Planner:
                     message=message,
                 )
             )
-        handled: list[tuple[str, dt.datetime | None]] = [
-            (p.subscriber.email, p.slot) for p in planned
-        ]
-        handled += [(email, None) for email in seen]
+        handled = [outbox.Handled(p.subscriber.email, p.slot, p.window[1]) for p in planned]
+        handled += [outbox.Handled(email, None) for email in seen]
         ids = outbox.add_digests(self.engine, new, now=now, handled=handled)
         written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
         for p in chosen:  # the snapshot: these papers are now on their way
@@ -404,12 +424,20 @@ def plan_due(
     *,
     daemon: bool,
     write: bool = True,
+    unfed: Collection[dt.date] = (),
+    held: list[str] | None = None,
 ) -> list[PlannedDigest]:
     """Plan every digest that is due at `now`.
 
     `digest send` (daemon=False) takes each subscriber's latest slot at or before now that
     has not been handled, new subscribers included. The daemon starts a subscriber it has
     never seen with their next slot, and sends a missed slot only within `catch_up`.
+
+    `unfed`: listing days the latest poll failed to fetch. A slot whose digest would
+    cover one of them is neither planned nor closed: it stays due, and is planned once a
+    poll fetches those days (the daemon: while still within `catch_up`; after that the
+    next slot's digest covers them, from the watermark). Such subscribers' emails are
+    appended to `held`.
     """
     with Session(planner.engine) as session:
         states = store.get_subscriber_states(session, [s.email for s in subscribers])
@@ -433,7 +461,14 @@ def plan_due(
             catch_up=planner.config.daemon.catch_up if daemon else None,
         )
         if slot is not None:
-            planned.append(planner.plan(subscriber, slot, last_slot=last_slot))
+            covered_until = state.covered_until if state else None
+            window = digest_days(subscriber, slot, last_slot, covered_until)
+            if any(window[0] <= day <= window[1] for day in unfed):
+                if held is not None:
+                    held.append(subscriber.email)
+            else:
+                planned.append(planner.plan(subscriber, slot, last_slot=last_slot,
+                                            covered_until=covered_until, window=window))
         if write and len(planned) >= SAVE_EVERY:
             done += planner.save(planned, now, seen=seen)
             planned, seen = [], []

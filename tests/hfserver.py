@@ -112,6 +112,11 @@ class HFServer:
         with self._lock:
             self._faults.setdefault(path_prefix, deque()).extend(faults)
 
+    def clear_faults(self) -> None:
+        """Drop every queued fault: the source works again."""
+        with self._lock:
+            self._faults.clear()
+
     def set_api_body(self, day: dt.date, body: bytes) -> None:
         """Serve `body` (instead of the capture) as the full API list for `day`."""
         with self._lock:

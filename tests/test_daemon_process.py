@@ -419,3 +419,27 @@ def test_sighup_removing_a_subscriber_cancels_their_pending_digest(
         ("ada@example.org", "cancelled"),
         ("bob@example.org", "sent"),
     ]
+
+
+def test_a_slot_that_passes_while_polls_fail_goes_out_once_they_recover(
+    tmp_path: Path, backend: Backend, hf: HFServer, smtp: SmtpServer, run_daemon: list[Daemon]
+) -> None:
+    db = backend.url(migrated=False)
+    hf.add_fault("/api/", *[Fault(status=503) for _ in range(10_000)])  # down until cleared
+    config = write_config(tmp_path / "digest.toml", hf, smtp,
+                          [subscriber("ada@example.org", "every 20s")], db=db)
+    daemon = start(run_daemon, config)
+    daemon.wait_for(r"poll: .* [1-9]\d* failed")
+    held = daemon.wait_for(r"1 due slots wait for a poll that fetches their days", timeout=45)
+    recovered_at = utcnow()
+    hf.clear_faults()  # the source is back
+    replanned = daemon.wait_for(r"planning 1 held slots again after a poll", after=held)
+    daemon.wait_for(r"planned 1 digests", after=replanned)
+    daemon.wait_for(r"drain: 1 sent", after=replanned)
+    assert daemon.stop() == 0
+    assert received_by(smtp) == {"ada@example.org": 1}
+    assert daemon.count(r"planned 0 digests \(1 due, 1 empty") == 0  # never closed as empty
+    (row,) = digests_in(db)
+    # the slot that passed while the polls failed, not a later one
+    assert as_utc(row.slot) <= recovered_at
+    assert row.paper_ids_json != "[]"

@@ -15,7 +15,7 @@ import pytest
 
 from digest.cli import main
 from tests.configs import ADA, write_config
-from tests.hfserver import HFServer
+from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer, free_port
 from tests.testdata import HF
 
@@ -182,3 +182,76 @@ def test_a_relay_that_never_answers_the_final_dot_in_time_gets_two_copies_then_f
     with sqlite3.connect(tmp_path / "digest.db") as conn:
         ((state, reply),) = conn.execute("SELECT status, last_reply FROM digests").fetchall()
     assert state == "failed" and reply.startswith("maybe delivered: no reply to the end")
+
+
+# --------------------------------------------------------------------------- 1: failed poll
+
+TODAYS = HF / "api-daily_papers-2025-10-03.json"  # a different real list for today
+
+
+def list_ids(capture: Path) -> set[str]:
+    return {r["paper"]["id"] for r in json.loads(capture.read_bytes())}
+
+
+def delivered(config: Path) -> set[str]:
+    with sqlite3.connect(config.parent / "digest.db") as conn:
+        return {pid for (pid,) in conn.execute("SELECT paper_id FROM deliveries")}
+
+
+def handled_slots(config: Path) -> list[tuple[str, str | None, str | None]]:
+    with sqlite3.connect(config.parent / "digest.db") as conn:
+        return conn.execute("SELECT email, last_slot, covered_until FROM subscribers").fetchall()
+
+
+def test_a_failed_poll_never_uses_up_the_slot(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hf_server.set_api_body(today() - dt.timedelta(days=1), CAPTURE.read_bytes())
+    hf_server.set_api_body(today(), TODAYS.read_bytes())
+    hf_server.add_fault("/api/", *[Fault(status=503) for _ in range(50)])  # the source is down
+    with SmtpServer() as server:
+        config = write_config(tmp_path, hf_server.base_url, mail=smtp_mail(server.port))
+        code, out, err = send(config, capsys)
+        assert code == 1 and "503" in err
+        assert "nothing new" not in out  # no slot closed as empty
+        assert handled_slots(config) in ([], [("ada@example.org", None, None)])
+        assert server.handler.received == []
+
+        hf_server.clear_faults()  # the source is back
+        code, out, err = send(config, capsys)
+        assert code == 0, err
+        assert out.splitlines()[-1] == (
+            "1 new digests (0 due slots had nothing new); 1 sent, 0 failed, 0 pending"
+        )
+    assert len(server.handler.received) == 1
+    papers = delivered(config)
+    assert papers & (list_ids(TODAYS) - list_ids(CAPTURE))  # today's own papers are in it
+    assert papers & (list_ids(CAPTURE) - list_ids(TODAYS))  # and yesterday's
+    ((_, slot, covered),) = handled_slots(config)
+    assert slot is not None and covered == today().isoformat()  # the watermark: today
+
+
+def test_a_poll_that_fails_for_one_day_holds_the_digests_that_cover_it(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hf_server.set_api_body(today() - dt.timedelta(days=1), CAPTURE.read_bytes())
+    hf_server.set_api_body(today(), TODAYS.read_bytes())
+    hf_server.add_fault(f"/api/daily_papers?date={today()}",
+                        *[Fault(status=500) for _ in range(50)])  # fmt: skip
+    with SmtpServer() as server:
+        config = write_config(tmp_path, hf_server.base_url, mail=smtp_mail(server.port))
+        code, out, err = send(config, capsys)
+        assert code == 1 and str(today()) in err  # the one failed day, named
+        assert out.splitlines()[-1] == (
+            "0 new digests (0 due slots had nothing new, 1 wait for the days the poll could "
+            "not fetch); 0 sent, 0 failed, 0 pending"
+        )
+        assert server.handler.received == []  # not sent on yesterday's list alone
+
+        hf_server.clear_faults()
+        code, out, err = send(config, capsys)
+        assert code == 0, err
+        assert out.splitlines()[-1].endswith("1 sent, 0 failed, 0 pending")
+        assert send(config, capsys)[0] == 0  # once
+    assert len(server.handler.received) == 1
+    assert delivered(config) & (list_ids(TODAYS) - list_ids(CAPTURE))

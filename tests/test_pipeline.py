@@ -90,9 +90,21 @@ def test_digest_days_is_the_window_stretched_back_to_missed_slots() -> None:
         d(2026, 3, 10),
         d(2026, 3, 13),
     )
-    # but never more than a month back
-    first, _ = pipeline.digest_days(subscriber(), slot, at("2025-01-01 08:00"))
-    assert first == d(2026, 3, 13) - dt.timedelta(days=pipeline.MAX_FOLD_DAYS)
+    # but never more than 31 days in all
+    first, last = pipeline.digest_days(subscriber(), slot, at("2025-01-01 08:00"))
+    assert (last - first).days + 1 == pipeline.MAX_FOLD_DAYS == 31
+    # the watermark, where the previous digest's coverage stopped, wins over the slot
+    assert pipeline.digest_days(subscriber(), slot, at("2026-03-12 08:00"), d(2026, 3, 7)) == (
+        d(2026, 3, 7),
+        d(2026, 3, 13),
+    )
+    # and never narrows the window: a watermark on the slot's own day covers the window
+    assert pipeline.digest_days(subscriber(), slot, slot, d(2026, 3, 13)) == (
+        d(2026, 3, 12),
+        d(2026, 3, 13),
+    )
+    first, last = pipeline.digest_days(subscriber(), slot, None, d(2025, 1, 1))
+    assert (first, last) == (d(2026, 2, 11), d(2026, 3, 13))  # capped at 31 days
 
 
 def test_days_to_poll_is_today_and_the_lookback_oldest_first() -> None:
@@ -198,3 +210,40 @@ def test_matches_past_max_papers_go_along_as_links_and_count_as_delivered(
         assert m.paper.arxiv_url not in hrefs  # a title link, not the full card
     assert sent_ids(planner, planned.digest_id, now) == list(planned.paper_ids)
     assert len(planned.paper_ids) == 2 + n
+
+
+def test_a_slot_whose_days_failed_to_fetch_is_held_then_planned(planner: pipeline.Planner) -> None:
+    subs = planner.config.subscribers
+    email = subs[0].email
+    now = at("2026-03-13 09:00")
+    held: list[str] = []
+    # the poll failed for the slot's own day: nothing planned, nothing closed
+    unfed = {dt.date(2026, 3, 13)}
+    assert pipeline.plan_due(planner, subs, now, daemon=False, unfed=unfed, held=held) == []
+    assert held == [email]
+    with Session(planner.engine) as session:
+        state = store.get_subscriber_state(session, email)
+    assert state is not None and state.last_slot is None and state.covered_until is None
+    # a day outside the digest's days does not hold it
+    (planned,) = pipeline.plan_due(planner, subs, now, daemon=False, unfed={dt.date(2026, 3, 9)})
+    assert planned.slot == at("2026-03-13 08:00") and planned.window == (
+        dt.date(2026, 3, 12), dt.date(2026, 3, 13))  # fmt: skip
+    with Session(planner.engine) as session:
+        state = store.get_subscriber_state(session, email)
+    assert state is not None and state.covered_until == dt.date(2026, 3, 13)  # the watermark
+
+
+def test_coverage_runs_on_from_the_watermark_across_held_and_missed_slots(
+    planner: pipeline.Planner,
+) -> None:
+    subs = planner.config.subscribers
+    (first,) = pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=False)
+    # the next four slots: two failed polls, then nobody ran it; then it works again
+    for day in (14, 15):
+        now = at(f"2026-03-{day} 09:00")
+        unfed = {now.date()}
+        assert pipeline.plan_due(planner, subs, now, daemon=False, unfed=unfed) == []
+    (later,) = pipeline.plan_due(planner, subs, at("2026-03-18 09:00"), daemon=False)
+    assert later.slot == at("2026-03-18 08:00")
+    assert later.window == (dt.date(2026, 3, 13), dt.date(2026, 3, 18))  # no day skipped
+    assert first.window[1] == later.window[0]

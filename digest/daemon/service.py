@@ -10,7 +10,9 @@ pure pieces the jobs are built from (jobs.py: the slot trigger, grouping, stats)
 The jobs, all in one asyncio process:
 
 - poll: every `source.poll_interval` (with jitter), and once at start; fetches today and
-  the last `lookback_days` days; then tells alerts.py whether it worked.
+  the last `lookback_days` days; then tells alerts.py whether it worked. The days it
+  could not fetch hold every slot whose digest covers them (not planned, not closed);
+  a later poll with another outcome plans those held slots again (within catch_up).
 - slot:<tz>:<schedule>: one job per (schedule, timezone) shared by subscribers, fired by
   `SlotTrigger` (our `schedule.next_slot`, so DST semantics are ours); it plans the
   group's due digests (`pipeline.plan_due(..., daemon=True)`) and kicks the drain. A job
@@ -113,6 +115,12 @@ class Daemon:
         self._client: httpx.AsyncClient | None = None
         self._client_source: SourceConfig | None = None
         self._plan_lock = asyncio.Lock()
+        # the listing days the latest poll did not fetch (None: no poll has finished yet):
+        # a slot whose digest covers one is held, not closed, and planned again after a
+        # poll whose outcome differs from the one the holding plan saw (`_held_for`)
+        self._unfed: frozenset[dt.date] | None = None
+        self._held: set[str] = set()  # subscribers with a held slot
+        self._held_for: frozenset[dt.date] = frozenset()
         # one worker thread for every plan: plans run one at a time anyway, and one thread
         # keeps one malloc arena and one pooled SQLite connection warm (less RSS growth)
         self._planner_thread = ThreadPoolExecutor(1, thread_name_prefix="digest-plan")
@@ -276,11 +284,16 @@ class Daemon:
         except Exception as e:  # the job boundary: any failure is a failed poll, not a crash
             log.exception("poll failed: %s", e)
             ok, errors = False, [f"{type(e).__name__}: {e}"]
+            unfed = frozenset(days)
         else:
             log.info(report.summary())
             ok, errors = report.ok, report.errors
+            unfed = report.failed_days
         self.stats.polls += 1
         self.stats.failed_polls += not ok
+        self._unfed = unfed
+        if self._held and unfed != self._held_for:
+            self._replan_held()  # this poll may have fetched the days they wait for
         try:
             action = alerts.record_poll(self.engine, config, ok=ok, errors=errors, now=self.clock())
         except DigestError as e:
@@ -325,6 +338,8 @@ class Daemon:
     async def _plan_locked(self, subscribers: tuple[Subscriber, ...]) -> int:
         """Plan in chunks of PLAN_CHUNK subscribers, so a stop waits for one chunk at most."""
         planned: list[pipeline.PlannedDigest] = []
+        held: list[str] = []
+        used: frozenset[dt.date] = frozenset()  # the unfed days the plan went by
         async with self._plan_lock:
             config = self.config
             try:
@@ -336,15 +351,28 @@ class Daemon:
                     if self._stopping.is_set():
                         break
                     chunk = subscribers[first : first + PLAN_CHUNK]
+                    now = self.clock()
+                    unfed = self._unfed
+                    if unfed is None:  # no poll has finished: nothing is known to be fetched
+                        unfed = frozenset(pipeline.days_to_poll(now, config.source.lookback_days))
+                    used = unfed
                     planned += await asyncio.get_running_loop().run_in_executor(
                         self._planner_thread,
                         functools.partial(
-                            pipeline.plan_due, planner, chunk, self.clock(), daemon=True
+                            pipeline.plan_due, planner, chunk, now, daemon=True,
+                            unfed=unfed, held=held,
                         ),
-                    )
+                    )  # fmt: skip
             except DigestError as e:  # the database or a template; the slot's papers fold
                 # into the subscriber's next digest (its window reaches back to the last slot)
                 log.error("planning %d subscribers failed: %s", len(subscribers), e)
+        if held:
+            self._held.update(held)
+            self._held_for = used
+            log.warning("%d due slots wait for a poll that fetches their days (%s)", len(held),
+                        ", ".join(str(d) for d in sorted(used)))
+            if self._unfed is not None and self._unfed != used:
+                self._replan_held()  # a poll finished while this plan ran
         written = sum(p.digest_id is not None for p in planned)
         self.stats.planned += written
         if planned:
@@ -357,6 +385,15 @@ class Daemon:
         if written:
             self.kick_drain()
         return written
+
+    def _replan_held(self) -> None:
+        """Plan again the subscribers whose slot waited for days a poll failed to fetch."""
+        if self._stopping.is_set():
+            return
+        wanted, self._held = self._held, set()
+        again = [s for s in self.config.subscribers if s.email in wanted]
+        log.info("planning %d held slots again after a poll", len(again))
+        self._spawn(self._plan(again), must_finish=False)
 
     async def _drain_job(self) -> None:
         self.kick_drain()

@@ -29,6 +29,7 @@ import datetime as dt
 import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
@@ -79,6 +80,17 @@ class NewDigest:
     message: bytes
 
 
+class Handled(NamedTuple):
+    """A subscriber's slot that planning closed (its digest written, or it had nothing)."""
+
+    email: str
+    slot: dt.datetime | None  # None: first seen, nothing handled yet
+    covered_until: dt.date | None = None  # the last listing day that slot's digest covered
+
+
+HandledLike = Handled | tuple[str, dt.datetime | None]
+
+
 def add_digest(
     engine: Engine,
     *,
@@ -104,10 +116,11 @@ def add_digests(
     digests: Sequence[NewDigest],
     *,
     now: dt.datetime,
-    handled: Sequence[tuple[str, dt.datetime | None]] = (),
+    handled: Sequence[HandledLike] = (),
 ) -> list[int | None]:
     """Put rendered digests in the outbox, once each, and record the subscribers' handled
-    slots (``handled``: email and slot, None for "seen, nothing handled yet"), all in ONE
+    slots (``handled``: email, slot and the last listing day it covered, the coverage
+    watermark; slot None for "seen, nothing handled yet"), all in ONE
     transaction: a slot is never recorded as handled without its digest, and planning
     10,000 digests costs a few commits, not 30,000.
 
@@ -158,28 +171,31 @@ def _insert_digests(
     return ids
 
 
-def _record_handled(
-    conn: Connection, handled: Sequence[tuple[str, dt.datetime | None]], now: dt.datetime
-) -> None:
-    """Each subscriber's last handled slot; a first sight records `now` as first seen.
+def _record_handled(conn: Connection, handled: Sequence[HandledLike], now: dt.datetime) -> None:
+    """Each subscriber's last handled slot and coverage watermark; a first sight records
+    `now` as first seen.
 
     INSERT ... ON CONFLICT: a subscriber two processes see for the first time at once
     (start-up planning, a reload) is one row, never a primary key error."""
-    last: dict[str, dt.datetime | None] = {}
-    for email, slot in handled:  # in order: the last slot given wins, None changes nothing
-        if slot is not None or email not in last:
-            last[email] = as_utc(slot) if slot is not None else None
+    last: dict[str, Handled] = {}
+    for item in handled:  # in order: the last slot given wins, None changes nothing
+        h = Handled(*item)
+        if h.slot is not None or h.email not in last:
+            last[h.email] = h
     dialect = conn.dialect.name
-    with_slot = [
-        {"email": e, "first_seen_at": as_utc(now), "last_slot": s}
-        for e, s in sorted(last.items())
-        if s is not None
-    ]
-    seen_only = [
-        {"email": e, "first_seen_at": as_utc(now), "last_slot": None}
-        for e, s in sorted(last.items())
-        if s is None
-    ]
+
+    def values(h: Handled) -> dict[str, object]:
+        slot = as_utc(h.slot) if h.slot is not None else None
+        return {"email": h.email, "first_seen_at": as_utc(now), "last_slot": slot,
+                "covered_until": h.covered_until}  # fmt: skip
+
+    chosen = [last[email] for email in sorted(last)]
+    covered = [values(h) for h in chosen if h.slot is not None and h.covered_until is not None]
+    with_slot = [values(h) for h in chosen if h.slot is not None and h.covered_until is None]
+    seen_only = [values(h) for h in chosen if h.slot is None]
+    if covered:
+        statement = upsert(dialect, _SUBSCRIBERS, ["email"], ["last_slot", "covered_until"])
+        conn.execute(statement, covered)
     if with_slot:
         conn.execute(upsert(dialect, _SUBSCRIBERS, ["email"], ["last_slot"]), with_slot)
     if seen_only:
