@@ -7,7 +7,7 @@ import datetime as dt
 import re
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, event, select, text
 from sqlmodel import Session
 
 from digest import store
@@ -348,3 +348,41 @@ def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
     with Session(engine) as session:
         taken = store.papers_taken(session, ["p1", "p2", "p3", "p4"])
     assert taken == {"ada@example.org": {"p1", "p2", "p3"}}
+
+
+def test_papers_taken_sees_a_digest_marked_sent_between_its_reads(
+    engine: Engine, backend: Backend
+) -> None:
+    """Another process marks a digest sent while a planner reads what is taken (injected
+    right after the planner's first statement): its papers are still taken, as pending or
+    as delivered, never neither (on PostgreSQL each statement sees a new snapshot; read
+    in the wrong order, the papers fell between and went out twice)."""
+    from digest.store import outbox
+
+    now = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
+    digest_id = outbox.add_digest(
+        engine, subscriber="ada@example.org", slot=now, recipient="ada@example.org",
+        sender="d@example.org", message_id="<m1>", subject="s", paper_ids=["p1", "p2"],
+        message=b"Subject: s\r\n\r\nx\r\n", now=now,
+    )  # fmt: skip
+    assert digest_id is not None
+    (item,) = outbox.claim_due(engine, now, 10)
+    other = backend.engine()  # the sending process: its own engine and connection
+    statements: list[str] = []
+
+    def after_execute(*args: object) -> None:
+        if str(args[2]).startswith("BEGIN"):  # SQLite's BEGIN, sent by our hook
+            return
+        statements.append(str(args[2]))
+        if len(statements) == 1:  # between the planner's first and second read
+            outbox.mark_sent(other, item.id, "250 ok", now)
+
+    planner = store.open_engine(engine.url.render_as_string(hide_password=False))
+    event.listen(planner, "after_cursor_execute", after_execute)
+    try:
+        with Session(planner) as session:
+            taken = store.papers_taken(session, ["p1", "p2", "p3"])
+    finally:
+        planner.dispose()
+    assert len(statements) >= 2  # the injection came between two reads
+    assert taken == {"ada@example.org": {"p1", "p2"}}

@@ -128,17 +128,16 @@ def delivered_ids(session: Session, subscriber: str) -> set[str]:
 
 def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[str]]:
     """Of `paper_ids`, the ones each subscriber already has or is about to get: delivered
-    (a sent digest held them) or in a pending digest. One read for a whole planning run."""
+    (a sent digest held them) or in a pending digest. One read for a whole planning run.
+
+    Pending digests are read first, deliveries second: on PostgreSQL (READ COMMITTED)
+    each statement sees what was committed when it began, and another process marking a
+    digest sent between the two reads moves its papers from "pending" to "delivered" in
+    one commit, so read in this order they are always in one of the two (read the other
+    way round they fell between, and a second digest with the same papers went out)."""
     wanted = set(paper_ids)
     taken: dict[str, set[str]] = {}
     with wrap_db_errors("reading the papers already delivered", session_url(session)):
-        ids = sorted(wanted)
-        for start in range(0, len(ids), 500):
-            query = select(DeliveryRow.subscriber, DeliveryRow.paper_id).where(
-                col(DeliveryRow.paper_id).in_(ids[start : start + 500])
-            )
-            for subscriber, paper_id in session.exec(query):
-                taken.setdefault(subscriber, set()).add(paper_id)
         pending = select(DigestRow.subscriber, DigestRow.paper_ids_json).where(
             DigestRow.status == "pending"
         )
@@ -146,6 +145,13 @@ def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[
             taken.setdefault(subscriber, set()).update(
                 wanted.intersection(json.loads(paper_ids_json))
             )
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 500):
+            query = select(DeliveryRow.subscriber, DeliveryRow.paper_id).where(
+                col(DeliveryRow.paper_id).in_(ids[start : start + 500])
+            )
+            for subscriber, paper_id in session.exec(query):
+                taken.setdefault(subscriber, set()).add(paper_id)
     return taken
 
 
