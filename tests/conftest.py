@@ -35,3 +35,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     """Fresh databases on SQLite, then on PostgreSQL (skipped, or failed under CI=true,
     without a server)."""
     yield from make_backend(request, tmp_path)
+
+
+@pytest.fixture(params=["postgresql"])
+def postgresql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """PostgreSQL alone: for several processes sharing one outbox (the scale-out setup
+    the README describes), which SQLite does not claim to serve."""
+    yield from make_backend(request, tmp_path)
