@@ -7,6 +7,7 @@ not a second apart as their start-up would have them.
     python -m tests.race_child URL migrate
     python -m tests.race_child URL upsert DAY       (the real corpus list of DAY)
     python -m tests.race_child URL handled EMAIL... (add_digests with no digests)
+    python -m tests.race_child cli ARGS...          (the command line: digest ARGS...)
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from tests.store_helpers import NOW, corpus_day
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "cli":  # the real CLI, its imports done before `go`
+        from digest import cli
+
+        print("ready", flush=True)  # noqa: T201  # the parent waits for this line
+        if sys.stdin.readline().strip() != "go":
+            return 2
+        return cli.main(argv[1:])
     url, action, *rest = argv
     engine = store.open_engine(url)
     papers = corpus_day(dt.date.fromisoformat(rest[0])) if action == "upsert" else []

@@ -103,18 +103,34 @@ def test_three_sends_at_once_on_an_empty_database(
             tmp_path, hf.base_url, subscribers=subscribers, mail=mail,
             db=backend.url(migrated=False),
         )  # fmt: skip
-        sends = [
+        sends = [  # the real CLI, each released by one `go` line once its imports are done
             subprocess.Popen(
-                [sys.executable, "-m", "digest.cli", "send", "-c", str(config)],
+                [sys.executable, "-m", "tests.race_child", "cli", "send", "-c", str(config)],
                 cwd=REPO,
                 env=env(),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
             for _ in range(3)
         ]
-        outcomes = [(p.wait(WAIT), *p.communicate()) for p in sends]
+        try:
+            for send in sends:
+                assert send.stdout is not None and send.stdout.readline() == "ready\n"
+            for send in sends:
+                assert send.stdin is not None
+                send.stdin.write("go\n")
+                send.stdin.flush()
+            outcomes = []
+            for send in sends:
+                out, err = send.communicate(timeout=WAIT)
+                outcomes.append((send.returncode, out, err))
+        finally:
+            for send in sends:
+                if send.poll() is None:
+                    send.kill()
+                    send.wait(10)
         received = message_ids(smtp.handler)
     for code, out, err in outcomes:
         assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
