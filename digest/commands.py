@@ -337,7 +337,11 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         return 0
     pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:
-        report = await drain_outbox(engine, transport, now=utcnow)
+        # several sends at once (PostgreSQL): what the others are sending right now does
+        # not stay pending; wait for it (at most one lease) before reporting
+        report = await drain_outbox(
+            engine, transport, now=utcnow, wait_for_others=transport.claim_lease
+        )
     written = sum(p.digest_id is not None for p in planned)
     waiting = f", {len(held)} wait for the days the poll could not fetch" if held else ""
     out.write(

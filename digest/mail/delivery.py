@@ -174,12 +174,17 @@ async def drain_outbox(
     concurrency: int | None = None,
     stop: asyncio.Event | None = None,
     lease: dt.timedelta | None = None,
+    wait_for_others: dt.timedelta | None = None,
 ) -> DrainReport:
     """Send every due digest with `concurrency` workers (default: the transport's pool
     size); each claims one digest just before sending it (leased for `lease`, default
     the transport's `claim_lease`) and records its outcome in its own transaction as soon
     as it is known. Returns when nothing is due, when `stop` is set (after the messages in
-    flight), or when the server takes no mail (digests stay pending)."""
+    flight), or when the server takes no mail (digests stay pending).
+
+    `wait_for_others`: at the end, wait up to this long while other processes hold leases
+    on pending digests (several `digest send` at once: what the others are sending is
+    not "staying pending"), then send whatever they handed back. None: do not wait."""
     with ThreadPoolExecutor(1, thread_name_prefix="outbox") as executor:
         db_thread = None if _in_memory(engine) else executor
         drain = _Drain(
@@ -190,6 +195,7 @@ async def drain_outbox(
             db_thread,
             lease if lease is not None else transport.claim_lease,
         )
+        drain.wait_for_others = wait_for_others
         return await drain.run(max(1, concurrency or transport.pool_size))
 
 
@@ -231,6 +237,7 @@ class _Drain:
         self.settling = False  # a worker is running the queue's transactions
         self.sent = self.failed = self.retried = self.maybe = 0
         self.owner = this_process()
+        self.wait_for_others: dt.timedelta | None = None  # see drain_outbox
         self.error: str | None = None  # set when the server takes no mail: stop claiming
         self.broken = False  # an outcome could not be recorded: start nothing more
 
@@ -252,14 +259,10 @@ class _Drain:
         if taken:
             log.info("took over %d digests leased by a process of this host that is gone", taken)
         renewer = asyncio.create_task(self.renew_leases())
-        tasks = [asyncio.create_task(self.work()) for _ in range(workers)]
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:  # a StoreError, or cancellation: stop the rest, raise as is
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            await self.work_all(workers)
+            if self.wait_for_others is not None and await self.others_settle():
+                await self.work_all(workers)  # what they handed back (a stop, a crash)
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
@@ -268,6 +271,30 @@ class _Drain:
             self.sent, self.failed, self.retried, left.count, self.error, self.maybe, taken,
             left.first_due, left.last_due,
         )  # fmt: skip
+
+    async def work_all(self, workers: int) -> None:
+        tasks = [asyncio.create_task(self.work()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # a StoreError, or cancellation: stop the rest, raise as is
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def others_settle(self) -> bool:
+        """Wait (up to wait_for_others) until no other process holds a lease on a pending
+        digest; False when there was nothing to wait for or this drain is done."""
+        assert self.wait_for_others is not None
+        deadline = asyncio.get_running_loop().time() + self.wait_for_others.total_seconds()
+        waited = False
+        while not self.done() and asyncio.get_running_loop().time() < deadline:
+            held = await self.db(outbox.leased_by_others, self.engine, self.now(), self.owner)
+            if not held:
+                return waited
+            waited = True
+            await asyncio.sleep(0.2)
+        return False
 
     async def renew_leases(self) -> None:
         """Keep the leases of the digests being sent ahead of the clock: a send that goes

@@ -330,6 +330,24 @@ def renew_leases(
         raise _store_error(engine, "renew leases", e) from e
 
 
+def leased_by_others(engine: Engine, now: dt.datetime, owner: Owner | None = None) -> int:
+    """How many pending digests another process (not `owner`, default this one) holds a
+    lease on now: being sent there, or held by a process gone on another host until its
+    lease ends."""
+    me = owner or this_process()
+    query = sa_select(func.count()).where(
+        _DIGESTS.c.status == PENDING,
+        _DIGESTS.c.lease_pid.is_not(None),
+        _DIGESTS.c.next_attempt_at > as_utc(now),
+        or_(_DIGESTS.c.lease_host != me.host, _DIGESTS.c.lease_pid != me.pid),
+    )
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+    except SQLAlchemyError as e:
+        raise _store_error(engine, "count the digests other processes are sending", e) from e
+
+
 def take_over_dead_leases(engine: Engine, now: dt.datetime, host: str | None = None) -> int:
     """Hand back at once the leases held by processes of this host that are gone (killed,
     crashed: a pid that no longer runs, or runs a younger process): those digests are due
