@@ -97,13 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="FILE.html or FILE.eml (default: text to stdout)")
 
     p = command("send", "poll, then build and deliver every digest due now (fit for cron)")
-    p.add_argument("--dry-run", action="store_true", help="print what would go to whom")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would go to whom from what is stored; polls, writes and sends nothing",
+    )
     p.add_argument("--no-fetch", action="store_true", help="do not poll the source first")
 
     command("run", "run as a service: poll, send at every slot, retry; stop with SIGTERM")
 
     p = command("status", "last fetch, papers stored, outbox, each subscriber's next slot")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the last poll failed or mail has been failing (a health check)",
+    )
     return parser
 
 
@@ -114,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "fetch" and args.until and not args.since:
             raise UsageError("--until needs --since")
+        if args.command == "fetch" and args.since and args.until and args.since > args.until:
+            raise UsageError(
+                f"--since {args.since} is later than --until {args.until}: no day between"
+            )
         return commands.run(args, sys.stdout)
     except ConfigError as e:
         for problem in e.problems:

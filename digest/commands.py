@@ -25,12 +25,13 @@ from sqlmodel import Session
 
 from digest import pipeline, store
 from digest.config import Config, Subscriber, example_config, load_config, summarize_config
-from digest.errors import DeliveryError, SourceError, UsageError
+from digest.errors import DeliveryError, DigestError, SourceError, UsageError
+from digest.humanize import count, duration
 from digest.mail.delivery import DrainReport, drain_outbox, make_transport
 from digest.models import Match, Paper, as_utc
 from digest.render import Renderer, render_digest
-from digest.schedule import next_slot
 from digest.sources.fetch import make_client
+from digest.store.outbox import outbox_counts
 
 log = logging.getLogger("digest")
 
@@ -87,6 +88,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     Renderer(config.mail.templates)  # a broken template folder is a config problem too
     for line in summarize_config(config):
         out.write(line + "\n")
+    for warning in config.warnings:
+        out.write(f"warning: {warning}\n")
     return 0
 
 
@@ -139,7 +142,8 @@ def fail_on_poll_errors(report: pipeline.PollReport) -> None:
         first = report.errors[0]
         more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
         raise SourceError(
-            f"fetch failed for {len(report.errors)} of {len(report.days)} days: {first}{more}"
+            f"fetch failed for {len(report.errors)} of {count(len(report.days), 'day')}: "
+            f"{first}{more}"
         )
 
 
@@ -216,12 +220,10 @@ def next_digest(
     """What the subscriber's next digest would hold: the due slot if one is waiting, else
     the next one; with `since`, every paper listed from that day on. `more`: also up
     to that many matches past max_papers (the digest's title links)."""
-    tz = ZoneInfo(subscriber.timezone)
     with Session(planner.engine) as session:
         state = store.get_subscriber_state(session, subscriber.email)
     last_slot = as_utc(state.last_slot) if state and state.last_slot else None
-    slot = pipeline.due_slot(subscriber.schedule, tz, now, last_slot=last_slot)
-    slot = slot or next_slot(subscriber.schedule, tz, now)
+    slot, _ = pipeline.upcoming_slot(subscriber, now, last_slot)
     if since is not None:
         first, last = since, now.date() + dt.timedelta(days=1)
     else:
@@ -259,7 +261,7 @@ def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
             continue
         local = slot.astimezone(ZoneInfo(subscriber.timezone))
         out.write(
-            f"{subscriber.email}: {len(matches)} of {total} matching papers "
+            f"{subscriber.email}: {len(matches)} of {count(total, 'matching paper')} "
             f"for {local:%a %Y-%m-%d %H:%M %Z}\n"
         )
         for m in matches:
@@ -299,7 +301,7 @@ def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
         args.out.write_text(html.get_content() if html is not None else "", encoding="utf-8")
     else:
         raise UsageError(f"--out {args.out}: use a .html or .eml file name")
-    out.write(f"wrote {args.out}: {len(matches)} papers for {subscriber.email}\n")
+    out.write(f"wrote {args.out}: {count(len(matches), 'paper')} for {subscriber.email}\n")
     return 0
 
 
@@ -308,8 +310,37 @@ def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     config = load(args)
+    if args.dry_run:
+        return dry_run(config, out)
     engine = open_store(config)
     return asyncio.run(_send(config, engine, args, out))
+
+
+def dry_run(config: Config, out: TextIO) -> int:
+    """`digest send --dry-run`: what `digest send --no-fetch` would mail now, from what is
+    stored. Changes nothing: no poll, no database file created, no slot handled."""
+    if not store.database_exists(config.storage.url):
+        out.write("would send nothing: no database yet (`digest send` or `digest fetch` make it)\n")
+        return 0
+    engine = open_store(config)
+    now = utcnow()
+    planned = pipeline.plan_due(
+        pipeline.Planner(config, engine), config.subscribers, now, daemon=False, write=False
+    )
+    going = [p for p in planned if p.matches or p.subscriber.send_empty]
+    for p in going:
+        local = p.slot.astimezone(ZoneInfo(p.subscriber.timezone))
+        out.write(
+            f"would send {count(len(p.matches), 'paper')} to {p.subscriber.email} "
+            f"(slot {local:%a %Y-%m-%d %H:%M %Z})\n"
+        )
+    pending = outbox_counts(engine).get("pending", 0)
+    if pending:
+        out.write(f"would send {count(pending, 'digest')} already waiting in the outbox\n")
+    if not going and not pending:
+        out.write("would send nothing: no digest is due with new papers\n")
+    log.info("dry run: no poll, nothing written; digest send polls first")
+    return 0
 
 
 async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
@@ -325,16 +356,9 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
     planner = pipeline.Planner(config, engine)
     held: list[str] = []  # due slots whose days the poll failed to fetch: not closed
     planned = pipeline.plan_due(
-        planner, config.subscribers, utcnow(), daemon=False, write=not args.dry_run,
+        planner, config.subscribers, utcnow(), daemon=False,
         unfed=poll_report.failed_days if poll_report is not None else (), held=held,
     )  # fmt: skip
-    if args.dry_run:
-        for p in planned:
-            out.write(
-                f"would send {len(p.matches)} papers to {p.subscriber.email} "
-                f"(slot {p.slot.isoformat()})\n"
-            )
-        return 0
     pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:
         # several sends at once (PostgreSQL): what the others are sending right now does
@@ -343,9 +367,10 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
             engine, transport, now=utcnow, wait_for_others=transport.claim_lease
         )
     written = sum(p.digest_id is not None for p in planned)
+    empty = len(planned) - written
     waiting = f", {len(held)} wait for the days the poll could not fetch" if held else ""
     out.write(
-        f"{written} new digests ({len(planned) - written} due slots had nothing new{waiting}); "
+        f"{count(written, 'new digest')} ({count(empty, 'due slot')} had nothing new{waiting}); "
         f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
     if report.sent and config.mail.transport == "maildir":
@@ -355,7 +380,7 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
     if report.failed:
         left = f"; {still_pending(report, utcnow())}" if report.pending else ""
         raise DeliveryError(
-            f"{report.failed} digests refused permanently: see `digest status`{left}"
+            f"{count(report.failed, 'digest')} refused permanently: see `digest status`{left}"
         )
     if report.pending:  # a backoff, a lease of a live process, a reply that never came
         raise DeliveryError(still_pending(report, utcnow()))
@@ -386,20 +411,13 @@ def still_pending(report: DrainReport, now: dt.datetime) -> str:
     def when(moment: dt.datetime | None) -> str:
         if moment is None or moment <= now:
             return "now"
-        return f"{moment:%Y-%m-%d %H:%M:%S} UTC (in {_duration(moment - now)})"
+        wait = duration(max(1, round((moment - now).total_seconds())))
+        return f"{moment:%Y-%m-%d %H:%M:%S} UTC (in {wait})"
 
     first, last = when(report.first_due), when(report.last_due)
     due = f"due again {first}" if first == last else f"due again from {first} to {last}"
-    return f"{report.pending} digests stay pending, {due}: run `digest send` again then"
-
-
-def _duration(delta: dt.timedelta) -> str:
-    seconds = max(1, round(delta.total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    stay = "stays" if report.pending == 1 else "stay"
+    return f"{count(report.pending, 'digest')} {stay} pending, {due}: run `digest send` again then"
 
 
 def maildir_line(folder: Path, sent: int) -> str:
@@ -421,21 +439,36 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """The store, the outbox and each subscriber's next digest (as `match` and `send` see
+    it: the due slot if one is waiting, else the next). With `--check`, exit 1 when the
+    last poll failed or mail has been failing (the container's HEALTHCHECK)."""
     config = load(args)
     engine = open_store(config)
     now = utcnow()
     with Session(engine) as session:
         stats = store.store_stats(session)
-    slots = {
-        s.email: next_slot(s.schedule, ZoneInfo(s.timezone), now).astimezone(ZoneInfo(s.timezone))
-        for s in config.subscribers
-    }
+        states = store.get_subscriber_states(session, [s.email for s in config.subscribers])
+        trouble = store.health_problems(session, now) if args.check else []
+    slots: dict[str, tuple[dt.datetime, bool]] = {}
+    for s in config.subscribers:
+        state = states.get(s.email)
+        last_slot = as_utc(state.last_slot) if state and state.last_slot else None
+        slot, due = pipeline.upcoming_slot(s, now, last_slot)
+        slots[s.email] = slot.astimezone(ZoneInfo(s.timezone)), due
     if args.json:
-        record = stats.as_dict() | {"subscribers": {e: t.isoformat() for e, t in slots.items()}}
+        record = stats.as_dict() | {
+            "subscribers": {e: t.isoformat() for e, (t, _) in slots.items()},
+            "due": sorted(e for e, (_, due) in slots.items() if due),
+        }
+        if args.check:
+            record["problems"] = trouble
         out.write(json.dumps(record, default=str) + "\n")
-        return 0
-    for line in stats.lines():
-        out.write(line + "\n")
-    for email, when in slots.items():
-        out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}\n")
+    else:
+        for line in stats.lines():
+            out.write(line + "\n")
+        for email, (when, due) in slots.items():
+            waiting = " (due now: `digest send` sends it)" if due else ""
+            out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}{waiting}\n")
+    if trouble:
+        raise DigestError("unhealthy: " + "; ".join(trouble))
     return 0

@@ -29,9 +29,16 @@ from sqlmodel import Session
 from digest import store
 from digest.config import Config, Subscriber
 from digest.errors import SourceError, UnreachableError
+from digest.humanize import count
 from digest.models import DayRow, Match, Paper, as_utc
 from digest.render import Renderer, message_id_for, render_digest_bytes
-from digest.schedule import Schedule, default_window_days, digest_window, latest_slot
+from digest.schedule import (
+    Schedule,
+    default_window_days,
+    digest_window,
+    latest_slot,
+    next_slot,
+)
 from digest.sources.fetch import DayFetch, Deadline, Validators, fetch_day
 from digest.store import outbox
 from digest.topics import match
@@ -106,7 +113,8 @@ class PollReport:
         if self.unreachable is not None:
             return f"poll stopped after {self.seconds:.1f}s: {self.unreachable}"
         return (
-            f"poll: {len(self.days)} days, {len(self.new)} new, {len(self.updated)} updated, "
+            f"poll: {count(len(self.days), 'day')}, {len(self.new)} new, "
+            f"{len(self.updated)} updated, "
             f"{sum(d.not_modified for d in self.days)} unchanged (304), "
             f"{len(self.errors)} failed, source {self.sources}, {self.seconds:.1f}s"
         )
@@ -246,6 +254,18 @@ def due_slot(
     if catch_up is not None and now - slot > catch_up:
         return None
     return slot
+
+
+def upcoming_slot(
+    subscriber: Subscriber, now: dt.datetime, last_slot: dt.datetime | None
+) -> tuple[dt.datetime, bool]:
+    """The subscriber's next digest, the one notion `status`, `match` and `send` share:
+    (the due slot, True) if one is waiting, else (the next slot, False). Pure."""
+    tz = ZoneInfo(subscriber.timezone)
+    due = due_slot(subscriber.schedule, tz, now, last_slot=last_slot)
+    if due is not None:
+        return due, True
+    return next_slot(subscriber.schedule, tz, now), False
 
 
 def digest_days(

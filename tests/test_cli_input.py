@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.configs import write_config
-from tests.hfserver import HFServer
+from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
 from tests.testdata import corpus_dir
 
@@ -120,3 +122,155 @@ def test_internationalized_domains_are_idna_on_the_wire_and_shown_as_written(
         assert message["To"].addresses[0].addr_spec in item.rcpt_tos
     status = cli(config, "status").stdout
     assert "next digest for ada@bücher.example" in status
+
+
+# --------------------------------------------------------------------------- command-line traps
+
+TWO = """
+[[subscribers]]
+email = "ada@example.org"
+schedule = "daily 00:00"
+timezone = "UTC"
+topics = [{ name = "Everything", query = 'model* OR learn* OR agent* OR language' }]
+
+[[subscribers]]
+email = "bob@example.org"
+schedule = "daily 00:00"
+timezone = "UTC"
+topics = [{ name = "Nothing", query = 'zzyzx' }]
+"""
+
+
+def serve_today(hf: HFServer) -> None:
+    body = (corpus_dir() / "2025-12-30.json").read_bytes()  # 10 real papers
+    today = dt.datetime.now(dt.UTC).date()
+    for n in range(3):
+        hf.set_api_body(today - dt.timedelta(days=n), body)
+
+
+def dump(db: Path) -> list[str]:
+    """Every row of every table, in order: what "changes nothing" compares."""
+    with sqlite3.connect(db) as conn:
+        return list(conn.iterdump())
+
+
+def test_send_dry_run_changes_nothing_and_lists_only_what_would_go_out(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url, subscribers=TWO)
+    db = tmp_path / "digest.db"
+    empty = cli(config, "send", "--dry-run")  # an empty folder: not even a database file
+    assert (empty.returncode, empty.stdout) == (
+        0,
+        "would send nothing: no database yet (`digest send` or `digest fetch` make it)\n",
+    )
+    assert not db.exists() and hf_server.requests == []
+    assert cli(config, "fetch").returncode == 0
+    before, asked = dump(db), len(hf_server.requests)
+    dry = cli(config, "send", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dump(db) == before  # no poll recorded, no slot handled, no subscriber seen
+    assert len(hf_server.requests) == asked  # and nothing fetched
+    (line,) = dry.stdout.splitlines()  # bob's digest would be empty: not sent, not listed
+    slot = r"\(slot \w+ [-\d]+ 00:00 UTC\)"
+    assert re.fullmatch(rf"would send \d+ papers to ada@example.org {slot}", line), line
+    sent = cli(config, "send", "--no-fetch")
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("1 new digest (1 due slot had nothing new); 1 sent,")
+    again = cli(config, "send", "--dry-run")
+    assert again.stdout == "would send nothing: no digest is due with new papers\n"
+
+
+def test_check_warns_about_lowercase_operators(tmp_path: Path, hf_server: HFServer) -> None:
+    subscribers = TWO.replace("'zzyzx'", "'diffusion or gan'").replace(
+        "'model* OR learn* OR agent* OR language'", '\'"rock and roll" OR jazz\''
+    )
+    config = write_config(tmp_path, hf_server.base_url, subscribers=subscribers)
+    line = 1 + config.read_text().splitlines().index(
+        "topics = [{ name = \"Nothing\", query = 'diffusion or gan' }]"
+    )
+    result = cli(config, "check")
+    assert result.returncode == 0, result.stderr
+    warnings = [x for x in result.stdout.splitlines() if x.startswith("warning:")]
+    assert warnings == [
+        f"warning: {config}:{line}: subscribers[2] (bob@example.org).topics[1].query: "
+        '"or" is matched as a plain word here; for the operator write it in upper case: '
+        "diffusion OR gan"
+    ]  # the phrase "rock and roll" is left alone
+
+
+def test_fetch_since_after_until_is_bad_usage(tmp_path: Path, hf_server: HFServer) -> None:
+    config = write_config(tmp_path, hf_server.base_url)
+    result = cli(config, "fetch", "--since", "2025-10-05", "--until", "2025-10-01")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "digest: --since 2025-10-05 is later than --until 2025-10-01: no day between\n"
+    )
+    assert hf_server.requests == []
+
+
+def test_status_check_fails_when_the_last_poll_failed_or_mail_is_failing(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    never = cli(config, "status", "--check")
+    assert never.returncode == 1 and "unhealthy: no poll has run yet" in never.stderr
+    assert cli(config, "fetch").returncode == 0
+    assert cli(config, "status", "--check").returncode == 0
+    hf_server.add_fault("/api/", *[Fault(status=503)] * 4)  # both days, both attempts
+    assert cli(config, "fetch").returncode == 1
+    failed = cli(config, "status", "--check")
+    assert failed.returncode == 1
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith("digest: unhealthy: the last poll (") and "HTTP 503" in line
+    assert cli(config, "status").returncode == 0  # without --check: a report, not a verdict
+    assert cli(config, "fetch").returncode == 0
+    with SmtpServer(RecordingHandler(refuse={"ada@example.org": "451 4.3.0 try later"})) as smtp:
+        mail = f'smtp = {{ host = "127.0.0.1", port = {smtp.port}, security = "none" }}'
+        write_config(tmp_path, hf_server.base_url, mail=mail)
+        assert cli(config, "send").returncode == 1  # refused for now, left pending
+    retrying = cli(config, "status", "--check")
+    assert retrying.returncode == 1
+    assert "1 digest waiting after failed attempts (last reply: " in retrying.stderr
+    assert "451" in retrying.stderr
+
+
+def test_status_match_and_send_agree_on_the_next_digest(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    """A slot that is due (ada was never sent today's) is the next digest for all three."""
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    assert cli(config, "fetch").returncode == 0
+    today = dt.datetime.now(dt.UTC).date()
+    due = f"{today:%a %Y-%m-%d} 00:00 UTC"
+    status = cli(config, "status").stdout
+    assert f"next digest for ada@example.org: {due} (due now: `digest send` sends it)" in status
+    assert f"matching papers for {due}" in cli(config, "match").stdout.splitlines()[0]
+    assert f"(slot {due})" in cli(config, "send", "--dry-run").stdout
+    assert cli(config, "send", "--no-fetch").returncode == 0
+    tomorrow = f"{today + dt.timedelta(days=1):%a %Y-%m-%d} 00:00 UTC"
+    assert f"next digest for ada@example.org: {tomorrow}\n" in cli(config, "status").stdout
+    assert f"matching papers for {tomorrow}" in cli(config, "match").stdout
+
+
+ONE_NOUNS = re.compile(r"(?<![\d.])1 (day|poll|digest|paper|subscriber|topic|slot|match)es?s?\b")
+
+
+def test_counts_of_one_are_singular_and_durations_read_as_written(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    serve_today(hf_server)
+    config = write_config(tmp_path, hf_server.base_url)
+    config.write_text(config.read_text().replace("[source]", '[source]\npoll_interval = "30m"'))
+    outputs = [cli(config, *c) for c in (["check"], ["fetch"], ["send"], ["status"], ["match"])]
+    text = "\n".join(r.stdout + r.stderr for r in outputs)
+    assert all(r.returncode == 0 for r in outputs), text
+    assert "poll every 30m, lookback 1 day" in text
+    assert "1 subscriber:" in text and "2 topics, window 2 days" in text
+    assert "1 new digest (0 due slots had nothing new)" in text
+    assert not [m.group(0) for m in re.finditer(r"(?<![\d.])1 [a-z]+s\b", text)
+                if ONE_NOUNS.fullmatch(m.group(0))], text  # fmt: skip
+    assert "0:30:00" not in text

@@ -227,7 +227,7 @@ def test_a_slot_a_few_seconds_ahead_gets_exactly_one_digest(
     assert message.get_body(("plain",)) is not None
     summary = [line for line in daemon.lines if "stopped after" in line]
     assert len(summary) == 1
-    assert re.search(r"\d+ polls \(0 failed\), 1 digests planned, 1 sent, 0 failed, 0 pending",
+    assert re.search(r"\d+ polls \(0 failed\), 1 digest planned, 1 sent, 0 failed, 0 pending",
                      summary[0])
 
 
@@ -358,7 +358,7 @@ def test_missed_slot_two_days_ago_gets_one_catch_up_digest_and_restarts_send_not
     engine.dispose()
 
     daemon = start(run_daemon, config)
-    daemon.wait_for(r"catch-up: 1 digests due at start")
+    daemon.wait_for(r"catch-up: 1 digest due at start")
     daemon.wait_for(r"drain: 1 sent")
     assert daemon.stop() == 0
     for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C stops as cleanly as SIGTERM

@@ -30,7 +30,9 @@ def test_the_daemon_runs_a_schedule_whose_next_slot_is_years_away(
         tmp_path / "digest.toml", hf, smtp, [subscriber("ada@example.org", "0 8 1 3 */7")]
     )
     daemon = start(run_daemon, config)
-    daemon.wait_for(r"poll: \d+ days?")
+    # counts of one are singular, durations read as the file writes them (not 0:00:01)
+    daemon.wait_for(r"daemon started: 1 subscriber in 1 slot job, poll every 1s, config ")
+    daemon.wait_for(r"poll: 2 days, ")
     assert daemon.stop() == 0
     assert not [line for line in daemon.lines if "Traceback" in line]
 

@@ -42,6 +42,7 @@ from digest.config.values import (
     describe,
     in_range,
     is_loopback,
+    lowercase_operators,
     non_empty,
     one_of,
     parse_base_url,
@@ -104,6 +105,7 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
         subscribers=subscribers,
         alerts=alerts,
         daemon=daemon,
+        warnings=tuple(text for _, text in sorted(b.warnings, key=lambda w: w[0])),
     )
 
 
@@ -116,6 +118,7 @@ class Builder:
         self.valid_queries: set[str] = set()  # 100k subscribers often share queries
         self.env = env
         self.problems: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []  # the file works, but likely not as meant
         subs = data.get("subscribers")
         self.emails = {  # subscriber index -> email, for labels
             i: s["email"].strip().lower()
@@ -135,6 +138,26 @@ class Builder:
     def problem(self, where: KeyPath, message: str) -> None:
         line = line_of(self.lines, where)
         self.problems.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))
+
+    def warning(self, where: KeyPath, message: str) -> None:
+        line = line_of(self.lines, where)
+        self.warnings.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))
+
+    def warn_lowercase_operators(self, where: KeyPath, query: str) -> None:
+        """`diffusion or gan` is three words ANDed (0 papers on a day `diffusion OR gan`
+        matches 341): say so, with the upper-case form when that parses."""
+        from digest.topics.query import parse_query
+
+        words, fixed = lowercase_operators(query)
+        if not words:
+            return
+        shown = ", ".join(f'"{w}"' for w in dict.fromkeys(words))
+        try:
+            parse_query(fixed)
+            hint = f"; for the operator write it in upper case: {fixed}"
+        except QuerySyntaxError:
+            hint = "; AND, OR and NOT are operators only in upper case"
+        self.warning(where, f"{shown} is matched as a plain word here{hint}")
 
     def label(self, where: KeyPath) -> str:
         out = ""
@@ -403,6 +426,7 @@ class Builder:
                 try:
                     parse_query(query)
                     self.valid_queries.add(query)
+                    self.warn_lowercase_operators((*tw, "query"), query)
                 except QuerySyntaxError as e:
                     self.problem((*tw, "query"), query_message(e))
                     query = None

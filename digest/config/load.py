@@ -7,7 +7,6 @@ own: what a key may hold (`build.py`) or the types (`schema.py`).
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.resources
 import re
 import tomllib
@@ -19,6 +18,7 @@ from sqlalchemy.engine import make_url
 from digest.config.build import build_config
 from digest.config.schema import Config
 from digest.errors import ConfigError
+from digest.humanize import count, duration
 
 
 def load_config(path: Path, env: Mapping[str, str]) -> Config:
@@ -65,8 +65,8 @@ def summarize_config(config: Config) -> list[str]:
     s, mail = config.source, config.mail
     lines = [
         f"config: {config.path}",
-        f"source: {s.base_url} (mode {s.mode}), poll every {_duration(s.poll_interval)}, "
-        f"lookback {s.lookback_days} days",
+        f"source: {s.base_url} (mode {s.mode}), poll every {duration(s.poll_interval)}, "
+        f"lookback {count(s.lookback_days, 'day')}",
         f"storage: {make_url(config.storage.url).render_as_string(hide_password=True)}",
     ]
     if mail.transport == "smtp" and mail.smtp is not None:
@@ -82,17 +82,15 @@ def summarize_config(config: Config) -> list[str]:
         lines.append(f"templates: {mail.templates}")
     alerts = config.alerts
     lines.append(
-        f"alerts: to {alerts.email} after {alerts.after_failed_polls} failed polls"
+        f"alerts: to {alerts.email} after {count(alerts.after_failed_polls, 'failed poll')}"
         if alerts.email
         else "alerts: off (no [alerts] email)"
     )
-    count = len(config.subscribers)
-    lines.append(f"{count} subscriber{'' if count == 1 else 's'}:")
+    lines.append(f"{count(len(config.subscribers), 'subscriber')}:")
     for sub in config.subscribers:
-        topics = len(sub.topics)
         lines.append(
             f"  {sub.email}: {sub.timezone}, {sub.schedule.text}, "
-            f"{topics} topic{'' if topics == 1 else 's'}, window {sub.effective_window_days} days"
+            f"{count(len(sub.topics), 'topic')}, window {count(sub.effective_window_days, 'day')}"
         )
     return lines
 
@@ -100,11 +98,3 @@ def summarize_config(config: Config) -> list[str]:
 def example_config() -> str:
     """The commented example config `digest init` writes (digest/config/example.toml)."""
     return importlib.resources.files("digest.config").joinpath("example.toml").read_text("utf-8")
-
-
-def _duration(value: dt.timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

@@ -124,3 +124,4 @@ class Config:
     subscribers: tuple[Subscriber, ...] = ()
     alerts: AlertsConfig = AlertsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    warnings: tuple[str, ...] = ()  # "file:line: field: ..." for what works but likely not as meant

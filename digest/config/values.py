@@ -186,6 +186,25 @@ def _idna_domain(domain: str) -> str:
         raise Invalid(f"the domain {domain!r} is not a valid internationalized name ({e})") from e
 
 
+# outside quotes, a whole run between spaces or parentheses: the spots where `OR` would be
+_OPERATOR_WORD = re.compile(r'"[^"]*"|(?<![^\s(])(and|or|not)(?![^\s)])', re.IGNORECASE)
+
+
+def lowercase_operators(query: str) -> tuple[list[str], str]:
+    """The words of `query` that read as AND/OR/NOT but are not upper case (so the query
+    language takes them as plain words), and the query with them upper-cased."""
+    found: list[str] = []
+
+    def upper(m: re.Match[str]) -> str:
+        word = m.group(1)
+        if word is None or word.isupper():
+            return m.group(0)
+        found.append(word)
+        return word.upper()
+
+    return found, _OPERATOR_WORD.sub(upper, query)
+
+
 def parse_email(value: object) -> str:
     return check_address(string(value))
 

@@ -35,6 +35,7 @@ from sqlmodel import Session
 
 from digest import store
 from digest.config import Config
+from digest.humanize import count
 from digest.pipeline import envelope_sender
 from digest.render import render_plain_message
 from digest.store import outbox
@@ -92,9 +93,9 @@ def alert_text(
     before a recovery (so it still holds the failures) and after an alert."""
     since = state.first_failed_at.isoformat(timespec="seconds") if state.first_failed_at else "?"
     if action is AlertAction.ALERT:
-        subject = f"papers-digest: {state.failed_polls} polls of {source} failed in a row"
+        subject = f"papers-digest: {count(state.failed_polls, 'poll')} of {source} failed in a row"
         lines = [
-            f"papers-digest could not poll {source} {state.failed_polls} times in a row,",
+            f"papers-digest could not poll {source} {count(state.failed_polls, 'time')} in a row,",
             f"first at {since}, last at {now.isoformat(timespec='seconds')}.",
             "",
             "The daemon keeps running and keeps trying; digests go out with what is stored.",
@@ -107,7 +108,7 @@ def alert_text(
         subject = f"papers-digest: polling {source} works again"
         lines = [
             f"A poll of {source} worked again at {now.isoformat(timespec='seconds')},",
-            f"after {state.failed_polls} failed polls since {since}.",
+            f"after {count(state.failed_polls, 'failed poll')} since {since}.",
         ]
     lines += ["", f"config: {config_path}"]
     return subject, "\n".join(lines) + "\n"
@@ -180,9 +181,9 @@ def record_poll(
         queued = queue_alert(engine, config, action, told, now)
         where = f"to {config.alerts.email}" if queued else "not mailed: no [alerts] email"
         log.warning(
-            "%s after %d failed polls (%s)",
+            "%s after %s (%s)",
             "alert" if action is AlertAction.ALERT else "recovery",
-            told.failed_polls,
+            count(told.failed_polls, "failed poll"),
             where,
         )
     if after != before:

@@ -20,6 +20,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from digest.config import Subscriber
 from digest.errors import ConfigError, DigestError
+from digest.humanize import count
 from digest.schedule import Schedule, latest_slot, next_slot
 
 MAX_JITTER = dt.timedelta(minutes=5)
@@ -107,8 +108,8 @@ class Stats:
     def summary(self, uptime: float, pending: int | None) -> str:
         left = f", {pending} pending" if pending is not None else ""
         return (
-            f"stopped after {format_uptime(uptime)}: {self.polls} polls "
-            f"({self.failed_polls} failed), {self.planned} digests planned, "
+            f"stopped after {format_uptime(uptime)}: {count(self.polls, 'poll')} "
+            f"({self.failed_polls} failed), {count(self.planned, 'digest')} planned, "
             f"{self.sent} sent, {self.failed} failed{left}"
         )
 

@@ -66,6 +66,7 @@ from digest.daemon.jobs import (
     slot_job_id,
 )
 from digest.errors import DigestError
+from digest.humanize import count, duration
 from digest.render import Renderer
 from digest.sources.fetch import make_client
 from digest.store import outbox
@@ -153,9 +154,10 @@ class Daemon:
         self._schedule_poll()
         self._schedule_drain()
         self._schedule_slots()
-        log.info("daemon started: %d subscribers in %d slot jobs, poll every %s, config %s",
-                 len(self.config.subscribers), len(self._groups),
-                 self.config.source.poll_interval, self.config.path)
+        log.info("daemon started: %s in %s, poll every %s, config %s",
+                 count(len(self.config.subscribers), "subscriber"),
+                 count(len(self._groups), "slot job"),
+                 duration(self.config.source.poll_interval), self.config.path)
         self._spawn(self._start_up(), must_finish=False)
         try:
             await self._stopping.wait()
@@ -186,7 +188,7 @@ class Daemon:
         except TimeoutError:
             log.warning("the first poll takes over %.0fs; catching up without it", FIRST_POLL_WAIT)
         planned = await self._plan(self.config.subscribers)
-        log.info("catch-up: %d digests due at start", planned)
+        log.info("catch-up: %s due at start", count(planned, "digest"))
         self.kick_drain()  # and whatever a previous run left pending
 
     async def _shut_down(self) -> int | None:
@@ -377,8 +379,8 @@ class Daemon:
         self.stats.planned += written
         if planned:
             log.info(
-                "planned %d digests (%d due, %d empty or already queued)",
-                written,
+                "planned %s (%d due, %d empty or already queued)",
+                count(written, "digest"),
                 len(planned),
                 len(planned) - written,
             )
@@ -432,9 +434,9 @@ class Daemon:
         if new.source.poll_interval != old.source.poll_interval:
             self._schedule_poll()
         self._schedule_slots()
-        log.info("reloaded %s: %d subscribers (%d added, %d removed, %d changed) in %d slot jobs",
-                 path, len(new.subscribers), len(change.added), len(change.removed),
-                 len(change.changed), len(self._groups))
+        log.info("reloaded %s: %s (%d added, %d removed, %d changed) in %s",
+                 path, count(len(new.subscribers), "subscriber"), len(change.added),
+                 len(change.removed), len(change.changed), count(len(self._groups), "slot job"))
         # new subscribers are first seen now (they start at their next slot); a changed
         # schedule whose latest slot is due goes out now
         fresh = set(change.added) | set(change.changed)

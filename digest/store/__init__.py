@@ -19,7 +19,7 @@ Usage (every write is one short transaction, like `outbox.py`)::
 Database failures surface as `StoreError` with one line naming what and where.
 """
 
-from digest.store.engine import mask_url, open_engine
+from digest.store.engine import database_exists, mask_url, open_engine
 from digest.store.listings import UpsertReport, candidate_papers, upsert_listings
 from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
 from digest.store.state import (
@@ -30,6 +30,7 @@ from digest.store.state import (
     get_meta,
     get_subscriber_state,
     get_subscriber_states,
+    health_problems,
     last_poll,
     papers_taken,
     save_day,
@@ -46,12 +47,14 @@ __all__ = [
     "StoreStats",
     "UpsertReport",
     "candidate_papers",
+    "database_exists",
     "delivered_ids",
     "finish_poll",
     "get_day",
     "get_meta",
     "get_subscriber_state",
     "get_subscriber_states",
+    "health_problems",
     "last_poll",
     "mask_url",
     "migrate",

@@ -80,6 +80,19 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(database)
 
 
+def database_exists(url: str) -> bool:
+    """False only for a SQLite file that is not there yet (opening it would create it);
+    any other database is taken to exist (its server says otherwise when opened)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return True  # open_engine says what is wrong with it
+    if parsed.get_backend_name() != "sqlite":
+        return True
+    path = _sqlite_file(parsed)
+    return path is None or path.exists()
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     """Pragmas on every new connection, and our own BEGIN (pysqlite's is too lazy).
 

@@ -26,6 +26,7 @@ from sqlalchemy import Table, func
 from sqlmodel import Session, SQLModel, col, select
 
 from digest.errors import StoreError
+from digest.humanize import count
 from digest.models import (
     DayRow,
     DeliveryRow,
@@ -261,7 +262,7 @@ class StoreStats:
         return [
             _describe_poll(self.last_poll),
             f"papers: {self.papers} stored, {self.listings} listings, "
-            f"{self.days_fetched} days fetched{span}",
+            f"{count(self.days_fetched, 'day')} fetched{span}",
             f"digests: {counts}",
         ]
 
@@ -281,8 +282,8 @@ def _describe_poll(poll: PollRow | None) -> str:
         error = error[:300] + "..."
     outcome = "ok" if poll.ok else f"failed: {error}"
     return (
-        f"last poll: {started}, {outcome} ({poll.source or 'no source'}, {poll.days} days, "
-        f"{poll.new} new, {poll.updated} updated)"
+        f"last poll: {started}, {outcome} ({poll.source or 'no source'}, "
+        f"{count(poll.days, 'day')}, {poll.new} new, {poll.updated} updated)"
     )
 
 
@@ -307,3 +308,38 @@ def store_stats(session: Session) -> StoreStats:
         digests=digests,
         last_poll=last_poll(session),
     )
+
+
+MAIL_TROUBLE_WINDOW = dt.timedelta(days=1)  # a digest refused longer ago is history
+
+
+def health_problems(session: Session, now: dt.datetime) -> list[str]:
+    """What `digest status --check` fails on, one phrase each: the last poll failed (or
+    none ever finished), digests waiting after failed attempts, digests refused
+    permanently within the last day. Empty when all is well."""
+    problems = []
+    poll = last_poll(session)
+    if poll is None:
+        problems.append("no poll has run yet")
+    elif poll.finished_at is not None and not poll.ok:
+        error = (poll.error or "unknown error")[:200]
+        started = f"{as_utc(poll.started_at):%Y-%m-%d %H:%M} UTC"
+        problems.append(f"the last poll ({started}) failed: {error}")
+    with wrap_db_errors("reading the outbox health", session_url(session)):
+        retrying = session.exec(
+            select(func.count(), func.max(DigestRow.last_reply)).where(
+                DigestRow.status == "pending", DigestRow.attempts > 0
+            )
+        ).one()
+        refused = session.exec(
+            select(func.count()).where(
+                DigestRow.status == "failed",
+                DigestRow.created_at >= to_db_time(now - MAIL_TROUBLE_WINDOW),
+            )
+        ).one()
+    if retrying[0]:
+        reply = f" (last reply: {retrying[1][:200]})" if retrying[1] else ""
+        problems.append(f"{count(retrying[0], 'digest')} waiting after failed attempts{reply}")
+    if refused:
+        problems.append(f"{count(refused, 'digest')} refused permanently in the last day")
+    return problems
