@@ -288,7 +288,7 @@ class Daemon:
             ok, errors = False, [f"{type(e).__name__}: {e}"]
             unfed = frozenset(days)
         else:
-            log.info(report.summary())
+            log.log(logging.INFO if report.ok else logging.WARNING, report.summary())
             ok, errors = report.ok, report.errors
             unfed = report.failed_days
         self.stats.polls += 1
