@@ -512,5 +512,6 @@ def cancel_removed(config: Config, engine: Engine, now: dt.datetime) -> int:
         now,
     )
     if cancelled:
-        log.info("cancelled %d pending digests of people no longer in %s", cancelled, config.path)
+        gone = count(cancelled, "pending digest")
+        log.info("cancelled %s of people no longer in %s", gone, config.path)
     return cancelled

@@ -409,9 +409,9 @@ def test_sighup_removing_a_subscriber_cancels_their_pending_digest(
         write_config(config, hf, smtp, [bob], poll="1h", db=db)
         mark = len(daemon.lines)
         daemon.send(signal.SIGHUP)
-        daemon.wait_for(r"cancelled 1 pending digests of people no longer in .*digest.toml",
+        daemon.wait_for(r"cancelled 1 pending digest of people no longer in .*digest.toml",
                         after=mark)
-        daemon.wait_for(r"reloaded .*: 1 subscribers \(0 added, 1 removed", after=mark)
+        daemon.wait_for(r"reloaded .*: 1 subscriber \(0 added, 1 removed", after=mark)
         assert daemon.stop() == 0
         assert daemon.count(r"stopped after .* 0 pending") == 1
     assert received_by(smtp) == {"bob@example.org": 1}

@@ -175,7 +175,7 @@ def test_a_relay_that_never_answers_the_final_dot_in_time_gets_two_copies_then_f
         backoff_over(config)
         code, out, err = send(config, capsys)  # the one resend times out too: failed
         assert code == 1 and out.splitlines()[-1].endswith("0 sent, 1 failed, 0 pending")
-        assert "1 digests refused permanently" in err
+        assert "1 digest refused permanently" in err
         backoff_over(config)
         assert send(config, capsys)[0] == 0  # nothing left to try
     assert len(handler.received) == 2  # never a third copy

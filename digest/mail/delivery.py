@@ -46,6 +46,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest.humanize import count, duration
 from digest.mail.smtp import SmtpTransport
 from digest.store import outbox
 from digest.store.owner import this_process
@@ -257,7 +258,10 @@ class _Drain:
     async def run(self, workers: int) -> DrainReport:
         taken = await self.db(outbox.take_over_dead_leases, self.engine, self.now())
         if taken:
-            log.info("took over %d digests leased by a process of this host that is gone", taken)
+            log.info(
+                "took over %s leased by a process of this host that is gone",
+                count(taken, "digest"),
+            )
         renewer = asyncio.create_task(self.renew_leases())
         try:
             await self.work_all(workers)
@@ -403,6 +407,7 @@ class _Drain:
             self.failed += 1
             return
         delay = retry_delay(attempts)
-        log.info("digest %s to %s: %s; retry in %s", item.id, item.recipient, reply, delay)
+        wait = duration(delay)
+        log.info("digest %s to %s: %s; retry in %s", item.id, item.recipient, reply, wait)
         await self.db(outbox.mark_retry, self.engine, item.id, reply, self.now(), delay)
         self.retried += 1
