@@ -221,7 +221,7 @@ def test_a_failed_poll_never_uses_up_the_slot(
         code, out, err = send(config, capsys)
         assert code == 0, err
         assert out.splitlines()[-1] == (
-            "1 new digests (0 due slots had nothing new); 1 sent, 0 failed, 0 pending"
+            "1 new digest (0 due slots had nothing new); 1 sent, 0 failed, 0 pending"
         )
     assert len(server.handler.received) == 1
     papers = delivered(config)
