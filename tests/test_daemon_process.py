@@ -434,7 +434,7 @@ def test_a_slot_that_passes_while_polls_fail_goes_out_once_they_recover(
     recovered_at = utcnow()
     hf.clear_faults()  # the source is back
     replanned = daemon.wait_for(r"planning 1 held slots again after a poll", after=held)
-    daemon.wait_for(r"planned 1 digests", after=replanned)
+    daemon.wait_for(r"planned 1 digest \(", after=replanned)
     daemon.wait_for(r"drain: 1 sent", after=replanned)
     assert daemon.stop() == 0
     assert received_by(smtp) == {"ada@example.org": 1}
