@@ -177,13 +177,89 @@ def build_digest_bytes(
     the EmailMessage tree and the generator: the same header objects folded by the
     same policy, the parts laid out as `email.generator.BytesGenerator` lays them out
     (the tests compare the two byte for byte)."""
-    head = _digest_headers(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
-    out = [_POLICY.fold_binary(name, value) for name, value in head.values]
-    dash = f"--{head.boundary}".encode("ascii")
-    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.text, "plain", head.boundary)]
-    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.html, "html", head.boundary)]
+    out, subject, boundary = _digest_header_bytes(
+        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now
+    )
+    dash = f"--{boundary}".encode("ascii")
+    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.text, "plain", boundary)]
+    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.html, "html", boundary)]
     out += [b"\r\n", dash, b"--\r\n"]
-    return str(head.subject), b"".join(out)
+    return subject, b"".join(out)
+
+
+# A value the policy folds to itself: printable ASCII, no encoded word, on one line.
+_PLAIN_VALUE_RE = re.compile(r"(?:(?!=\?)[ -~])*")
+# A display name and an address that need no quoting.
+_ATOM_NAME_RE = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_DOT_ATOM_RE = re.compile(r"[A-Za-z0-9+_-]+(?:\.[A-Za-z0-9+_-]+)*")
+
+
+def _plain_line(name: str, value: str) -> bytes | None:
+    """`name: value` CRLF when the policy would fold it to exactly that, else None."""
+    if len(name) + 2 + len(value) <= 78 and _PLAIN_VALUE_RE.fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return None
+
+
+def _digest_header_bytes(
+    bodies: DigestBodies,
+    *,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    mail: MailConfig,
+    now: dt.datetime,
+) -> tuple[list[bytes], str, str]:
+    """(folded header lines, Subject, boundary): the bytes `_digest_headers` folds to, but
+    the headers that change per message (To, Subject, Message-ID, Content-Type) are
+    written directly when they are plain ASCII on one line, and parsed and folded by
+    the policy only when they are not (the tests compare both ways byte for byte)."""
+    if now.tzinfo is None:
+        raise ValueError(f"now {now.isoformat()} must be timezone-aware")
+    sender = parse_address(mail.from_addr, what="mail.from")
+    recipient = parse_address(subscriber.email, what=f"subscriber {subscriber.email!r}")
+    message_id = message_id_for(subscriber.email, slot, mail.from_addr)
+    name = clean_header(subscriber.name or "")
+    subject = clean_header(bodies.subject, limit=250)
+    boundary = "=_alt_" + message_id[len("<digest-") : message_id.index("@")]
+
+    def fold(header: str, value: Any) -> bytes:
+        return _POLICY.fold_binary(header, _parse_header(header, value))
+
+    to_line = None
+    if (not name or _ATOM_NAME_RE.fullmatch(name)) and _DOT_ATOM_RE.fullmatch(recipient.username):
+        to_line = _plain_line(
+            "To", f"{name} <{recipient.addr_spec}>" if name else recipient.addr_spec
+        )
+    if to_line is None:
+        to = Address(display_name=name, username=recipient.username, domain=recipient.domain)
+        to_line = fold("To", to)
+    subject_line = _plain_line("Subject", subject)
+    if subject_line is None:
+        parsed = _parse_header("Subject", subject)
+        subject_line, subject = _POLICY.fold_binary("Subject", parsed), str(parsed)
+    lines = [
+        _same_line("From", str(sender)),
+        _date_line(format_datetime(now)),
+        to_line,
+        subject_line,
+        _plain_line("Message-ID", message_id) or fold("Message-ID", message_id),
+        _same_line("List-ID", f"<papers-digest.{_domain_of(sender)}>"),
+        _same_line("List-Unsubscribe", f"<{unsubscribe_url(mail)}>"),
+        _same_line("Auto-Submitted", "auto-generated"),
+        _same_line("MIME-Version", "1.0"),
+        # the boundary is "=_alt_" and hex: the policy always folds it like this
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode("ascii"),
+    ]
+    return lines, subject, boundary
+
+
+@functools.lru_cache(maxsize=64)
+def _date_line(value: str) -> bytes:
+    return _POLICY.fold_binary("Date", _date_header(value))
+
+
+def _same_line(name: str, value: str) -> bytes:
+    return _POLICY.fold_binary(name, _same_header(name, value))
 
 
 @dataclass(frozen=True)
