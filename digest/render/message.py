@@ -196,7 +196,12 @@ _DOT_ATOM_RE = re.compile(r"[A-Za-z0-9+_-]+(?:\.[A-Za-z0-9+_-]+)*")
 
 def _plain_line(name: str, value: str) -> bytes | None:
     """`name: value` CRLF when the policy would fold it to exactly that, else None."""
-    if len(name) + 2 + len(value) <= 78 and _PLAIN_VALUE_RE.fullmatch(value):
+    if (
+        len(name) + 2 + len(value) <= 78
+        and value.strip() == value != ""
+        and "  " not in value
+        and _PLAIN_VALUE_RE.fullmatch(value)
+    ):
         return f"{name}: {value}\r\n".encode("ascii")
     return None
 
@@ -216,7 +221,14 @@ def _digest_header_bytes(
     if now.tzinfo is None:
         raise ValueError(f"now {now.isoformat()} must be timezone-aware")
     sender = parse_address(mail.from_addr, what="mail.from")
-    recipient = parse_address(subscriber.email, what=f"subscriber {subscriber.email!r}")
+    local, _, domain = subscriber.email.rpartition("@")
+    plain_to = bool(_DOT_ATOM_RE.fullmatch(local) and _DOMAIN_RE.match(domain))
+    # a plain address needs no parsing (one per subscriber: no cache would hold them)
+    recipient = (
+        Address(username=local, domain=domain)
+        if plain_to
+        else parse_address(subscriber.email, what=f"subscriber {subscriber.email!r}")
+    )
     message_id = message_id_for(subscriber.email, slot, mail.from_addr)
     name = clean_header(subscriber.name or "")
     subject = clean_header(bodies.subject, limit=250)
