@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -116,6 +117,9 @@ class Builder:
         self.text = text
         self._lines: dict[KeyPath, int] | None = None
         self.valid_queries: set[str] = set()  # 100k subscribers often share queries
+        # equal values shared by every subscriber that has them: one Schedule per distinct
+        # schedule text, one str per time zone, one Topic per (name, query)
+        self.shared: dict[tuple[str, Any], Any] = {}
         self.env = env
         self.problems: list[tuple[int, str]] = []
         self.warnings: list[tuple[int, str]] = []  # the file works, but likely not as meant
@@ -394,11 +398,17 @@ class Builder:
             "window_days": at_least(1),
             "thumbnails": one_of(*THUMBNAILS),
         }[key]
+        shareable = key in ("timezone", "schedule") and isinstance(value, str)
+        if shareable and (key, value) in self.shared:
+            return True, self.shared[(key, value)]
         try:
-            return True, convert(value)
+            converted = convert(value)
         except Invalid as e:
             self.problem((*where, key), str(e))
             return False, None
+        if shareable:
+            self.shared[(key, value)] = converted
+        return True, converted
 
     def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
         from digest.topics.query import parse_query  # imported late: only to validate queries
@@ -434,5 +444,9 @@ class Builder:
                 ok = False
                 continue
             names.add(name)
-            out.append(Topic(name=name, query=query))
+            topic = self.shared.get(("topic", (name, query)))
+            if topic is None:
+                topic = Topic(name=sys.intern(name), query=sys.intern(query))
+                self.shared[("topic", (name, query))] = topic
+            out.append(topic)
         return tuple(out) if ok else None
