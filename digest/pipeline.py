@@ -313,7 +313,8 @@ class PlannedDigest:
 
 class Planner:
     """Matches and renders digests, caching what many subscribers share: the candidate
-    index per window, each subscriber's compiled topics.
+    index per window. Nothing per subscriber: their topics are compiled when they are
+    matched (once per run; a cache of them cost ~2 KB a subscriber, 200 MB at 100k).
 
     One Planner serves one planning run: its window cache is a snapshot of the store (a
     digest it writes updates the snapshot; a poll after it is not seen)."""
@@ -324,7 +325,6 @@ class Planner:
         self._renderer = renderer
         self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, dict[str, set[str]]]]
         self._windows = {}
-        self._compiled: dict[str, list[match.CompiledTopic]] = {}
 
     @property
     def renderer(self) -> Renderer:
@@ -354,9 +354,7 @@ class Planner:
     ) -> tuple[list[Match], int]:
         """The subscriber's best matches in the window (max_papers of them, and up to
         `more` after those), and how many matched in all."""
-        compiled = self._compiled.get(subscriber.email)
-        if compiled is None:
-            compiled = self._compiled[subscriber.email] = match.compile_topics(subscriber.topics)
+        compiled = match.compile_topics(subscriber.topics)
         index, taken = self._window(first, last)
         exclude = taken.get(subscriber.email, set())
         index = self.index_for(first, last)

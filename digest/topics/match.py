@@ -30,7 +30,7 @@ from digest.topics.query import CompiledQuery, compile_query, parse_query
 
 @dataclass(frozen=True, slots=True)
 class CompiledTopic:
-    """A subscriber's topic, parsed and compiled once (the daemon caches these)."""
+    """A subscriber's topic, parsed and compiled for one planning run."""
 
     name: str
     query: CompiledQuery
