@@ -358,7 +358,8 @@ def main() -> None:
             subscribers.unlink()
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(f"{n:,}: done", file=sys.stderr, flush=True)
-    table(results)
+            table(results)  # the table so far: a long run cut short keeps its sizes
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":
