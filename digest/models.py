@@ -259,6 +259,35 @@ class SubscriberRow(SQLModel, table=True):
     covered_until: dt.date | None = None
 
 
+class RecipientRow(SQLModel, table=True):
+    """What a recipient chose on the web, and the opaque key their links carry.
+
+    `key` is random (never derived from the address): a signed link holds only the key,
+    so no address is readable in a URL. Rows are made when a digest is first rendered
+    with `[web]` set, or when an admin or a page changes a preference.
+    """
+
+    __tablename__ = "recipients"
+
+    email: str = Field(primary_key=True)  # lower-cased
+    key: str = Field(unique=True)
+    created_at: dt.datetime
+    paused_until: dt.datetime | None = None  # slots before this are skipped, never caught up
+    muted_topics_json: str = "[]"  # topic names from the file this recipient muted
+    updated_at: dt.datetime | None = None
+
+
+class SuppressionRow(SQLModel, table=True):
+    """An address that gets nothing, whatever the file says: it unsubscribed (or an admin
+    did it for them). Resubscribing deletes the row."""
+
+    __tablename__ = "suppressions"
+
+    email: str = Field(primary_key=True)  # lower-cased
+    suppressed_at: dt.datetime
+    how: str  # "one-click" | "page" | "admin"
+
+
 class MetaRow(SQLModel, table=True):
     """Small key/value state: consecutive failed polls, whether an alert is out, ..."""
 

@@ -130,6 +130,8 @@ def test_the_frozen_v1_snapshot_is_what_models_py_declared_at_v1() -> None:
     is as models.py has it now, except the counts migration 3 made BIGINT."""
     for dialect in (sqlite.dialect(), postgresql.dialect()):
         for table in SQLModel.metadata.sorted_tables:
+            if table.name not in _V1.tables:  # made by a later migration
+                continue
             frozen = _V1.tables[table.name]
             for column in frozen.columns:
                 now = table.c[column.name]

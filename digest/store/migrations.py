@@ -190,7 +190,35 @@ def _v3_counts_bigint(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} {changes}"))
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_create_tables, _v2_leases_coverage, _v3_counts_bigint)
+
+def _v4_recipients_and_suppressions(conn: Connection) -> None:
+    """Recipients in control: the opaque key of each one's links and their preferences
+    (pause, muted topics), and the addresses that unsubscribed."""
+    v4 = MetaData()
+    Table(
+        "recipients", v4,
+        Column("email", String, primary_key=True),
+        Column("key", String, nullable=False, unique=True),
+        Column("created_at", UTC_DATETIME, nullable=False),
+        Column("paused_until", UTC_DATETIME),
+        Column("muted_topics_json", String, nullable=False),
+        Column("updated_at", UTC_DATETIME),
+    )  # fmt: skip
+    Table(
+        "suppressions", v4,
+        Column("email", String, primary_key=True),
+        Column("suppressed_at", UTC_DATETIME, nullable=False),
+        Column("how", String, nullable=False),
+    )  # fmt: skip
+    v4.create_all(conn, checkfirst=False)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_create_tables,
+    _v2_leases_coverage,
+    _v3_counts_bigint,
+    _v4_recipients_and_suppressions,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock's key for migrate: any fixed 64-bit number, ours alone
 _MIGRATE_LOCK_KEY = 0x5061_7065_7273_4D67  # "PapersMg"

@@ -553,22 +553,31 @@ def cancel_pending(
     A digest being sent at this moment may still be accepted; mark_sent then records it
     as sent (which it is)."""
     wanted = sorted(set(emails))
-    note = f"cancelled {as_utc(now):%Y-%m-%d %H:%M:%S} UTC: {reason}"[:2000]
-    cancelled = 0
     try:
         with write_bind(engine).begin() as conn:
-            for start in range(0, len(wanted), 500):
-                result = conn.execute(
-                    update(_DIGESTS)
-                    .where(
-                        _DIGESTS.c.status == PENDING,
-                        _DIGESTS.c.subscriber.in_(wanted[start : start + 500]),
-                    )
-                    .values(status=CANCELLED, last_reply=note, next_attempt_at=None, **NO_LEASE)
-                )
-                cancelled += result.rowcount
+            return cancel_pending_in(conn, wanted, reason, now)
     except SQLAlchemyError as e:
         raise _store_error(engine, f"cancel the pending digests of {len(wanted)} people", e) from e
+
+
+def cancel_pending_in(
+    conn: Connection, emails: Iterable[str], reason: str, now: dt.datetime
+) -> int:
+    """cancel_pending inside the caller's transaction, with the write that causes it (an
+    unsubscribe and its cancel commit together)."""
+    wanted = sorted(set(emails))
+    note = f"cancelled {as_utc(now):%Y-%m-%d %H:%M:%S} UTC: {reason}"[:2000]
+    cancelled = 0
+    for start in range(0, len(wanted), 500):
+        result = conn.execute(
+            update(_DIGESTS)
+            .where(
+                _DIGESTS.c.status == PENDING,
+                _DIGESTS.c.subscriber.in_(wanted[start : start + 500]),
+            )
+            .values(status=CANCELLED, last_reply=note, next_attempt_at=None, **NO_LEASE)
+        )
+        cancelled += result.rowcount
     return cancelled
 
 
