@@ -29,12 +29,14 @@ from digest.config.schema import (
     AlertsConfig,
     Config,
     DaemonConfig,
+    DkimConfig,
     MailConfig,
     SmtpConfig,
     SourceConfig,
     StorageConfig,
     Subscriber,
     Topic,
+    WebConfig,
 )
 from digest.config.values import (
     Invalid,
@@ -50,6 +52,8 @@ from digest.config.values import (
     parse_duration,
     parse_email,
     parse_from,
+    parse_listen,
+    parse_public_url,
     parse_schedule_value,
     parse_timezone,
     parse_unsubscribe,
@@ -64,10 +68,13 @@ from digest.schedule import parse_schedule
 
 T = TypeVar("T")
 
-TOP_KEYS = ("source", "storage", "mail", "alerts", "daemon", "defaults", "subscribers")
+TOP_KEYS = ("source", "storage", "mail", "alerts", "daemon", "web", "defaults", "subscribers")
 # the file's keys are the dataclass fields, except where noted
 SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(SourceConfig))
-MAIL_KEYS = ("from", "transport", "maildir", "smtp", "templates", "unsubscribe")
+MAIL_KEYS = ("from", "transport", "maildir", "smtp", "templates", "unsubscribe", "dkim")
+DKIM_KEYS = ("domain", "selector", "key_file")
+WEB_KEYS = ("listen", "base_url", "secret_env", "old_secrets_env")
+MIN_SECRET_CHARS = 16
 SMTP_KEYS = tuple(  # the password itself comes from the environment variable password_env
     "password_env" if f.name == "password" else f.name for f in dataclasses.fields(SmtpConfig)
 )
@@ -93,6 +100,7 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
     daemon = DaemonConfig(
         catch_up=b.field(daemon_t, ("daemon",), "catch_up", dt.timedelta(hours=24), parse_duration)
     )
+    web = b.web(b.table(("web",), top["web"], WEB_KEYS)) if "web" in top else None
     subscribers = b.subscribers(top.get("defaults", {}), top.get("subscribers", []))
     if b.problems:
         problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
@@ -107,6 +115,7 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
         alerts=alerts,
         daemon=daemon,
         warnings=tuple(text for _, text in sorted(b.warnings, key=lambda w: w[0])),
+        web=web,
     )
 
 
@@ -271,6 +280,10 @@ class Builder:
         from_addr = self.field(t, w, "from", d.from_addr, parse_from)
         unsubscribe = self.field(t, w, "unsubscribe", None, parse_unsubscribe)
         maildir = self.field(t, w, "maildir", str(d.maildir), string)
+        dkim = None
+        if "dkim" in t:
+            dkim_t = self.table((*w, "dkim"), t["dkim"], DKIM_KEYS)
+            dkim = self.dkim(dkim_t) if isinstance(t["dkim"], dict) else None
         return MailConfig(
             from_addr=from_addr,
             transport=cast(Literal["maildir", "smtp"], transport),
@@ -278,6 +291,64 @@ class Builder:
             smtp=smtp,
             templates=templates_dir,
             unsubscribe=unsubscribe,
+            dkim=dkim,
+        )
+
+    def dkim(self, t: dict[str, Any]) -> DkimConfig | None:
+        w: KeyPath = ("mail", "dkim")
+        for key in DKIM_KEYS:
+            if key not in t:
+                self.problem(w, f"missing {key}")
+        domain = self.field(t, w, "domain", "", single_line).strip().lower()
+        selector = self.field(t, w, "selector", "", single_line).strip()
+        key_file = self.field(t, w, "key_file", None, non_empty)
+        if not (domain and selector and key_file):
+            return None
+        path = self.local_path(key_file)
+        try:
+            pem = path.read_bytes()
+        except OSError as e:
+            self.problem((*w, "key_file"), f'cannot read "{path}": {e.strerror}')
+            return None
+        from digest.mail.dkim import check_private_key  # only when signing is configured
+
+        problem = check_private_key(pem)
+        if problem:
+            self.problem((*w, "key_file"), f'"{path}": {problem}')
+            return None
+        return DkimConfig(domain=domain, selector=selector, key_file=path, private_key=pem)
+
+    def web(self, t: dict[str, Any]) -> WebConfig | None:
+        w: KeyPath = ("web",)
+        d = WebConfig(secret="")
+        host, port = self.field(t, w, "listen", (d.host, d.port), parse_listen)
+        base_url = self.field(t, w, "base_url", f"http://{host}:{port}", parse_public_url)
+        if "base_url" not in t and not is_loopback(host):
+            self.problem(w, "missing base_url: the public https URL the links in emails point to")
+        secret_env = self.field(t, w, "secret_env", d.secret_env, non_empty)
+        old_env = self.field(t, w, "old_secrets_env", None, non_empty)
+        secret = self.env.get(secret_env, "")
+        if not secret:
+            self.problem(
+                (*w, "secret_env") if "secret_env" in t else w,
+                f"the environment variable {secret_env} is not set (it should hold the "
+                "secret that signs unsubscribe and preferences links)",
+            )
+        elif len(secret) < MIN_SECRET_CHARS:
+            self.problem(
+                (*w, "secret_env") if "secret_env" in t else w,
+                f"the secret in {secret_env} is {len(secret)} characters; use at least "
+                f"{MIN_SECRET_CHARS} (e.g. `openssl rand -hex 32`)",
+            )
+        old = tuple(self.env.get(old_env, "").replace(",", " ").split()) if old_env else ()
+        return WebConfig(
+            secret=secret,
+            host=host,
+            port=port,
+            base_url=base_url,
+            old_secrets=old,
+            secret_env=secret_env,
+            old_secrets_env=old_env,
         )
 
     def smtp(self, t: dict[str, Any]) -> SmtpConfig | None:

@@ -65,6 +65,14 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    domain: str
+    selector: str
+    key_file: Path
+    private_key: bytes = field(default=b"", repr=False)  # the PEM, read when the file loads
+
+
+@dataclass(frozen=True)
 class MailConfig:
     from_addr: str = "Papers Digest <digest@localhost>"
     transport: Literal["maildir", "smtp"] = "maildir"
@@ -72,6 +80,7 @@ class MailConfig:
     smtp: SmtpConfig | None = None
     templates: Path | None = None  # a folder whose templates override the shipped ones
     unsubscribe: str | None = None  # mailto: or https: for List-Unsubscribe; default mailto:from
+    dkim: DkimConfig | None = None  # sign every message (rsa-sha256, relaxed/relaxed)
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,19 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The endpoint for one-click unsubscribe and preferences (`digest/web/`)."""
+
+    secret: str = field(repr=False)  # from secret_env: signs every link
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = "http://127.0.0.1:8080"  # what links point to; https unless loopback
+    old_secrets: tuple[str, ...] = field(default=(), repr=False)  # from old_secrets_env
+    secret_env: str = "DIGEST_WEB_SECRET"
+    old_secrets_env: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path  # the file it was read from (or would be)
     source: SourceConfig = SourceConfig()
@@ -125,3 +147,4 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     daemon: DaemonConfig = DaemonConfig()
     warnings: tuple[str, ...] = ()  # "file:line: field: ..." for what works but likely not as meant
+    web: WebConfig | None = None  # no [web]: no endpoint, mailto: unsubscribe only

@@ -138,6 +138,29 @@ def parse_base_url(value: object) -> str:
     return url
 
 
+def parse_listen(value: object) -> tuple[str, int]:
+    """ "127.0.0.1:8080", "[::1]:8080", "localhost:8080", ":8080" -> (host, port)."""
+    text = non_empty(value).strip()
+    m = re.match(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(\d{1,5})$", text)
+    if not m or not 0 <= int(m.group(2)) <= 65535:  # 0: any free port (tests)
+        raise Invalid(f'"{text}" is not host:port, e.g. "127.0.0.1:8080"')
+    return (m.group(1).strip("[]") or "0.0.0.0"), int(m.group(2))
+
+
+def parse_public_url(value: object) -> str:
+    """The public URL of the endpoint: https, or http on a loopback host (tests, a laptop)."""
+    url = parse_base_url(value)
+    m = re.match(r"^(https?)://(\[[^\]]+\]|[^/:?#]+)(?::\d+)?(/[^?#]*)?$", url)
+    if not m:
+        raise Invalid(f'"{url}" is not a URL like "https://digest.example.org"')
+    if m.group(1) != "https" and not is_loopback(m.group(2).strip("[]")):
+        raise Invalid(
+            f'"{url}" is not https: the links in every email point here, and mail clients '
+            "post unsubscribes to it (http is only allowed for a loopback host)"
+        )
+    return url
+
+
 def check_address(addr: str) -> str:
     """A sane addr-spec, lower-cased, its domain in display (Unicode) form; Invalid if not.
 
