@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -70,6 +70,9 @@ from digest.humanize import count, duration
 from digest.render import Renderer
 from digest.sources.fetch import make_client
 from digest.store import outbox
+
+if TYPE_CHECKING:
+    from digest.web.server import WebServer
 
 log = logging.getLogger("digest.daemon")
 
@@ -125,6 +128,7 @@ class Daemon:
         # one worker thread for every plan: plans run one at a time anyway, and one thread
         # keeps one malloc arena and one pooled SQLite connection warm (less RSS growth)
         self._planner_thread = ThreadPoolExecutor(1, thread_name_prefix="digest-plan")
+        self._web: WebServer | None = None  # the endpoint, with [web]
 
     @property
     def engine(self) -> Engine:
@@ -141,6 +145,12 @@ class Daemon:
         self._engine = store.open_engine(self.config.storage.url)
         store.migrate(self._engine)
         pipeline.cancel_removed(self.config, self._engine, self.clock())  # before any drain
+        if self.config.web is not None:  # in this loop; aiohttp adds no signal handlers
+            from digest.web.server import endpoint_for, started_line
+
+            self._web = endpoint_for(lambda: self.config, self._engine, clock=self.clock)
+            await self._web.start()
+            log.info(started_line(self._web, self.config))
         self._drainer = Drainer(
             self._engine, lambda: self.config.mail, clock=self.clock, stop=self._stopping,
             spawn=lambda work: self._spawn(work, must_finish=True),
@@ -194,6 +204,8 @@ class Daemon:
     async def _shut_down(self) -> int | None:
         """Stop the timers, cancel polls, let plans and drains finish (bounded)."""
         self._stopping.set()
+        if self._web is not None:  # no new unsubscribes; those in flight finish
+            await self._web.stop()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)  # cancels job wrappers, not our tasks
         for task in self._may_cancel:
@@ -423,6 +435,9 @@ class Daemon:
                 store.mask_url(old.storage.url),
             )
             new = replace(new, storage=old.storage)
+        if new.web != old.web:
+            log.warning("reload: [web] changes take effect after a restart")
+            new = replace(new, web=old.web)
         change = diff_subscribers(old.subscribers, new.subscribers)
         self.config = new
         try:  # removed subscribers' pending digests are never sent
