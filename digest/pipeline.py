@@ -1,8 +1,10 @@
 """The recipes: every command and every daemon job is one of these, composed from the layers.
 
     poll:  fetch_day (sources.fetch) | upsert_listings (store)                -> PollReport
-    plan:  due_slot (pure) | candidate_papers, papers_taken (store, once per window)
-             | match_subscriber (match) | render_digest_bytes (render)
+    plan:  due_slot (pure) | recipients_of (store: unsubscribed, paused, muted topics)
+             | candidate_papers, papers_taken (store, once per window)
+             | match_subscriber (match) | render_digest_bytes (render, with the signed
+             links of web/tokens) | sign_message (mail/dkim)
              | add_digests (outbox, with the handled slots, 200 at a time)    -> [PlannedDigest]
     cancel: cancel_pending_except (outbox): digests of people no longer in the file
     send:  drain_outbox (delivery)                                            -> DrainReport
@@ -30,8 +32,9 @@ from digest import store
 from digest.config import Config, Subscriber
 from digest.errors import SourceError, UnreachableError
 from digest.humanize import count
+from digest.mail.dkim import sign_message
 from digest.models import DayRow, Match, Paper, as_utc
-from digest.render import Renderer, message_id_for, render_digest_bytes
+from digest.render import RecipientLinks, Renderer, message_id_for, render_digest_bytes
 from digest.schedule import (
     Schedule,
     default_window_days,
@@ -40,8 +43,9 @@ from digest.schedule import (
     next_slot,
 )
 from digest.sources.fetch import DayFetch, Deadline, Validators, fetch_day
-from digest.store import outbox
+from digest.store import outbox, recipients
 from digest.topics import match
+from digest.web.tokens import Links
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +313,7 @@ class PlannedDigest:
         """Every paper the digest shows, in full or as a title link: once it is sent,
         each counts as delivered."""
         return tuple(m.paper.id for m in (*self.matches, *self.more))
+    skipped: str | None = None  # "unsubscribed" | "paused": the slot is handled, nothing sent
 
 
 class Planner:
@@ -325,6 +330,7 @@ class Planner:
         self._renderer = renderer
         self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, dict[str, set[str]]]]
         self._windows = {}
+        self._links: Links | None = None
 
     @property
     def renderer(self) -> Renderer:
@@ -387,15 +393,30 @@ class Planner:
             subscriber, slot, tuple(found[:cut]), total, window, more=tuple(found[cut:])
         )
 
+    def links_for(self, emails: Sequence[str], now: dt.datetime) -> dict[str, RecipientLinks]:
+        """Each address's signed links (with [web]; none without): their random link keys
+        are made in the database on first use."""
+        web = self.config.web
+        if web is None or not emails:
+            return {}
+        if self._links is None:
+            self._links = Links(web)
+        keys = recipients.ensure_recipients(self.engine, emails, now)
+        return {email: self._links.for_key(key) for email, key in keys.items()}
+
     def save(
         self, planned: Sequence[PlannedDigest], now: dt.datetime, *, seen: Sequence[str] = ()
     ) -> list[PlannedDigest]:
         """Render the planned digests that have something to say (or whose subscriber wants
         them empty) and put them in the outbox, recording every planned slot as handled and
-        each `seen` subscriber's first sight, all in one transaction."""
+        each `seen` subscriber's first sight, all in one transaction. A skipped slot
+        (unsubscribed, paused) is recorded as handled with no digest."""
         mail = self.config.mail
         sender = envelope_sender(mail.from_addr)
-        chosen = [p for p in planned if p.matches or p.subscriber.send_empty]
+        chosen = [
+            p for p in planned if p.skipped is None and (p.matches or p.subscriber.send_empty)
+        ]
+        links = self.links_for([p.subscriber.email for p in chosen], now)
         new = []
         for p in chosen:
             subject, message = render_digest_bytes(
@@ -407,7 +428,9 @@ class Planner:
                 now=now,
                 total_matches=p.total_matches,
                 more=p.more,
+                links=links.get(p.subscriber.email),
             )
+            message = sign_message(message, mail.dkim)
             new.append(
                 outbox.NewDigest(
                     subscriber=p.subscriber.email,
@@ -423,11 +446,40 @@ class Planner:
         handled = [outbox.Handled(p.subscriber.email, p.slot, p.window[1]) for p in planned]
         handled += [outbox.Handled(email, None) for email in seen]
         ids = outbox.add_digests(self.engine, new, now=now, handled=handled)
+        # an unsubscribe that came while these were rendering: cancel what it missed
+        recipients.cancel_suppressed(
+            self.engine, [p.subscriber.email for p, i in zip(chosen, ids, strict=True) if i], now
+        )
         written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
         for p in chosen:  # the snapshot: these papers are now on their way
             taken = self._window(*p.window)[1]
             taken.setdefault(p.subscriber.email, set()).update(p.paper_ids)
         return [replace(p, digest_id=written.get(id(p))) for p in planned]
+
+
+def _plan_one(
+    planner: Planner,
+    subscriber: Subscriber,
+    slot: dt.datetime,
+    last_slot: dt.datetime | None,
+    choices: dict[str, recipients.Recipient],
+    *,
+    covered_until: dt.date | None,
+    window: tuple[dt.date, dt.date],
+) -> PlannedDigest:
+    """The digest at `slot`, as the recipient's own choices (which override the file)
+    allow: nothing for an unsubscribed or paused address (the slot is handled and its
+    window counted as covered: skipped, never caught up), the muted topics left out."""
+    choice = choices.get(subscriber.email)
+    if choice is not None and (choice.suppressed or choice.paused_at(slot)):
+        skipped = "unsubscribed" if choice.suppressed else "paused"
+        return PlannedDigest(subscriber, slot, (), 0, window, skipped=skipped)
+    if choice is not None and choice.muted:
+        topics = tuple(t for t in subscriber.topics if t.name not in choice.muted)
+        subscriber = replace(subscriber, topics=topics)
+    return planner.plan(
+        subscriber, slot, last_slot=last_slot, covered_until=covered_until, window=window
+    )
 
 
 def envelope_sender(from_addr: str) -> str:
@@ -457,8 +509,10 @@ def plan_due(
     next slot's digest covers them, from the watermark). Such subscribers' emails are
     appended to `held`.
     """
+    emails = [s.email for s in subscribers]
     with Session(planner.engine) as session:
-        states = store.get_subscriber_states(session, [s.email for s in subscribers])
+        states = store.get_subscriber_states(session, emails)
+    choices = recipients.recipients_of(planner.engine, emails)
     done: list[PlannedDigest] = []
     planned: list[PlannedDigest] = []
     seen: list[str] = []  # subscribers met for the first time
@@ -485,8 +539,8 @@ def plan_due(
                 if held is not None:
                     held.append(subscriber.email)
             else:
-                planned.append(planner.plan(subscriber, slot, last_slot=last_slot,
-                                            covered_until=covered_until, window=window))
+                planned.append(_plan_one(planner, subscriber, slot, last_slot, choices,
+                                         covered_until=covered_until, window=window))
         if write and len(planned) >= SAVE_EVERY:
             done += planner.save(planned, now, seen=seen)
             planned, seen = [], []

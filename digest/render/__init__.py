@@ -10,7 +10,9 @@ sending it (`digest/mail/`). No clock, no database, no network.
 """
 
 from digest.render.message import (
+    ONE_CLICK,
     DigestBodies,
+    RecipientLinks,
     build_digest_bytes,
     build_digest_message,
     message_id_for,
@@ -28,7 +30,9 @@ from digest.render.renderer import (
 
 __all__ = [
     "HTML_CAP_BYTES",
+    "ONE_CLICK",
     "DigestBodies",
+    "RecipientLinks",
     "Renderer",
     "build_digest_bytes",
     "build_digest_message",

@@ -60,6 +60,18 @@ def shorten(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:") + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class RecipientLinks:
+    """A recipient's own links, signed (`digest/web/tokens.py` makes them): with them a
+    digest carries RFC 8058 one-click unsubscribe and a preferences link."""
+
+    unsubscribe: str  # https://.../u/TOKEN: List-Unsubscribe and the footer's link
+    preferences: str  # https://.../p/TOKEN
+
+
+ONE_CLICK = "List-Unsubscribe=One-Click"  # the List-Unsubscribe-Post value (RFC 8058)
+
+
 @dataclass(frozen=True)
 class DigestBodies:
     """A rendered digest before it becomes a message. `html` is ASCII (entities)."""
@@ -92,7 +104,20 @@ class _DigestPolicy(email.policy.EmailPolicy):
         entry = _FOLDED.get(id(value))
         if entry is not None and entry[0] is value:
             return entry[1]
+        if name.lower() == "list-unsubscribe" and str(value).isascii():
+            return _fold_url_list(name, str(value))
         return super().fold_binary(name, value)
+
+
+def _fold_url_list(name: str, value: str) -> bytes:
+    """A header of <URL> items (List-Unsubscribe) folded only between items: the stdlib
+    would turn a URL longer than a line into RFC 2047 encoded words, which no mail client
+    reads back as a URL. A line may run to 998 characters (RFC 5322); the tokens are ~100."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    line = f"{name}: {', '.join(items)}"
+    if len(line) > 78:
+        line = f"{name}: " + ",\r\n ".join(items)
+    return (line + "\r\n").encode("ascii")
 
 
 _POLICY = _DigestPolicy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
@@ -147,6 +172,14 @@ def unsubscribe_url(mail: MailConfig) -> str:
     return url
 
 
+def mailto_unsubscribe(mail: MailConfig) -> str:
+    """The mailto: unsubscribe address: mail.unsubscribe when it is one, else the sender's."""
+    if mail.unsubscribe is not None and mail.unsubscribe.lower().startswith("mailto:"):
+        return unsubscribe_url(mail)
+    sender = parse_address(mail.from_addr, what="mail.from")
+    return f"mailto:{sender.addr_spec}?subject=unsubscribe"
+
+
 def build_digest_message(
     bodies: DigestBodies,
     *,
@@ -154,9 +187,12 @@ def build_digest_message(
     slot: dt.datetime,
     mail: MailConfig,
     now: dt.datetime,
+    links: RecipientLinks | None = None,
 ) -> EmailMessage:
     """The headers around rendered bodies: text part first, HTML last."""
-    head = _digest_headers(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+    head = _digest_headers(
+        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now, links=links
+    )
     msg = EmailMessage(policy=_POLICY)
     for name, value in head.values:
         msg.set_raw(name, value)
@@ -172,13 +208,14 @@ def build_digest_bytes(
     slot: dt.datetime,
     mail: MailConfig,
     now: dt.datetime,
+    links: RecipientLinks | None = None,
 ) -> tuple[str, bytes]:
     """The Subject and the bytes of `build_digest_message(...).as_bytes()`, without
     the EmailMessage tree and the generator: the same header objects folded by the
     same policy, the parts laid out as `email.generator.BytesGenerator` lays them out
     (the tests compare the two byte for byte)."""
     out, subject, boundary = _digest_header_bytes(
-        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now
+        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now, links=links
     )
     dash = f"--{boundary}".encode("ascii")
     out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.text, "plain", boundary)]
@@ -213,6 +250,7 @@ def _digest_header_bytes(
     slot: dt.datetime,
     mail: MailConfig,
     now: dt.datetime,
+    links: RecipientLinks | None = None,
 ) -> tuple[list[bytes], str, str]:
     """(folded header lines, Subject, boundary): the bytes `_digest_headers` folds to, but
     the headers that change per message (To, Subject, Message-ID, Content-Type) are
@@ -256,13 +294,20 @@ def _digest_header_bytes(
         subject_line,
         _plain_line("Message-ID", message_id) or fold("Message-ID", message_id),
         _same_line("List-ID", f"<papers-digest.{_domain_of(sender)}>"),
-        _same_line("List-Unsubscribe", f"<{unsubscribe_url(mail)}>"),
+        *_unsubscribe_lines(mail, links),
         _same_line("Auto-Submitted", "auto-generated"),
         _same_line("MIME-Version", "1.0"),
         # the boundary is "=_alt_" and hex: the policy always folds it like this
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode("ascii"),
     ]
     return lines, subject, boundary
+
+
+def _unsubscribe_lines(mail: MailConfig, links: RecipientLinks | None) -> list[bytes]:
+    """The folded bytes of `_unsubscribe_headers`."""
+    if links is None:
+        return [_same_line("List-Unsubscribe", f"<{unsubscribe_url(mail)}>")]
+    return [_POLICY.fold_binary(name, value) for name, value in _unsubscribe_headers(mail, links)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -290,9 +335,14 @@ def _digest_headers(
     slot: dt.datetime,
     mail: MailConfig,
     now: dt.datetime,
+    links: RecipientLinks | None,
 ) -> _Headers:
     """Every top-level header, each parsed by the policy as `msg[name] = value` would:
-    header objects never hold a CR or LF."""
+    header objects never hold a CR or LF.
+
+    With `links`, List-Unsubscribe names the recipient's signed https link first and the
+    mailto: second, and List-Unsubscribe-Post makes it one-click (RFC 8058); without,
+    the mailto: (or mail.unsubscribe) alone."""
     if now.tzinfo is None:
         raise ValueError(f"now {now.isoformat()} must be timezone-aware")
     sender = parse_address(mail.from_addr, what="mail.from")
@@ -309,13 +359,25 @@ def _digest_headers(
         ("Subject", subject),
         ("Message-ID", _parse_header("Message-ID", message_id)),
         ("List-ID", _same_header("List-ID", f"<papers-digest.{_domain_of(sender)}>")),
-        ("List-Unsubscribe", _same_header("List-Unsubscribe", f"<{unsubscribe_url(mail)}>")),
+        *_unsubscribe_headers(mail, links),
         ("Auto-Submitted", _same_header("Auto-Submitted", "auto-generated")),
         ("MIME-Version", _same_header("MIME-Version", "1.0")),
         ("Content-Type",
          _parse_header("Content-Type", f'multipart/alternative; boundary="{boundary}"')),
     ]  # fmt: skip
     return _Headers(values=values, subject=subject, boundary=boundary)
+
+
+def _unsubscribe_headers(mail: MailConfig, links: RecipientLinks | None) -> list[tuple[str, Any]]:
+    if links is None:
+        value = f"<{unsubscribe_url(mail)}>"
+        return [("List-Unsubscribe", _same_header("List-Unsubscribe", value))]
+    one_click = clean_header(links.unsubscribe, limit=900)
+    value = f"<{one_click}>, <{mailto_unsubscribe(mail)}>"
+    return [
+        ("List-Unsubscribe", _parse_header("List-Unsubscribe", value)),
+        ("List-Unsubscribe-Post", _same_header("List-Unsubscribe-Post", ONE_CLICK)),
+    ]
 
 
 def _parse_header(name: str, value: Any) -> Any:

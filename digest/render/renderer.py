@@ -47,6 +47,7 @@ from digest.models import Match, Paper
 from digest.render.css import Stylesheet, inline_template, parse_stylesheet
 from digest.render.message import (
     DigestBodies,
+    RecipientLinks,
     build_digest_bytes,
     build_digest_message,
     clean_text,
@@ -283,13 +284,16 @@ def render_digest(
     now: dt.datetime,
     total_matches: int | None = None,
     more: Sequence[Match] = (),
+    links: RecipientLinks | None = None,
 ) -> EmailMessage:
     """The digest for `subscriber` at `slot` as a multipart/alternative EmailMessage."""
     bodies = render_digest_bodies(
         renderer, subscriber=subscriber, slot=slot, matches=matches, mail=mail,
-        total_matches=total_matches, more=more,
+        total_matches=total_matches, more=more, links=links,
     )  # fmt: skip
-    return build_digest_message(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+    return build_digest_message(
+        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now, links=links
+    )
 
 
 def render_digest_bytes(
@@ -302,15 +306,18 @@ def render_digest_bytes(
     now: dt.datetime,
     total_matches: int | None = None,
     more: Sequence[Match] = (),
+    links: RecipientLinks | None = None,
 ) -> tuple[str, bytes]:
     """(Subject, message bytes) of the digest: exactly `render_digest(...)` then
     `str(msg["Subject"])` and `msg.as_bytes()`, at a fraction of the cost. For the
     outbox, which stores bytes."""
     bodies = render_digest_bodies(
         renderer, subscriber=subscriber, slot=slot, matches=matches, mail=mail,
-        total_matches=total_matches, more=more,
+        total_matches=total_matches, more=more, links=links,
     )  # fmt: skip
-    return build_digest_bytes(bodies, subscriber=subscriber, slot=slot, mail=mail, now=now)
+    return build_digest_bytes(
+        bodies, subscriber=subscriber, slot=slot, mail=mail, now=now, links=links
+    )
 
 
 def render_digest_bodies(
@@ -322,13 +329,16 @@ def render_digest_bodies(
     mail: MailConfig,
     total_matches: int | None = None,
     more: Sequence[Match] = (),
+    links: RecipientLinks | None = None,
 ) -> DigestBodies:
     """Subject, text and HTML of a digest (HTML under HTML_CAP_BYTES).
 
     `matches` are shown in full; `more` are the matches past the subscriber's
     max_papers (the next best, in order), listed at the end as title links, so every
     match of the digest can be seen; `total_matches` counts them all (the ones past
-    `more` are only counted)."""
+    `more` are only counted). With `links`, the footer's "Unsubscribe" and "Manage
+    preferences" are the recipient's signed links; without, "Unsubscribe" is the
+    mailto: (or mail.unsubscribe) and there is no preferences link."""
     local_day = _local(slot, subscriber).date()
     with _template_errors():
         papers = [renderer.render_paper(m, subscriber.thumbnails) for m in matches]
@@ -346,7 +356,9 @@ def render_digest_bodies(
         "heading": f"{shown} for your topics",
         "intro": intro,
         "topics": [clean_text(t.name) for t in subscriber.topics],
-        "unsubscribe_url": unsubscribe_url(mail),
+        "unsubscribe_url": links.unsubscribe if links else unsubscribe_url(mail),
+        "preferences_url": links.preferences if links else None,
+        "recipient": subscriber.email,
         "listing_url": LISTING_URL,
         "preheader": shorten(" · ".join(v.title for v in views[:3]) or shown, 200),
         "head_css": renderer.head_css,
