@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 if the last poll failed or mail has been failing (a health check)",
     )
+
+    command("serve", "run only the web endpoint ([web]): unsubscribe and preferences pages")
+    p = command("unsubscribe", "stop all digests to an address, whatever the file says")
+    p.add_argument("email", help="the address")
+    p = command("resubscribe", "undo an unsubscribe: digests start again at the next slot")
+    p.add_argument("email", help="the address")
     return parser
 
 

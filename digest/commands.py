@@ -21,16 +21,18 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from digest import pipeline, store
 from digest.config import Config, Subscriber, example_config, load_config, summarize_config
-from digest.errors import DeliveryError, DigestError, SourceError, UsageError
+from digest.errors import DeliveryError, DigestError, SourceError, StoreError, UsageError
 from digest.humanize import count, duration
 from digest.mail.delivery import DrainReport, drain_outbox, make_transport
 from digest.models import Match, Paper, as_utc
 from digest.render import Renderer, render_digest
 from digest.sources.fetch import make_client
+from digest.store import recipients
 from digest.store.outbox import outbox_counts
 
 log = logging.getLogger("digest")
@@ -57,6 +59,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         "send": cmd_send,
         "run": cmd_run,
         "status": cmd_status,
+        "serve": cmd_serve,
+        "unsubscribe": cmd_unsubscribe,
+        "resubscribe": cmd_resubscribe,
     }
     return handlers[args.command](args, out)
 
@@ -90,7 +95,51 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         out.write(line + "\n")
     for warning in config.warnings:
         out.write(f"warning: {warning}\n")
+    if config.web is not None:
+        from digest.web.pages import Pages  # a broken page template is one too
+
+        Pages(config.mail.templates)
+    for line in check_recipients(config):
+        out.write(line + "\n")
     return 0
+
+
+def check_recipients(config: Config) -> list[str]:
+    """`digest check`'s view of the database: who unsubscribed or paused. A database
+    that does not exist yet is not created here; one that fails is a line, not an exit."""
+    url = make_url(config.storage.url)
+    file = url.database if url.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).exists():
+        return []
+    try:
+        return recipient_lines(config, open_store(config), utcnow())
+    except StoreError as e:
+        return [f"recipients: not checked, the database failed: {e}"]
+
+
+def recipient_lines(config: Config, engine: Engine, now: dt.datetime) -> list[str]:
+    """Who in the file unsubscribed, paused or muted topics: the database overrides the
+    file, so `check` and `status` say whom the file lists in vain."""
+    choices = recipients.recipients_of(engine, [s.email for s in config.subscribers])
+    lines = []
+    for sub in config.subscribers:
+        choice = choices.get(sub.email)
+        if choice is None:
+            continue
+        if choice.suppressed_at is not None:
+            when = f"{choice.suppressed_at:%Y-%m-%d}"
+            lines.append(f"{sub.email}: unsubscribed {when} ({choice.how})")
+            continue
+        notes = []
+        if choice.paused_at(now) and choice.paused_until is not None:
+            local = choice.paused_until.astimezone(ZoneInfo(sub.timezone))
+            notes.append(f"paused until {local:%Y-%m-%d %H:%M %Z}")
+        muted = sorted(choice.muted & {t.name for t in sub.topics})
+        if muted:
+            notes.append("muted " + ", ".join(f'"{name}"' for name in muted))
+        if notes:
+            lines.append(f"{sub.email}: {'; '.join(notes)}")
+    return lines
 
 
 # --------------------------------------------------------------------------- fetch
@@ -460,6 +509,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             "subscribers": {e: t.isoformat() for e, (t, _) in slots.items()},
             "due": sorted(e for e, (_, due) in slots.items() if due),
         }
+        record["recipients"] = recipient_lines(config, engine, now)
         if args.check:
             record["problems"] = trouble
         out.write(json.dumps(record, default=str) + "\n")
@@ -469,6 +519,47 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         for email, (when, due) in slots.items():
             waiting = " (due now: `digest send` sends it)" if due else ""
             out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}{waiting}\n")
+        for line in recipient_lines(config, engine, now):
+            out.write(line + "\n")
     if trouble:
         raise DigestError("unhealthy: " + "; ".join(trouble))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.web.server import serve
+
+    return asyncio.run(serve(args.config, os.environ))
+
+
+def cmd_unsubscribe(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    email = parse_address_arg(args.email)
+    engine = open_store(config)
+    new = recipients.suppress(engine, email, "admin", utcnow())
+    pending = "" if new else " (already unsubscribed)"
+    note = "" if email in {s.email for s in config.subscribers} else f"; not in {config.path}"
+    out.write(f"{email}: unsubscribed{pending}, gets no more digests{note}\n")
+    return 0
+
+
+def cmd_resubscribe(args: argparse.Namespace, out: TextIO) -> int:
+    config = load(args)
+    email = parse_address_arg(args.email)
+    engine = open_store(config)
+    if not recipients.resubscribe(engine, email, utcnow()):
+        raise UsageError(f"{email} is not unsubscribed")
+    note = "" if email in {s.email for s in config.subscribers} else (
+        f"; not in {config.path}, so nothing will be sent"
+    )
+    out.write(f"{email}: resubscribed, digests start again at the next slot{note}\n")
+    return 0
+
+
+def parse_address_arg(text: str) -> str:
+    from digest.config.values import Invalid, check_address
+
+    try:
+        return check_address(text)
+    except Invalid as e:
+        raise UsageError(str(e)) from None
