@@ -1,6 +1,6 @@
 """Planning under the recipients' own choices, which override the file: no digest for an
 unsubscribed or paused address (the slot is skipped, never caught up), muted topics left
-out, signed links in what goes out. A real SQLite file, the real 2025-10-01 list."""
+out, signed links in what goes out. SQLite and PostgreSQL, the real 2025-10-01 list."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
 from digest.store import outbox, recipients
 from digest.web.tokens import Purpose, Tokens
+from tests.backends import Backend
 from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -41,9 +42,8 @@ def person(email: str) -> Subscriber:
 
 
 @pytest.fixture
-def planner(tmp_path: Path) -> pipeline.Planner:
-    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
-    store.migrate(engine)
+def planner(tmp_path: Path, backend: Backend) -> pipeline.Planner:
+    engine = backend.engine()
     body = (HF / "api-daily_papers-2025-10-01.json").read_bytes()
     for n in range(0, 40):
         day = dt.date(2026, 3, 12) + dt.timedelta(days=n)

@@ -1,5 +1,6 @@
 """The endpoint over real HTTP: one-click unsubscribe (RFC 8058), the page before it, the
-preferences page, and every refusal. The real aiohttp app on 127.0.0.1, a real SQLite file.
+preferences page, and every refusal. The real aiohttp app on 127.0.0.1, over SQLite and
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from digest.store import outbox, recipients
 from digest.web.tokens import Purpose, Tokens
+from tests.backends import Backend
 from tests.configs import write_config
 from tests.smtpd_helpers import add_digests
 from tests.web_helpers import OLD_SECRET, SECRET, Endpoint, web_table
@@ -35,18 +37,21 @@ topics = [{{ name = "Agents", query = 'agent*' }}]
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
-def config_file(tmp_path: Path, *, old: bool = True) -> Path:
-    return write_config(
+def config_file(tmp_path: Path, backend: Backend, *, old: bool = True) -> Path:
+    path = write_config(
         tmp_path,
         "http://127.0.0.1:9",
         subscribers=PEOPLE,
         mail='maildir = "mail"\n' + web_table(0, old=old),
     )
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('url = "sqlite:///digest.db"', f'url = "{backend.url()}"'))
+    return path
 
 
 @pytest.fixture
-def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
-    with Endpoint(config_file(tmp_path)) as e:
+def endpoint(tmp_path: Path, backend: Backend) -> Iterator[Endpoint]:
+    with Endpoint(config_file(tmp_path, backend)) as e:
         yield e
 
 
@@ -177,13 +182,13 @@ def test_bad_tokens_are_400_on_get_and_post_and_change_nothing(
 
 
 def test_an_old_secret_works_while_listed_and_is_revoked_when_dropped(
-    tmp_path: Path, client: httpx.Client
+    tmp_path: Path, backend: Backend, client: httpx.Client
 ) -> None:
-    config = config_file(tmp_path)
+    config = config_file(tmp_path, backend)
     with Endpoint(config) as e:
         old_token = Tokens(OLD_SECRET).make(Purpose.UNSUBSCRIBE, e.key(ADA))
         assert client.get(f"{e.base}/u/{old_token}").status_code == 200
-    dropped = config_file(tmp_path, old=False)
+    dropped = config_file(tmp_path, backend, old=False)
     with Endpoint(dropped, {"DIGEST_WEB_SECRET": SECRET}) as e:
         assert client.post(f"{e.base}/u/{old_token}", data=ONE_CLICK).status_code == 400
         assert suppressed(e) == []

@@ -170,7 +170,7 @@ def test_500_parallel_one_click_posts_from_another_process_while_the_daemon_send
     daemon = Daemon(config)
     daemons.append(daemon)
     daemon.wait_for(r"web: listening")
-    wait_until("Ada and Bob got a digest", lambda: messages_to(smtp, ADA) and messages_to(smtp, BOB))
+    wait_until("both got a digest", lambda: messages_to(smtp, ADA) and messages_to(smtp, BOB))
     before = {who: len(messages_to(smtp, who)) for who in (ADA, BOB)}
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -171,12 +171,13 @@ def suppress(engine: Engine, email: str, how: How, now: dt.datetime) -> bool:
         wrap_db_errors(f"unsubscribing {email}", engine.url),
         write_bind(engine).begin() as conn,
     ):
-        result = conn.execute(
-            _insert_ignore(conn, _SUPPRESSIONS),
+        # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped insert
+        inserted = conn.execute(
+            _insert_ignore(conn, _SUPPRESSIONS).returning(_SUPPRESSIONS.c.email),
             {"email": email, "suppressed_at": as_utc(now), "how": how},
-        )
+        ).first()
         outbox.cancel_pending_in(conn, [email], f"unsubscribed ({how})", now)
-        return bool(result.rowcount)
+        return inserted is not None
 
 
 def resubscribe(engine: Engine, email: str, now: dt.datetime) -> bool:
