@@ -20,6 +20,10 @@ The jobs, all in one asyncio process:
 - drain: every DRAIN_EVERY, and kicked after each plan; retries pending digests. At most
   one drain runs at a time (a kick during a drain makes it go round once more).
 
+With `[web]`, the endpoint (digest/web/) is served from this same event loop: started
+after the migrations, stopped first at a stop (no new unsubscribes while the last
+messages go out). aiohttp installs no signal handlers here, so ours stay.
+
 The state that matters lives in the database: each subscriber's last slot and first
 sight (pipeline.py), the outbox, the alert counter. So on start the daemon plans
 everyone once (catch-up), and restarting never repeats a digest.

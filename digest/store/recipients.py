@@ -21,7 +21,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, Engine, Insert, Table, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -35,6 +45,20 @@ CHUNK = 500  # addresses per IN (...) list
 
 _RECIPIENTS: Table = RecipientRow.__table__  # type: ignore[attr-defined]  # SQLModel: no __table__
 _SUPPRESSIONS: Table = SuppressionRow.__table__  # type: ignore[attr-defined]  # as above
+
+
+# built once: every page view and every one-click runs these
+_BY_KEY = (
+    select(
+        _RECIPIENTS.c.email, _RECIPIENTS.c.key, _RECIPIENTS.c.paused_until,
+        _RECIPIENTS.c.muted_topics_json, _SUPPRESSIONS.c.suppressed_at, _SUPPRESSIONS.c.how,
+    )
+    .select_from(
+        _RECIPIENTS.outerjoin(_SUPPRESSIONS, _SUPPRESSIONS.c.email == _RECIPIENTS.c.email)
+    )
+    .where(_RECIPIENTS.c.key == bindparam("key"))
+)  # fmt: skip
+_SUPPRESS: dict[str, Insert] = {}  # per dialect: INSERT ... ON CONFLICT DO NOTHING RETURNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +162,13 @@ def recipients_of(engine: Engine, emails: Sequence[str]) -> dict[str, Recipient]
 
 
 def recipient_by_key(engine: Engine, key: str) -> Recipient | None:
-    """The recipient whose links carry `key`, with their suppression, if any."""
+    """The recipient whose links carry `key`, with their suppression, if any (one read)."""
     with wrap_db_errors("reading a recipient", engine.url), engine.connect() as conn:
-        row = conn.execute(select(_RECIPIENTS).where(_RECIPIENTS.c.key == key)).first()
-        if row is None:
-            return None
-        s = conn.execute(
-            select(_SUPPRESSIONS).where(_SUPPRESSIONS.c.email == row.email)
-        ).first()
-    return _recipient(row, (as_utc(s.suppressed_at), s.how) if s is not None else None)
+        row = conn.execute(_BY_KEY, {"key": key}).first()
+    if row is None:
+        return None
+    suppression = (as_utc(row.suppressed_at), row.how) if row.suppressed_at is not None else None
+    return _recipient(row, suppression)
 
 
 def _recipient(row: object, suppression: tuple[dt.datetime, str] | None) -> Recipient:
@@ -172,9 +194,12 @@ def suppress(engine: Engine, email: str, how: How, now: dt.datetime) -> bool:
         write_bind(engine).begin() as conn,
     ):
         # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped insert
+        statement = _SUPPRESS.get(conn.dialect.name)
+        if statement is None:
+            statement = _insert_ignore(conn, _SUPPRESSIONS).returning(_SUPPRESSIONS.c.email)
+            _SUPPRESS[conn.dialect.name] = statement
         inserted = conn.execute(
-            _insert_ignore(conn, _SUPPRESSIONS).returning(_SUPPRESSIONS.c.email),
-            {"email": email, "suppressed_at": as_utc(now), "how": how},
+            statement, {"email": email, "suppressed_at": as_utc(now), "how": how}
         ).first()
         outbox.cancel_pending_in(conn, [email], f"unsubscribed ({how})", now)
         return inserted is not None

@@ -83,7 +83,8 @@ def make_app(context: WebContext) -> web.Application:
     app.on_response_prepare.append(_safe_headers)
 
     async def close_threads(_: web.Application) -> None:
-        context.executor.shutdown(wait=True)
+        if context.executor is not None:
+            context.executor.shutdown(wait=True)
 
     app.on_cleanup.append(close_threads)
     return app

@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -26,7 +26,9 @@ from digest.web.pages import Pages
 from digest.web.tokens import BadToken, Links, Purpose, Tokens
 
 T = TypeVar("T")
-DB_THREADS = 4  # database calls in flight at once; more only queue on SQLite's write lock
+DB_THREADS = 4  # database calls in flight at once (PostgreSQL)
+SQLITE_DB_THREADS = 1  # SQLite has one writer: threads of one process would only take
+# turns on its lock through the busy handler's sleeps (measured: 5x the p99)
 
 
 @dataclass
@@ -38,10 +40,13 @@ class WebContext:
     tokens: Tokens
     clock: Callable[[], dt.datetime]
     pages: Pages
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(DB_THREADS, thread_name_prefix="digest-web")
-    )
+    executor: ThreadPoolExecutor | None = None  # made for the engine: see __post_init__
     _subscribers: tuple[tuple[Subscriber, ...], dict[str, Subscriber]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            threads = SQLITE_DB_THREADS if self.engine.dialect.name == "sqlite" else DB_THREADS
+            self.executor = ThreadPoolExecutor(threads, thread_name_prefix="digest-web")
 
     @property
     def links(self) -> Links:
