@@ -65,7 +65,7 @@ def one_click_url(message: EmailMessage) -> str:
 def preferences_url(message: EmailMessage) -> str:
     text = message.get_body(("plain",))
     assert text is not None
-    found = re.findall(r"Manage preferences \(pause, mute a topic\): (\S+)", text.get_content())
+    found = re.findall(r"Manage preferences \(pause, mute a topic\):\s+(\S+)", text.get_content())
     assert len(found) == 1
     return str(found[0])
 

@@ -190,7 +190,6 @@ def _v3_counts_bigint(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} {changes}"))
 
 
-
 def _v4_recipients_and_suppressions(conn: Connection) -> None:
     """Recipients in control: the opaque key of each one's links and their preferences
     (pause, muted topics), and the addresses that unsubscribed."""
