@@ -19,6 +19,8 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
+from tests.tools import require
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
@@ -50,8 +52,7 @@ def png(width: int, height: int, rgb: tuple[int, int, int] = (110, 130, 190)) ->
 @contextmanager
 def chromium() -> Iterator[Browser]:
     """The browser, closed afterwards."""
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
+    require(CHROMIUM, "chromium")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

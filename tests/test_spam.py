@@ -21,6 +21,7 @@ from digest.sources.hf_api import parse_api
 from digest.topics.match import PaperIndex, compile_topics, count_matches, match_subscriber
 from tests.render_helpers import MAIL, NOW, SLOT, make_subscriber
 from tests.testdata import corpus_day
+from tests.tools import require
 
 BOUND = 1.0
 WEEK = ("2025-09-30", "2025-10-01", "2025-10-02", "2025-10-03", "2025-10-06", "2025-10-07")
@@ -52,6 +53,11 @@ def digest_bytes(papers: list[Paper], topics: tuple[Topic, ...], **changes: obje
         total_matches=total,
     )  # fmt: skip
     return data
+
+
+@pytest.fixture(autouse=True)
+def _spamassassin_installed() -> None:
+    require(SPAMASSASSIN, "spamassassin")
 
 
 def score(message: bytes) -> tuple[float, str]:

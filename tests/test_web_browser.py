@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
+from tests.browser import chromium
 from tests.hfserver import HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
 from tests.test_daemon_process import CORPUS_DAY, WAIT, Daemon, utcnow
@@ -31,21 +32,13 @@ from tests.web_daemon_helpers import (
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 ADA, BOB = "ada@example.org", "bob@example.org"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "Debian's chromium is needed: apt-get install chromium"
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as launched:  # tests/browser.py: Debian's chromium, no download
         yield launched
-        launched.close()
 
 
 @pytest.fixture
