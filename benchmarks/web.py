@@ -37,6 +37,7 @@ from digest.web.tokens import Links
 from tests.smtpd_helpers import SmtpServer, add_digests, free_port
 
 SECRET = "benchmark-secret-0123456789abcdef"
+SMTP_LIMITS = "max_connections = 4, rate_per_second = 100000"  # the drain as fast as it goes
 BARE = """
 import sys
 from aiohttp import web
@@ -51,8 +52,15 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-def write_config(folder: Path, smtp_port: int, web_port: int) -> Path:
+def write_config(folder: Path, smtp_port: int, web_port: int, busy: list[str]) -> Path:
+    """The daemon's config; `busy`: the people with pending digests (in the file, or the
+    daemon would cancel their digests at start as removed subscribers)."""
     path = folder / "digest.toml"
+    people = "".join(
+        f'[[subscribers]]\nemail = "{e}"\nschedule = "weekly mon 06:00"\n'
+        f"topics = [{{ name = \"Agents\", query = 'agent*' }}]\n\n"
+        for e in busy
+    )
     path.write_text(
         f"""
 [source]
@@ -67,8 +75,7 @@ url = "sqlite:///digest.db"
 
 [mail]
 from = "Papers Digest <digest@example.org>"
-smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "none", max_connections = 4,
-         rate_per_second = 100000 }}
+smtp = {{ host = "127.0.0.1", port = {smtp_port}, security = "none", {SMTP_LIMITS} }}
 
 [web]
 listen = "127.0.0.1:{web_port}"
@@ -78,7 +85,8 @@ base_url = "http://127.0.0.1:{web_port}"
 email = "someone@example.org"
 schedule = "weekly mon 06:00"
 topics = [{{ name = "Agents", query = 'agent*' }}]
-""",
+
+{people}""",
         encoding="utf-8",
     )
     return path
@@ -139,14 +147,15 @@ def run_daemon_case(
     """(seconds, latencies, non-200, digests sent meanwhile, suppressions) for one case."""
     with SmtpServer() as smtp:
         web_port = free_port()
-        config = write_config(folder, smtp.port, web_port)
+        busy = [f"busy{i:05d}@example.org" for i in range(pending)]
+        config = write_config(folder, smtp.port, web_port, busy)
         env = {**os.environ, "DIGEST_WEB_SECRET": SECRET, "PYTHONPATH": str(Path.cwd())}
         engine = store.open_engine(f"sqlite:///{folder / 'digest.db'}")
         store.migrate(engine)
         crowd = [f"reader{i:05d}@example.org" for i in range(posts)]
         keys = recipients.ensure_recipients(engine, crowd, dt.datetime.now(dt.UTC))
         if pending:
-            add_digests(engine, [f"busy{i:05d}@example.org" for i in range(pending)])
+            add_digests(engine, busy)
         engine.dispose()
         links = Links(load_config(config, env).web)  # type: ignore[arg-type]
         urls = [links.for_key(keys[e]).unsubscribe for e in crowd]
