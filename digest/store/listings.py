@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select, text
 from sqlmodel import Session, SQLModel
 
 from digest.errors import StoreError
@@ -260,6 +260,10 @@ def _write_plan(conn: Connection, day: dt.date, stamp: dt.datetime, plan: _Plan)
     return lost
 
 
+# pg_advisory_xact_lock's key for upsert_listings: any fixed 64-bit number, ours alone
+_UPSERT_LOCK_KEY = 0x5061_7065_7273_4C73  # "PapersLs"
+
+
 def upsert_listings(
     engine: Engine, day: dt.date, papers: Sequence[Paper], now: dt.datetime
 ) -> UpsertReport:
@@ -285,6 +289,11 @@ def upsert_listings(
         wrap_db_errors(f"saving the listings of {day}", engine.url),
         write_bind(engine).begin() as conn,
     ):
+        if conn.dialect.name == "postgresql":
+            # One listing writer at a time across processes: two upserts of overlapping
+            # days locked paper and listing rows in different orders and deadlocked
+            # (seen in CI: DeadlockDetected). A day's upsert takes milliseconds.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPSERT_LOCK_KEY})
         select_papers, select_day = _LOCKING.get(conn.dialect.name, (_SELECT_PAPERS, _SELECT_DAY))
         ours: set[str] = set()  # papers this call inserted: new, whatever a later round reads
         pending = folded
