@@ -2,8 +2,8 @@
 
 `Paper` is what a parser produces and what matching and rendering consume: one
 paper as listed on one day. The `*Row` classes are the SQLModel tables; `store.py`
-owns the engine, the migrations and the queries over them, `outbox.py` the digest
-rows' state machine.
+owns the engine, the migrations and the queries over them, `outbox.py` and `claims.py` the
+digest rows' state machine.
 
 All datetimes are timezone-aware UTC (sqlmodel's UTCDateTime refuses naive ones and
 hands back aware UTC, SQLite included); `as_utc()` normalises anything else.
@@ -214,7 +214,7 @@ class DigestRow(SQLModel, table=True):
     # when the reply to the final dot timed out: maybe delivered, resent at most once
     maybe_sent_at: dt.datetime | None = None
     # loaded with the row (selectin) so `.message` works after its session is closed;
-    # outbox.py reads and writes the bytes with plain SQL and never loads this
+    # outbox.py and claims.py read and write the bytes with plain SQL and never loads this
     body: DigestMessageRow | None = Relationship(
         sa_relationship=relationship("DigestMessageRow", lazy="selectin", uselist=False)
     )

@@ -25,7 +25,7 @@ from digest.mail.delivery import (
 )
 from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
-from digest.store import outbox
+from digest.store import claims, outbox
 from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import (
     SENDER,
@@ -131,7 +131,7 @@ def test_server_down_leaves_every_digest_pending(backend: Backend) -> None:
     tried = [r for r in stored if r.attempts]
     assert all(r.next_attempt_at is not None for r in tried)
     # the untried ones are due again at once, not held by the lease
-    assert len(outbox.claim_due(engine, T0, 100)) == 10 - len(tried)
+    assert len(claims.claim_due(engine, T0, 100)) == 10 - len(tried)
 
 
 def test_transient_failures_give_up_after_max_attempts(backend: Backend) -> None:
@@ -190,7 +190,7 @@ def test_stop_finishes_in_flight_and_leaves_the_rest_due(backend: Backend) -> No
     assert 4 <= report.sent <= 4 + 2
     assert report.sent == len(handler.received)  # everything accepted was marked sent
     assert report.pending == 20 - report.sent
-    assert len(outbox.claim_due(engine, T0, 100)) == report.pending  # released, due at once
+    assert len(claims.claim_due(engine, T0, 100)) == report.pending  # released, due at once
 
 
 def test_maildir_messages_land_as_files_a_maildir_reads_back(

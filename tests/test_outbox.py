@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestRow
-from digest.store import outbox, owner
+from digest.store import claims, outbox, owner
 from digest.store.engine import mask_url
 from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
@@ -84,7 +84,7 @@ def test_stored_message_bytes_come_back_exactly(backend: Backend) -> None:
         now=T0,
     )
     assert digest_id is not None
-    (item,) = outbox.claim_due(engine, T0, 10)
+    (item,) = claims.claim_due(engine, T0, 10)
     assert item.message == message and item.id == digest_id and item.message_id == "<x@y>"
 
 
@@ -92,39 +92,39 @@ def test_claim_due_takes_due_rows_and_leases_them(backend: Backend) -> None:
     engine = new_outbox(backend)
     ids = add_digests(engine, recipients(5))
     later = list(ids.values())[4]
-    outbox.mark_retry(engine, later, "451 later", T0, 10 * MINUTE)  # due at T0 + 10 min
-    claimed = outbox.claim_due(engine, T0, 3, lease=5 * MINUTE)
+    claims.mark_retry(engine, later, "451 later", T0, 10 * MINUTE)  # due at T0 + 10 min
+    claimed = claims.claim_due(engine, T0, 3, lease=5 * MINUTE)
     assert [c.id for c in claimed] == list(ids.values())[:3]
     assert all(c.attempts == 0 and c.sender == SENDER for c in claimed)
     # leased: a second claim (another process) does not see them
-    again = outbox.claim_due(engine, T0, 10, lease=5 * MINUTE)
+    again = claims.claim_due(engine, T0, 10, lease=5 * MINUTE)
     assert [c.id for c in again] == [list(ids.values())[3]]
-    assert outbox.claim_due(engine, T0 + 4 * MINUTE, 10) == []
+    assert claims.claim_due(engine, T0 + 4 * MINUTE, 10) == []
     # after the lease the first three are due again; the retried one after its delay
-    expired = outbox.claim_due(engine, T0 + 6 * MINUTE, 10)
+    expired = claims.claim_due(engine, T0 + 6 * MINUTE, 10)
     assert sorted(c.id for c in expired) == sorted(list(ids.values())[:4])
-    (retry,) = outbox.claim_due(engine, T0 + 10 * MINUTE, 10)
+    (retry,) = claims.claim_due(engine, T0 + 10 * MINUTE, 10)
     assert retry.id == later and retry.attempts == 1
 
 
 def test_release_makes_claimed_rows_due_at_once(backend: Backend) -> None:
     engine = new_outbox(backend)
     ids = add_digests(engine, recipients(3))
-    claimed = outbox.claim_due(engine, T0, 10)
-    assert outbox.claim_due(engine, T0, 10) == []
-    outbox.release(engine, [c.id for c in claimed[:2]])
-    assert sorted(c.id for c in outbox.claim_due(engine, T0, 10)) == sorted(list(ids.values())[:2])
+    claimed = claims.claim_due(engine, T0, 10)
+    assert claims.claim_due(engine, T0, 10) == []
+    claims.release(engine, [c.id for c in claimed[:2]])
+    assert sorted(c.id for c in claims.claim_due(engine, T0, 10)) == sorted(list(ids.values())[:2])
 
 
 def test_sent_and_failed_rows_are_never_claimed(backend: Backend) -> None:
     engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(3)).values())
-    outbox.mark_sent(engine, ids[0], "250 ok", T0)
-    outbox.mark_failed(engine, ids[1], "550 no such user", T0)
-    assert [c.id for c in outbox.claim_due(engine, T0 + dt.timedelta(days=9), 10)] == [ids[2]]
+    claims.mark_sent(engine, ids[0], "250 ok", T0)
+    claims.mark_failed(engine, ids[1], "550 no such user", T0)
+    assert [c.id for c in claims.claim_due(engine, T0 + dt.timedelta(days=9), 10)] == [ids[2]]
     # a late retry or failure does not resurrect a sent digest
-    outbox.mark_retry(engine, ids[0], "451", T0, MINUTE)
-    outbox.mark_failed(engine, ids[0], "554", T0)
+    claims.mark_retry(engine, ids[0], "451", T0, MINUTE)
+    claims.mark_failed(engine, ids[0], "554", T0)
     assert get(engine, ids[0]).status == "sent"
     failed = get(engine, ids[1])
     assert failed.status == "failed" and failed.last_reply == "550 no such user"
@@ -136,7 +136,7 @@ def test_mark_sent_records_every_paper_as_delivered(backend: Backend) -> None:
     digest_id = add(engine, "ada@example.org", T0, ["2401.00001", "2401.00002"])
     assert digest_id is not None
     assert deliveries(engine) == []
-    outbox.mark_sent(engine, digest_id, "250 2.0.0 queued", T0 + MINUTE)
+    claims.mark_sent(engine, digest_id, "250 2.0.0 queued", T0 + MINUTE)
     row = get(engine, digest_id)
     assert row.status == "sent" and row.last_reply == "250 2.0.0 queued"
     assert row.sent_at is not None and row.sent_at.replace(tzinfo=dt.UTC) == T0 + MINUTE
@@ -156,7 +156,7 @@ def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(backend: Backend)
     # SQLite: "IntegrityError: disk says no"; PostgreSQL: "RaiseException: disk says no"
     expected = rf"cannot mark digest {digest_id} sent on {shown}: \w+: disk says no"
     with pytest.raises(StoreError, match=expected):
-        outbox.mark_sent(engine, digest_id, "250 ok", T0)
+        claims.mark_sent(engine, digest_id, "250 ok", T0)
     row = get(engine, digest_id)
     assert row.status == "pending" and row.sent_at is None  # nothing half-done
     assert deliveries(engine) == []
@@ -165,8 +165,8 @@ def test_mark_sent_is_atomic_when_a_delivery_cannot_be_written(backend: Backend)
 def test_mark_retry_counts_attempts_and_delays(backend: Backend) -> None:
     engine = new_outbox(backend)
     (digest_id,) = add_digests(engine, ["ada@example.org"]).values()
-    outbox.mark_retry(engine, digest_id, "451 greylisted", T0, 5 * MINUTE)
-    outbox.mark_retry(engine, digest_id, "421 busy", T0 + 5 * MINUTE, 30 * MINUTE)
+    claims.mark_retry(engine, digest_id, "451 greylisted", T0, 5 * MINUTE)
+    claims.mark_retry(engine, digest_id, "421 busy", T0 + 5 * MINUTE, 30 * MINUTE)
     row = get(engine, digest_id)
     assert row.status == "pending" and row.attempts == 2 and row.last_reply == "421 busy"
     assert row.next_attempt_at is not None
@@ -176,13 +176,13 @@ def test_mark_retry_counts_attempts_and_delays(backend: Backend) -> None:
 def test_unknown_digest_and_broken_database_are_store_errors(backend: Backend) -> None:
     engine = new_outbox(backend)
     with pytest.raises(StoreError, match="digest 42 does not exist"):
-        outbox.mark_sent(engine, 42, "250", T0)
+        claims.mark_sent(engine, 42, "250", T0)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE deliveries"))
         conn.execute(text("DROP TABLE digest_messages"))  # PostgreSQL enforces its foreign key
         conn.execute(text("DROP TABLE digests"))
     with pytest.raises(StoreError, match="outbox: cannot claim due digests"):
-        outbox.claim_due(engine, T0, 10)
+        claims.claim_due(engine, T0, 10)
     with pytest.raises(StoreError, match="outbox: cannot count digests"):
         outbox.outbox_counts(engine)
 
@@ -192,8 +192,8 @@ def test_a_paper_delivered_twice_keeps_its_first_delivery(backend: Backend) -> N
     first = add(engine, "ada@example.org", T0, ["2401.00001"])
     second = add(engine, "ada@example.org", T0 + dt.timedelta(days=1), ["2401.00001", "2401.7"])
     assert first is not None and second is not None
-    outbox.mark_sent(engine, first, "250 ok", T0)
-    outbox.mark_sent(engine, second, "250 ok", T0 + dt.timedelta(days=1))
+    claims.mark_sent(engine, first, "250 ok", T0)
+    claims.mark_sent(engine, second, "250 ok", T0 + dt.timedelta(days=1))
     assert deliveries(engine) == [
         ("ada@example.org", "2401.00001", first),
         ("ada@example.org", "2401.7", second),
@@ -204,9 +204,9 @@ def test_a_paper_delivered_twice_keeps_its_first_delivery(backend: Backend) -> N
 def test_mark_sent_and_claim_is_one_transaction(backend: Backend) -> None:
     engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(6)).values())
-    first = outbox.claim_due(engine, T0, 2)
+    first = claims.claim_due(engine, T0, 2)
     assert [c.id for c in first] == ids[:2]
-    following = outbox.mark_sent_and_claim(
+    following = claims.mark_sent_and_claim(
         engine, [(ids[0], "250 a"), (ids[1], "250 b")], T0, 2, 5 * MINUTE, skip=[ids[2]]
     )
     assert [c.id for c in following] == ids[3:5]  # skipped the one the caller is sending
@@ -219,10 +219,10 @@ def test_mark_sent_and_claim_is_one_transaction(backend: Backend) -> None:
     # the next sent digest cannot record its papers
     refuse_inserts(engine, "deliveries", "disk says no")
     with pytest.raises(StoreError, match=r"cannot mark digest \d+ sent.*disk says no"):
-        outbox.mark_sent_and_claim(engine, [(ids[3], "250")], T0, 5, 5 * MINUTE)
+        claims.mark_sent_and_claim(engine, [(ids[3], "250")], T0, 5, 5 * MINUTE)
     assert get(engine, ids[3]).status == "pending"
     # nothing was claimed either: the rows never leased are still due at once
-    assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[2], ids[5]]
+    assert [c.id for c in claims.claim_due(engine, T0, 10)] == [ids[2], ids[5]]
 
 
 def test_add_digests_writes_digests_and_handled_slots_in_one_transaction(backend: Backend) -> None:
@@ -292,7 +292,7 @@ def test_cancel_pending_cancels_only_the_pending_digests_of_those_people(backend
     people = recipients(4)
     ids = add_digests(engine, people)
     later = add_digests(engine, people[:1], slot=T0 + dt.timedelta(days=1))
-    outbox.mark_sent(engine, ids[people[0]], "250 ok", T0)  # already sent: stays sent
+    claims.mark_sent(engine, ids[people[0]], "250 ok", T0)  # already sent: stays sent
     cancelled = outbox.cancel_pending(engine, [people[0], people[1]], "unsubscribed", T0)
     assert cancelled == 2  # people[0]'s later digest and people[1]'s
     assert get(engine, ids[people[0]]).status == "sent"
@@ -301,7 +301,7 @@ def test_cancel_pending_cancels_only_the_pending_digests_of_those_people(backend
         assert row.status == "cancelled"  # kept for the record, with when and why
         assert row.last_reply == "cancelled 2026-03-02 07:00:00 UTC: unsubscribed"
     # never claimed, whenever the drain comes
-    claimed = outbox.claim_due(engine, T0 + dt.timedelta(days=30), 10)
+    claimed = claims.claim_due(engine, T0 + dt.timedelta(days=30), 10)
     assert sorted(c.recipient for c in claimed) == people[2:]
     assert outbox.outbox_counts(engine) == {"pending": 2, "sent": 1, "failed": 0, "cancelled": 2}
     assert outbox.cancel_pending(engine, [people[1]], "again", T0) == 0  # nothing pending left
@@ -315,7 +315,7 @@ def test_cancel_pending_except_spares_the_file_and_the_alerts(backend: Backend) 
     cancelled = outbox.cancel_pending_except(engine, set(people[:100]), "left the file", T0)
     assert cancelled == 600
     assert outbox.outbox_counts(engine)["pending"] == 101  # the 100 kept and the alert
-    still = {c.recipient for c in outbox.claim_due(engine, T0, 1000)}
+    still = {c.recipient for c in claims.claim_due(engine, T0, 1000)}
     assert still == {*people[:100], "alert:admin@example.org"}
 
 
@@ -331,17 +331,17 @@ def test_a_dead_owners_leases_are_taken_over_at_once_and_only_those(backend: Bac
         reused = owner.Owner(here.host, sleeper.pid, "1:1")  # its pid, an older process
         elsewhere = owner.Owner("another-host", 1, "")
         for who in (here, alive, dead, reused, elsewhere):
-            assert len(outbox.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=who)) == 1
+            assert len(claims.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=who)) == 1
         # the pid now runs a younger process than the one that took the lease: gone
-        assert outbox.take_over_dead_leases(engine, T0) == 1
-        assert [c.id for c in outbox.claim_due(engine, T0, 10)] == [ids[3]]
+        assert claims.take_over_dead_leases(engine, T0) == 1
+        assert [c.id for c in claims.claim_due(engine, T0, 10)] == [ids[3]]
         doomed.kill()
         doomed.wait()
-        assert outbox.take_over_dead_leases(engine, T0 + MINUTE) == 1  # the killed one
-        assert [c.id for c in outbox.claim_due(engine, T0 + MINUTE, 10)] == [ids[2]]
-        assert outbox.take_over_dead_leases(engine, T0 + MINUTE) == 0  # ours now, and alive
+        assert claims.take_over_dead_leases(engine, T0 + MINUTE) == 1  # the killed one
+        assert [c.id for c in claims.claim_due(engine, T0 + MINUTE, 10)] == [ids[2]]
+        assert claims.take_over_dead_leases(engine, T0 + MINUTE) == 0  # ours now, and alive
         # the other host's lease and the live ones run out as leases do
-        later = outbox.claim_due(engine, T0 + 11 * MINUTE, 10)
+        later = claims.claim_due(engine, T0 + 11 * MINUTE, 10)
         assert sorted(c.id for c in later) == sorted(ids)
     finally:
         sleeper.kill()
@@ -354,12 +354,12 @@ def test_a_zombie_owner_is_gone(backend: Backend) -> None:
     child = subprocess.Popen(["sleep", "60"])
     try:
         held = owner.Owner(owner.this_process().host, child.pid, owner.start_time(child.pid) or "")
-        outbox.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=held)
+        claims.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=held)
         child.kill()  # killed but not reaped: a zombie until wait()
         deadline = time.monotonic() + 10
         while owner.start_time(child.pid) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert outbox.take_over_dead_leases(engine, T0) == 1
+        assert claims.take_over_dead_leases(engine, T0) == 1
     finally:
         child.wait()
 
@@ -367,19 +367,19 @@ def test_a_zombie_owner_is_gone(backend: Backend) -> None:
 def test_renewed_leases_stay_invisible_and_outcomes_clear_them(backend: Backend) -> None:
     engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(3)).values())
-    claimed = outbox.claim_due(engine, T0, 3, lease=MINUTE)
-    assert outbox.renew_leases(engine, [c.id for c in claimed], T0 + 50 * SECOND, MINUTE) == 3
-    assert outbox.claim_due(engine, T0 + 100 * SECOND, 10) == []  # renewed to T0 + 110 s
+    claimed = claims.claim_due(engine, T0, 3, lease=MINUTE)
+    assert claims.renew_leases(engine, [c.id for c in claimed], T0 + 50 * SECOND, MINUTE) == 3
+    assert claims.claim_due(engine, T0 + 100 * SECOND, 10) == []  # renewed to T0 + 110 s
     someone = owner.Owner("another-host", 7, "")
-    assert outbox.renew_leases(engine, ids, T0, MINUTE, owner=someone) == 0  # not theirs
-    outbox.mark_sent(engine, ids[0], "250", T0)
-    outbox.mark_retry(engine, ids[1], "451", T0, 5 * MINUTE)
+    assert claims.renew_leases(engine, ids, T0, MINUTE, owner=someone) == 0  # not theirs
+    claims.mark_sent(engine, ids[0], "250", T0)
+    claims.mark_retry(engine, ids[1], "451", T0, 5 * MINUTE)
     for digest_id in ids[:2]:
         row = get(engine, digest_id)
         assert (row.lease_host, row.lease_pid, row.lease_started) == (None, None, None)
     row = get(engine, ids[2])
     assert (row.lease_host, row.lease_pid) == (owner.this_process().host, os.getpid())
-    assert outbox.renew_leases(engine, ids[:2], T0, MINUTE) == 0  # done: nothing to renew
+    assert claims.renew_leases(engine, ids[:2], T0, MINUTE) == 0  # done: nothing to renew
 
 
 def test_pending_says_how_many_and_when_they_are_due(backend: Backend) -> None:
@@ -387,8 +387,8 @@ def test_pending_says_how_many_and_when_they_are_due(backend: Backend) -> None:
     assert outbox.pending(engine, T0) == outbox.Pending(0, None, None)
     ids = list(add_digests(engine, recipients(3)).values())
     assert outbox.pending(engine, T0) == outbox.Pending(3, None, None)  # all due now
-    outbox.mark_retry(engine, ids[0], "451", T0, MINUTE)
-    outbox.mark_retry(engine, ids[1], "451", T0, 30 * MINUTE)
+    claims.mark_retry(engine, ids[0], "451", T0, MINUTE)
+    claims.mark_retry(engine, ids[1], "451", T0, 30 * MINUTE)
     assert outbox.pending(engine, T0) == outbox.Pending(3, None, T0 + 30 * MINUTE)
-    outbox.mark_sent(engine, ids[2], "250", T0)
+    claims.mark_sent(engine, ids[2], "250", T0)
     assert outbox.pending(engine, T0) == outbox.Pending(2, T0 + MINUTE, T0 + 30 * MINUTE)

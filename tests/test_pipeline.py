@@ -18,7 +18,7 @@ from digest.config import Config, DaemonConfig, Subscriber, Topic
 from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
-from digest.store import outbox
+from digest.store import claims
 from tests.backends import Backend
 from tests.render_helpers import Html
 from tests.testdata import HF
@@ -136,8 +136,8 @@ def planner(tmp_path: Path, backend: Backend) -> pipeline.Planner:
 
 def sent_ids(planner: pipeline.Planner, digest_id: int, now: dt.datetime) -> list[str]:
     """Mark a digest sent (as the outbox does) and return its paper ids."""
-    (item,) = [i for i in outbox.claim_due(planner.engine, now, 100) if i.id == digest_id]
-    outbox.mark_sent(planner.engine, item.id, "250 ok", now)
+    (item,) = [i for i in claims.claim_due(planner.engine, now, 100) if i.id == digest_id]
+    claims.mark_sent(planner.engine, item.id, "250 ok", now)
     with Session(planner.engine) as session:
         row = session.get(DigestRow, digest_id)
         assert row is not None

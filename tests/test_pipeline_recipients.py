@@ -17,7 +17,7 @@ from digest import pipeline, store
 from digest.config import Config, Subscriber, Topic, WebConfig
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
-from digest.store import outbox, recipients
+from digest.store import claims, outbox, recipients
 from digest.web.tokens import Purpose, Tokens
 from tests.backends import Backend
 from tests.testdata import HF
@@ -100,7 +100,7 @@ def test_digests_carry_each_recipients_signed_links(planner: pipeline.Planner) -
     got = plan(planner, "2026-03-13 09:00")
     keys = recipients.ensure_recipients(planner.engine, [ADA, BOB], at("2026-03-13 09:00"))
     assert keys[ADA] != keys[BOB]
-    claimed = {i.id: i for i in outbox.claim_due(planner.engine, at("2026-03-13 09:00"), 10)}
+    claimed = {i.id: i for i in claims.claim_due(planner.engine, at("2026-03-13 09:00"), 10)}
     for who in (ADA, BOB):
         digest_id = got[who].digest_id
         assert digest_id is not None

@@ -317,7 +317,7 @@ def test_delivered_ids_and_stats(engine: Engine) -> None:
 def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
     engine: Engine,
 ) -> None:
-    from digest.store import outbox
+    from digest.store import claims, outbox
 
     now = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
 
@@ -338,12 +338,12 @@ def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
         return digest_id
 
     sent = digest("ada@example.org", 8, ["p1", "p2"])
-    (item,) = outbox.claim_due(engine, now, 10)
-    outbox.mark_sent(engine, item.id, "250 ok", now)
+    (item,) = claims.claim_due(engine, now, 10)
+    claims.mark_sent(engine, item.id, "250 ok", now)
     assert item.id == sent
     digest("ada@example.org", 9, ["p3", "outside"])  # pending
     failed = digest("bob@example.org", 8, ["p1"])
-    outbox.mark_failed(engine, failed, "550 no", now)  # failed: may be offered again
+    claims.mark_failed(engine, failed, "550 no", now)  # failed: may be offered again
 
     with Session(engine) as session:
         taken = store.papers_taken(session, ["p1", "p2", "p3", "p4"])
@@ -357,7 +357,7 @@ def test_papers_taken_sees_a_digest_marked_sent_between_its_reads(
     right after the planner's first statement): its papers are still taken, as pending or
     as delivered, never neither (on PostgreSQL each statement sees a new snapshot; read
     in the wrong order, the papers fell between and went out twice)."""
-    from digest.store import outbox
+    from digest.store import claims, outbox
 
     now = dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC)
     digest_id = outbox.add_digest(
@@ -366,7 +366,7 @@ def test_papers_taken_sees_a_digest_marked_sent_between_its_reads(
         message=b"Subject: s\r\n\r\nx\r\n", now=now,
     )  # fmt: skip
     assert digest_id is not None
-    (item,) = outbox.claim_due(engine, now, 10)
+    (item,) = claims.claim_due(engine, now, 10)
     other = backend.engine()  # the sending process: its own engine and connection
     statements: list[str] = []
 
@@ -375,7 +375,7 @@ def test_papers_taken_sees_a_digest_marked_sent_between_its_reads(
             return
         statements.append(str(args[2]))
         if len(statements) == 1:  # between the planner's first and second read
-            outbox.mark_sent(other, item.id, "250 ok", now)
+            claims.mark_sent(other, item.id, "250 ok", now)
 
     planner = store.open_engine(engine.url.render_as_string(hide_password=False))
     event.listen(planner, "after_cursor_execute", after_execute)

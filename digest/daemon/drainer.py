@@ -4,8 +4,8 @@ Owns: when `delivery.drain_outbox` runs in the daemon (kicked after each plan, b
 periodic drain job, at start), that two never run at once, the transport's lifetime
 (one per drain, so no SMTP connection idles between drains), and the per-drain log
 line. Does not own: sending, retries or backoff (delivery.py), the outbox table
-(outbox.py), or stopping (the daemon sets `stop`; a drain then finishes the messages
-in flight and returns).
+(outbox.py, claims.py), or stopping (the daemon sets `stop`; a drain then finishes
+the messages in flight and returns).
 """
 
 from __future__ import annotations

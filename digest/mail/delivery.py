@@ -3,7 +3,8 @@ that drains due digests through a transport.
 
 Owns: what happens to a digest after a send (sent / retry later / failed), the retry
 schedule across runs, stopping cleanly, and choosing a transport from the config.
-Does not own: SMTP itself (smtp.py), the outbox table's transactions (outbox.py),
+Does not own: SMTP itself (smtp.py), the outbox table's transactions (outbox.py,
+claims.py),
 rendering (render.py). The caller owns the transport's lifetime (``async with``).
 
 Claiming: each of `concurrency` workers claims one due digest just before sending it and
@@ -48,7 +49,7 @@ from digest.errors import (
 )
 from digest.humanize import count, duration
 from digest.mail.smtp import SmtpTransport
-from digest.store import outbox
+from digest.store import claims, outbox
 from digest.store.owner import this_process
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class _Drain:
         return self.stop.is_set() or self.error is not None or self.broken
 
     async def run(self, workers: int) -> DrainReport:
-        taken = await self.db(outbox.take_over_dead_leases, self.engine, self.now())
+        taken = await self.db(claims.take_over_dead_leases, self.engine, self.now())
         if taken:
             log.info(
                 "took over %s leased by a process of this host that is gone",
@@ -293,7 +294,7 @@ class _Drain:
         deadline = asyncio.get_running_loop().time() + self.wait_for_others.total_seconds()
         waited = False
         while not self.done() and asyncio.get_running_loop().time() < deadline:
-            held = await self.db(outbox.leased_by_others, self.engine, self.now(), self.owner)
+            held = await self.db(claims.leased_by_others, self.engine, self.now(), self.owner)
             if not held:
                 return waited
             waited = True
@@ -307,7 +308,7 @@ class _Drain:
         while True:
             await asyncio.sleep(period)
             if self.in_flight:
-                await self.db(outbox.renew_leases, self.engine, tuple(self.in_flight),
+                await self.db(claims.renew_leases, self.engine, tuple(self.in_flight),
                               self.now(), self.lease, self.owner)  # fmt: skip
 
     async def work(self) -> None:
@@ -316,7 +317,7 @@ class _Drain:
         while (item := await self.settle(finished)) is not None:
             if self.done():  # stopped while claiming: hand it back untouched, due at once
                 self.in_flight.discard(item.id)
-                await self.db(outbox.release, self.engine, [item.id])
+                await self.db(claims.release, self.engine, [item.id])
                 return
             finished = await self.deliver(item)
             self.in_flight.discard(item.id)
@@ -345,7 +346,7 @@ class _Drain:
         wanted = 0 if self.done() else len(batch)
         try:
             items = await self.db(
-                outbox.mark_sent_and_claim, self.engine, sent, self.now(),
+                claims.mark_sent_and_claim, self.engine, sent, self.now(),
                 wanted, self.lease, tuple(self.in_flight), self.owner,
             )  # fmt: skip
         except BaseException as e:
@@ -369,7 +370,7 @@ class _Drain:
             reply = await self.transport.send(item.sender, item.recipient, item.message)
         except PermanentDeliveryError as e:
             log.warning("digest %s to %s failed: %s", item.id, item.recipient, e)
-            await self.db(outbox.mark_failed, self.engine, item.id, str(e), self.now())
+            await self.db(claims.mark_failed, self.engine, item.id, str(e), self.now())
             self.failed += 1
             return None
         except MaybeDeliveredError as e:
@@ -388,12 +389,12 @@ class _Drain:
             log.warning("digest %s to %s: no final reply a second time, not sent again: %s",
                         item.id, item.recipient, reply)  # fmt: skip
             why = f"maybe delivered: no reply to the end of the message, twice: {reply}"
-            await self.db(outbox.mark_failed, self.engine, item.id, why, self.now())
+            await self.db(claims.mark_failed, self.engine, item.id, why, self.now())
             self.failed += 1
             return
         log.warning("digest %s to %s maybe delivered (%s); resent once, in %s at the earliest",
                     item.id, item.recipient, reply, MAYBE_RESEND_AFTER)  # fmt: skip
-        await self.db(outbox.mark_maybe_sent, self.engine, item.id,
+        await self.db(claims.mark_maybe_sent, self.engine, item.id,
                       f"maybe delivered: {reply}", self.now(), MAYBE_RESEND_AFTER)  # fmt: skip
         self.maybe += 1
 
@@ -403,11 +404,11 @@ class _Drain:
             log.warning("digest %s to %s failed after %d attempts: %s",
                         item.id, item.recipient, attempts, reply)  # fmt: skip
             why = f"gave up after {attempts} attempts: {reply}"
-            await self.db(outbox.mark_failed, self.engine, item.id, why, self.now())
+            await self.db(claims.mark_failed, self.engine, item.id, why, self.now())
             self.failed += 1
             return
         delay = retry_delay(attempts)
         wait = duration(delay)
         log.info("digest %s to %s: %s; retry in %s", item.id, item.recipient, reply, wait)
-        await self.db(outbox.mark_retry, self.engine, item.id, reply, self.now(), delay)
+        await self.db(claims.mark_retry, self.engine, item.id, reply, self.now(), delay)
         self.retried += 1

@@ -2,7 +2,7 @@
 
 Owns: reads and writes of `days`, `polls`, `subscribers` and `meta`, the read
 of `deliveries` that matching needs, and `store_stats` for `digest status`.
-Does not own the outbox state machine (`digest/outbox.py` writes `digests` and
+Does not own the outbox state machine (`outbox.py` and `claims.py` write `digests` and
 `deliveries`).
 
 Every function takes a Session. Reads leave the session as they found it; each
