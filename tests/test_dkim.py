@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from pathlib import Path
 import dkim
 import pytest
 
+from digest import store
 from digest.cli import main
-from digest.config import DkimConfig
+from digest.config import AlertsConfig, Config, DkimConfig, MailConfig, SourceConfig
+from digest.daemon import alerts
 from digest.mail.dkim import SIGNED_HEADERS, sign_message
 from tests.configs import write_config
 from tests.hfserver import HFServer
@@ -127,3 +130,26 @@ def test_only_headers_the_message_has_are_signed(tmp_path: Path) -> None:
     assert names == [n.lower() for n in SIGNED_HEADERS if n.lower() in
                      {b"from", b"to", b"subject", b"date", b"message-id"}]  # fmt: skip
     assert sign_message(message, None) == message
+
+
+def test_an_admin_alert_is_signed_like_every_digest(tmp_path: Path) -> None:
+    """The alert goes through the same relay as the digests: unsigned, a DMARC policy of
+    the From domain would send it to spam exactly when something is wrong."""
+    key, record = make_key(tmp_path)
+    config = Config(
+        path=tmp_path / "digest.toml",
+        source=SourceConfig(base_url="http://127.0.0.1:9"),
+        mail=MailConfig(from_addr="Digest <digest@example.org>",
+                        dkim=DkimConfig("example.org", "digest", key, key.read_bytes())),
+        alerts=AlertsConfig(email="admin@example.org", after_failed_polls=1),
+    )  # fmt: skip
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'digest.db'}")
+    store.migrate(engine)
+    now = dt.datetime(2026, 6, 1, 8, 0, tzinfo=dt.UTC)
+    assert alerts.record_poll(engine, config, ok=False, errors=["boom"], now=now)
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "digest.db") as db:
+        [(message,)] = db.execute("SELECT message FROM digest_messages").fetchall()
+    assert message.startswith(b"DKIM-Signature:")
+    assert dkim.verify(message, dnsfunc=dns_stub(record, []))
+    assert b"\n" not in message.replace(b"\r\n", b"")  # CRLF throughout, as digests

@@ -36,6 +36,7 @@ from sqlmodel import Session
 from digest import store
 from digest.config import Config
 from digest.humanize import count
+from digest.mail.dkim import sign_message
 from digest.pipeline import envelope_sender
 from digest.render import render_plain_message
 from digest.store import outbox
@@ -154,6 +155,7 @@ def queue_alert(
     message = render_plain_message(
         from_addr=config.mail.from_addr, to_addr=to_addr, subject=subject, body=body, now=now
     )
+    data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))  # as digests
     return outbox.add_digest(
         engine,
         subscriber=f"alert:{to_addr}",
@@ -163,7 +165,7 @@ def queue_alert(
         message_id=str(message["Message-ID"]),
         subject=subject,
         paper_ids=[],
-        message=message.as_bytes(),
+        message=sign_message(data, config.mail.dkim),  # signed like every digest
         now=now,
     )
 
