@@ -6,10 +6,12 @@ view of a `Match`, and the 100 KB cap on the HTML. The words (summaries, authors
 highlighting, subject) come from `render_text.py`; `render_message.py` turns the
 bodies into the message (headers, MIME).
 
-Speed: each Match's HTML and text entry is rendered once per Renderer and reused
-(`Renderer.render_paper`, an LRU keyed by the Match and the thumbnail choice: a
-slot's digests share the papers of the day), so a digest's own work is the page
-around them. A Match's highlights depend only on (text, its explaining leaves that
+Speed: each Match's HTML and text entry is made once per Renderer and reused
+(`Renderer.render_paper`, an LRU keyed by the Match and the thumbnail choice), and
+distinct matches of the same paper (other topics, other leaves: the usual case, each
+subscriber has their own) fill in that paper's skeleton, rendered once per batch
+(`fragments.py`), so a digest's own work is a few joins per paper and the page around
+them. A Match's highlights depend only on (text, its explaining leaves that
 apply to that text): `text.highlight` memoises that, and `topics.spans` memoises
 each (text, leaf)'s spans, so a paper shown with different leaves costs a merge and
 a join, not a tokenisation. `render_digest_bytes` is the outbox's
@@ -27,7 +29,6 @@ subscriber's name and config values do, each through `clean_header`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import itertools
@@ -45,6 +46,7 @@ from digest.config.schema import Thumbnails
 from digest.errors import ConfigError
 from digest.models import Match, Paper
 from digest.render.css import Stylesheet, inline_template, parse_stylesheet
+from digest.render.fragments import Skeletons, as_ascii, is_recorder, placeholder
 from digest.render.message import (
     DigestBodies,
     RecipientLinks,
@@ -105,10 +107,10 @@ def shipped_templates_dir() -> Path:
 # What the templates see
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PaperView:
+class PaperView(NamedTuple):
     """A matched paper, ready to show: cleaned text, checked URLs, the leaves to mark
-    (`leaves`, for the `hl` filter), and how to show its thumbnail."""
+    (`leaves`, for the `hl` filter), and how to show its thumbnail. Immutable (a
+    NamedTuple: one is built per match shown, and a frozen dataclass costs ~8 us)."""
 
     id: str
     title: str
@@ -142,19 +144,28 @@ class RenderedPaper(NamedTuple):
 
 def view_match(match: Match, thumbnails: Thumbnails = "small") -> PaperView:
     """The view of one match: what `_paper.html.j2` and `digest.txt.j2` show."""
-    return PaperView(
-        **_paper_fields(match.paper),
-        topics=tuple(clean_text(t) for t in match.topics),
-        leaves=match.leaves,
-        thumbnails=thumbnails,
+    return PaperView._make(
+        (*_paper_values(match.paper), _clean_topics(match.topics), match.leaves, thumbnails)
     )
 
 
+_PAPER_FIELDS = PaperView._fields[:-3]  # all but the match's
+
+
 @functools.lru_cache(maxsize=2048)
+def _paper_values(paper: Paper) -> tuple[Any, ...]:
+    """`_paper_fields` in PaperView's field order: a view is built positionally, per match."""
+    fields = _paper_fields(paper)
+    return tuple(fields[name] for name in _PAPER_FIELDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _clean_topics(topics: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(clean_text(t) for t in topics)
+
+
 def _paper_fields(paper: Paper) -> dict[str, Any]:
-    """Every PaperView field but the match's own (topics, words). Cached: at a slot,
-    many subscribers' digests hold the same few dozen papers of the day. Callers
-    must not change the dict."""
+    """Every PaperView field but the match's own (topics, words)."""
     ai_summary = clean_text(paper.ai_summary or "")
     org = paper.organization_fullname or paper.organization
     return {
@@ -206,10 +217,13 @@ class Renderer:
     and its rendered _paper.html.j2 and _paper.txt.j2 (`paper_html`, `paper_text`),
     which `render_paper` renders once per Match and caches. `inline_css=False` keeps
     the classes and puts the whole stylesheet in <head> (the benchmark's baseline,
-    which then inlines per message).
+    which then inlines per message). `skeletons=False` renders the paper templates for
+    every new match (the fast path's reference in the tests; see `fragments.py`).
     """
 
-    def __init__(self, templates_dir: Path | None = None, *, inline_css: bool = True) -> None:
+    def __init__(
+        self, templates_dir: Path | None = None, *, inline_css: bool = True, skeletons: bool = True
+    ) -> None:
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             if not templates_dir.is_dir():
@@ -242,14 +256,30 @@ class Renderer:
         # subscribers' digests share the few dozen papers of the day, so each
         # (paper, topic hits) is rendered once and reused.
         self.render_paper = functools.lru_cache(maxsize=FRAGMENT_CACHE_SIZE)(self._render_paper)
+        # Distinct matches of the same paper (other topics, other leaves) share its
+        # skeletons (`fragments.py`), for the shipped paper templates: an overridden
+        # one may use a match's leaves or topics in ways a skeleton cannot hold.
+        plain = not skeletons or (templates_dir is not None and any(
+            (templates_dir / name).exists() for name in ("_paper.html.j2", "_paper.txt.j2")
+        ))  # fmt: skip
+        self._skeletons = None if plain else Skeletons(
+            lambda view: self.paper.render(p=view), lambda view: self.paper_text.render(p=view)
+        )  # fmt: skip
 
     def _highlight(self, text: str, leaves: frozenset[Leaf], where: str) -> Markup:
+        if is_recorder(leaves):  # rendering a skeleton
+            return placeholder(leaves, text, where)
         return highlight(text, leaves, where, self._mark_open)
 
     def _render_paper(self, match: Match, thumbnails: Thumbnails = "small") -> RenderedPaper:
         view = view_match(match, thumbnails)
-        html = Markup(pack_html(self.paper.render(p=view)))
-        return RenderedPaper(view=view, html=html, text=self.paper_text.render(p=view))
+        skeletons = self._skeletons.get(match, view) if self._skeletons is not None else None
+        if skeletons is None:
+            html, text = self.paper.render(p=view), self.paper_text.render(p=view)
+        else:
+            html = skeletons[0].fill(view.topics, view.leaves, self._mark_open)
+            text = skeletons[1].fill(view.topics, view.leaves, self._mark_open)
+        return RenderedPaper(view=view, html=Markup(pack_html(html)), text=text)
 
 
 @contextlib.contextmanager
@@ -416,7 +446,7 @@ def _wire_size(html: str) -> int:
 
 def _ascii(html: str) -> str:
     """HTML with every non-ASCII character as an entity: the part then travels as 7bit."""
-    return html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    return as_ascii(html)
 
 
 def pack_html(html: str, width: int = 800) -> str:

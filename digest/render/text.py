@@ -71,10 +71,20 @@ def highlight(text: str, leaves: frozenset[Leaf], where: str, open_tag: str) -> 
     key of MARKED_FIELDS) wrapped in `open_tag` ... `</mark>`: a phrase as one mark, a
     prefix on the words it matched, overlapping occurrences as one mark.
 
-    A pure function of its arguments, memoised: the same paper shown to many
-    subscribers with the same leaves is marked once.
+    A pure function of its arguments, memoised on the spans it marks: the same paper
+    shown to many subscribers with the same marks is escaped and marked once.
     """
     return _highlight(text, _applicable(leaves, where), open_tag)
+
+
+def applicable_leaves(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
+    """The `leaves` that `highlight(..., where, ...)` marks (memoised)."""
+    return _applicable(leaves, where)
+
+
+def highlight_applicable(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
+    """`highlight` given `applicable_leaves(leaves, where)` instead of (leaves, where)."""
+    return _highlight(text, leaves, open_tag)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -83,13 +93,28 @@ def _applicable(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
     return frozenset(leaf for leaf in leaves if leaf.field in fields)
 
 
-@functools.lru_cache(maxsize=16384)
 def _highlight(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
+    # not memoised on the leaves: in a real batch four in five (text, leaves) are new,
+    # while the spans they mark mostly are not
     if not leaves:
-        return escape(text)
+        return _escaped(text)
+    return _marked(text, tuple(merged_spans(text, leaves)), open_tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _escaped(text: str) -> Markup:
+    return escape(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _marked(text: str, spans: tuple[tuple[int, int], ...], open_tag: str) -> Markup:
+    """`text` escaped with `spans` marked: many leaf sets mark the same spans (most of
+    a subscriber's leaves occur in none of a paper's texts but one)."""
+    if not spans:
+        return _escaped(text)
     out: list[str] = []
     pos = 0
-    for start, end in merged_spans(text, leaves):
+    for start, end in spans:
         out += [str(escape(text[pos:start])), open_tag, str(escape(text[start:end])), "</mark>"]
         pos = end
     out.append(str(escape(text[pos:])))
@@ -103,11 +128,21 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
     its own even when that is longer than `width`. Memoised: a batch's digests repeat
     the same intro and footer lines."""
     pad = " " * indent
+    if indent + len(text) <= width and text.strip() == text and _fits_one_line(text):
+        return pad + text  # what textwrap gives a line that fits, without its machinery
     lines = textwrap.wrap(
         text, width, initial_indent=pad, subsequent_indent=pad,
         break_long_words=False, break_on_hyphens=False,
     )  # fmt: skip
     return "\n".join(lines) if lines else pad
+
+
+_TEXTWRAP_SPACE = frozenset("\t\n\x0b\x0c\r")  # what textwrap turns into spaces
+
+
+def _fits_one_line(text: str) -> bool:
+    """No tab or line end: textwrap keeps such a text as it is when it fits."""
+    return _TEXTWRAP_SPACE.isdisjoint(text)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -9,14 +9,16 @@ them, so a span is found where the index found a match. Does not own which leave
 explain a match (`index.py`), which field's leaves apply to which shown text, or
 the HTML (`digest/render/text.py`). No I/O.
 
-Cost: a text's word spans and each (text, leaf)'s spans are memoised (LRU): at a
-slot many subscribers' digests show the same papers with the same few leaves.
+Cost: a text's words are memoised (LRU) with where each distinct word occurs, so a
+leaf costs a dict lookup (a walk over the words only for a one-word prefix): at a slot
+many subscribers' digests show the same few hundred texts with ever other leaves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import NamedTuple
 
 from digest.topics.query import Leaf
 from digest.topics.words import word_spans
@@ -24,23 +26,47 @@ from digest.topics.words import word_spans
 Span = tuple[int, int]  # [start, end) offsets into the text
 
 
+class _Words(NamedTuple):
+    """A text's words (`spans`) and, for each distinct word, where it occurs."""
+
+    spans: tuple[tuple[int, int, str], ...]
+    at: dict[str, list[int]]  # word -> its positions in `spans`
+
+
 @lru_cache(maxsize=4096)
-def _words_of(text: str) -> tuple[tuple[int, int, str], ...]:
-    return tuple(word_spans(text))
+def _words_of(text: str) -> _Words:
+    spans = tuple(word_spans(text))
+    at: dict[str, list[int]] = {}
+    for i, (_, _, word) in enumerate(spans):
+        at.setdefault(word, []).append(i)
+    return _Words(spans, at)
 
 
-@lru_cache(maxsize=65536)
 def leaf_spans(text: str, leaf: Leaf) -> tuple[Span, ...]:
     """The spans of `text` where `leaf`'s words occur (its field is the caller's
     business; an ``id:`` leaf occurs nowhere)."""
+    return _leaf_spans(_words_of(text), leaf)
+
+
+def _leaf_spans(words_of: _Words, leaf: Leaf) -> tuple[Span, ...]:
+    """Looked up by the leaf's first word (or, for a one-word prefix, each distinct
+    word it begins), not by a walk over the text: most leaves occur in none of a
+    paper's texts but one, and cost one dict lookup there."""
     if leaf.field == "id":
         return ()
     words, prefix = leaf.words, leaf.prefix
-    spans = _words_of(text)
+    spans, at = words_of
     n, last = len(words), len(words) - 1
+    if n == 1 and prefix:
+        starts = sorted(i for word, where in at.items() if word.startswith(words[0])
+                        for i in where)  # fmt: skip
+    else:
+        starts = at.get(words[0], [])
     found: list[Span] = []
-    for i in range(len(spans) - n + 1):
-        if all(spans[i + k][2] == words[k] for k in range(last)):
+    for i in starts:
+        if i + last >= len(spans):
+            break
+        if all(spans[i + k][2] == words[k] for k in range(1, last)):
             word = spans[i + last][2]
             if word == words[last] or (prefix and word.startswith(words[last])):
                 found.append((spans[i][0], spans[i + last][1]))
@@ -50,7 +76,8 @@ def leaf_spans(text: str, leaf: Leaf) -> tuple[Span, ...]:
 def merged_spans(text: str, leaves: Iterable[Leaf]) -> list[Span]:
     """The spans to mark in `text` for `leaves`, in order; overlapping ones joined
     into one (``"reinforcement learning"`` and ``"learning from"`` -> one mark)."""
-    spans = sorted({s for leaf in leaves for s in leaf_spans(text, leaf)})
+    words_of = _words_of(text)
+    spans = sorted({s for leaf in leaves for s in _leaf_spans(words_of, leaf)})
     merged: list[Span] = []
     for start, end in spans:
         if merged and start < merged[-1][1]:
