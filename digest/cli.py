@@ -3,18 +3,22 @@
 Exit 0 on success, 1 on a runtime failure, 2 on bad usage or a bad config, always with
 one clear line on stderr. This is the one place that catches DigestError; the command
 bodies live in `commands.py`.
+
+Imports nothing heavy: `digest --help` and a bad option answer at once; the commands
+(and SQLAlchemy, Jinja, httpx behind them) load only once a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from digest import __version__, commands
+from digest import __version__
 from digest.errors import ConfigError, DigestError, UsageError
 from digest.logs import setup_logging
 
@@ -61,6 +65,13 @@ or a bad config; the reason is always one line on stderr.
 `digest COMMAND --help` shows the options of one command."""
 
 
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digest",
@@ -82,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("fetch", "fetch listings into the database; print new and updated papers")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--date", type=commands.parse_day, help="one day, YYYY-MM-DD")
-    when.add_argument("--since", type=commands.parse_day, help="first day of a range")
-    p.add_argument("--until", type=commands.parse_day, help="last day of the range (default today)")
+    when.add_argument("--date", type=parse_day, help="one day, YYYY-MM-DD")
+    when.add_argument("--since", type=parse_day, help="first day of a range")
+    p.add_argument("--until", type=parse_day, help="last day of the range (default today)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = command("match", "show what each subscriber's next digest would hold; changes nothing")
-    p.add_argument("--since", type=commands.parse_day, help="papers listed on or after this day")
+    p.add_argument("--since", type=parse_day, help="papers listed on or after this day")
     p.add_argument("--subscriber", help="only this email")
     p.add_argument("--json", action="store_true", help="one JSON object per subscriber")
 
@@ -133,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"--since {args.since} is later than --until {args.until}: no day between"
             )
+        from digest import commands  # here, not at the top: see the module docstring
+
         return commands.run(args, sys.stdout)
     except ConfigError as e:
         for problem in e.problems:

@@ -3,6 +3,9 @@
 Owns what each command prints (to the `out` stream it is given) and its exit code on
 success or partial failure. Does not own argument parsing or turning errors into exit
 codes (`cli.py`), nor any step of the pipeline itself.
+
+Each command imports the stages it uses when it runs: `digest init` loads no
+SQLAlchemy, `digest status` no Jinja, httpx or aiosmtplib.
 """
 
 from __future__ import annotations
@@ -17,36 +20,25 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlmodel import Session
-
-from digest import pipeline, store
-from digest.config import Config, Subscriber, example_config, load_config, summarize_config
 from digest.errors import DeliveryError, DigestError, SourceError, StoreError, UsageError
 from digest.humanize import count, duration
-from digest.mail.delivery import DrainReport, drain_outbox, make_transport
-from digest.models import Match, Paper, as_utc
-from digest.render import Renderer, render_digest
-from digest.sources.fetch import make_client
-from digest.store import recipients
-from digest.store.outbox import outbox_counts
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from digest import pipeline
+    from digest.config import Config, Subscriber
+    from digest.mail.delivery import DrainReport
+    from digest.models import Match, Paper
 
 log = logging.getLogger("digest")
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def parse_day(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -67,10 +59,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def load(args: argparse.Namespace) -> Config:
+    from digest.config import load_config
+
     return load_config(args.config, os.environ)
 
 
 def open_store(config: Config) -> Engine:
+    from digest import store
+
     engine = store.open_engine(config.storage.url)
     store.migrate(engine)
     return engine
@@ -80,6 +76,8 @@ def open_store(config: Config) -> Engine:
 
 
 def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.config import example_config
+
     path = args.config
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists; use --force to overwrite it")
@@ -89,6 +87,9 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.config import summarize_config
+    from digest.render import Renderer
+
     config = load(args)
     Renderer(config.mail.templates)  # a broken template folder is a config problem too
     for line in summarize_config(config):
@@ -107,6 +108,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 def check_recipients(config: Config) -> list[str]:
     """`digest check`'s view of the database: who unsubscribed or paused. A database
     that does not exist yet is not created here; one that fails is a line, not an exit."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(config.storage.url)
     file = url.database if url.get_backend_name() == "sqlite" else None
     if file and file != ":memory:" and not Path(file).exists():
@@ -120,6 +123,8 @@ def check_recipients(config: Config) -> list[str]:
 def recipient_lines(config: Config, engine: Engine, now: dt.datetime) -> list[str]:
     """Who in the file unsubscribed, paused or muted topics: the database overrides the
     file, so `check` and `status` say whom the file lists in vain."""
+    from digest.store import recipients
+
     choices = recipients.recipients_of(engine, [s.email for s in config.subscribers])
     lines = []
     for sub in config.subscribers:
@@ -146,6 +151,8 @@ def recipient_lines(config: Config, engine: Engine, now: dt.datetime) -> list[st
 
 
 def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
+    from digest import pipeline
+
     config = load(args)
     engine = open_store(config)
     now = utcnow()
@@ -180,6 +187,9 @@ async def _poll(
     days: list[dt.date],
     on_day: Callable[[pipeline.DayOutcome], None] | None = None,
 ) -> pipeline.PollReport:
+    from digest import pipeline
+    from digest.sources.fetch import make_client
+
     async with make_client(config.source) as client:
         return await pipeline.poll(config, engine, client, days, now=utcnow, on_day=on_day)
 
@@ -269,6 +279,11 @@ def next_digest(
     """What the subscriber's next digest would hold: the due slot if one is waiting, else
     the next one; with `since`, every paper listed from that day on. `more`: also up
     to that many matches past max_papers (the digest's title links)."""
+    from sqlmodel import Session
+
+    from digest import pipeline, store
+    from digest.models import as_utc
+
     with Session(planner.engine) as session:
         state = store.get_subscriber_state(session, subscriber.email)
     last_slot = as_utc(state.last_slot) if state and state.last_slot else None
@@ -283,6 +298,8 @@ def next_digest(
 
 
 def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
+    from digest import pipeline
+
     config = load(args)
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
@@ -322,6 +339,9 @@ def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
+    from digest import pipeline
+    from digest.render import render_digest
+
     config = load(args)
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
@@ -368,6 +388,9 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 def dry_run(config: Config, out: TextIO) -> int:
     """`digest send --dry-run`: what `digest send --no-fetch` would mail now, from what is
     stored. Changes nothing: no poll, no database file created, no slot handled."""
+    from digest import pipeline, store
+    from digest.store.outbox import outbox_counts
+
     if not store.database_exists(config.storage.url):
         out.write("would send nothing: no database yet (`digest send` or `digest fetch` make it)\n")
         return 0
@@ -393,6 +416,10 @@ def dry_run(config: Config, out: TextIO) -> int:
 
 
 async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    from digest import pipeline
+    from digest.mail.delivery import drain_outbox, make_transport
+    from digest.sources.fetch import make_client
+
     poll_report = None
     if not args.no_fetch:
         days = pipeline.days_to_poll(utcnow(), config.source.lookback_days)
@@ -443,6 +470,9 @@ async def _deliver_only(
 ) -> int:
     """The poll fetched nothing: deliver what was already waiting, then fail with the
     poll's error. Stdout speaks only of mail that went out (never of "nothing new")."""
+    from digest import pipeline
+    from digest.mail.delivery import drain_outbox, make_transport
+
     pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:
         report = await drain_outbox(engine, transport, now=utcnow)
@@ -491,6 +521,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     """The store, the outbox and each subscriber's next digest (as `match` and `send` see
     it: the due slot if one is waiting, else the next). With `--check`, exit 1 when the
     last poll failed or mail has been failing (the container's HEALTHCHECK)."""
+    from sqlmodel import Session
+
+    from digest import pipeline, store
+    from digest.models import as_utc
+
     config = load(args)
     engine = open_store(config)
     now = utcnow()
@@ -533,6 +568,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_unsubscribe(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.store import recipients
+
     config = load(args)
     email = parse_address_arg(args.email)
     engine = open_store(config)
@@ -544,6 +581,8 @@ def cmd_unsubscribe(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_resubscribe(args: argparse.Namespace, out: TextIO) -> int:
+    from digest.store import recipients
+
     config = load(args)
     email = parse_address_arg(args.email)
     engine = open_store(config)

@@ -19,9 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from digest.config.dburl import BadURL, parse_db_url
 from digest.config.lines import Path as KeyPath
 from digest.config.lines import key_lines, line_of
 from digest.config.schema import (
@@ -245,20 +243,18 @@ class Builder:
     def storage(self, t: dict[str, Any]) -> StorageConfig:
         url = self.field(t, ("storage",), "url", StorageConfig().url, string)
         try:
-            parsed = make_url(url)
-        except ArgumentError as e:
+            parsed = parse_db_url(url)
+        except BadURL as e:
             self.problem(("storage", "url"), f"not a database URL ({e})")
             return StorageConfig()
         db = parsed.database
         if (
-            parsed.get_backend_name() == "sqlite"
+            parsed.backend == "sqlite"
             and db
             and db != ":memory:"
             and not (db.startswith("file:") or Path(db).expanduser().is_absolute())
         ):  # a relative SQLite file lives next to the config, wherever we are started from
-            url = parsed.set(database=str(self.local_path(db))).render_as_string(
-                hide_password=False
-            )
+            url = parsed.with_database(str(self.local_path(db)))
         return StorageConfig(url=url)
 
     def mail(self, t: dict[str, Any]) -> MailConfig:

@@ -13,9 +13,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from digest.config.build import build_config
+from digest.config.dburl import parse_db_url
 from digest.config.schema import Config
 from digest.errors import ConfigError
 from digest.humanize import count, duration
@@ -67,7 +66,7 @@ def summarize_config(config: Config) -> list[str]:
         f"config: {config.path}",
         f"source: {s.base_url} (mode {s.mode}), poll every {duration(s.poll_interval)}, "
         f"lookback {count(s.lookback_days, 'day')}",
-        f"storage: {make_url(config.storage.url).render_as_string(hide_password=True)}",
+        f"storage: {parse_db_url(config.storage.url).masked()}",
     ]
     if mail.transport == "smtp" and mail.smtp is not None:
         smtp = mail.smtp

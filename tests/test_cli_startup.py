@@ -1,0 +1,71 @@
+"""Start-up: which modules a command loads before it answers, in a real subprocess.
+
+Not a timing test: the import graph is what makes `digest --help` instant, so the
+test pins the graph (no heavy module loaded), and benchmarks/cli.py measures the time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.configs import write_config
+
+HEAVY = ("sqlalchemy", "sqlmodel", "jinja2", "aiohttp", "aiosmtplib", "selectolax", "httpx")
+
+PROBE = """
+import json, sys
+from digest.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+loaded = sorted({name.split(".")[0] for name in sys.modules})
+print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+"""
+
+
+def modules_loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
+    """Run `digest ARGV` in a fresh interpreter; its exit code and the top-level
+    packages it had imported by the end."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    report = json.loads(last)
+    return report["code"], set(report["loaded"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["send", "--help"], ["--version"], ["fetch", "--date", "not-a-day"]],
+)
+def test_help_and_bad_usage_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
+    code, loaded = modules_loaded(*argv, cwd=tmp_path)
+    assert code in (0, 2)
+    assert "digest" in loaded  # the probe ran the real CLI
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_init_imports_no_database(tmp_path: Path) -> None:
+    code, loaded = modules_loaded("init", "-c", str(tmp_path / "digest.toml"), cwd=tmp_path)
+    assert code == 0
+    assert (tmp_path / "digest.toml").exists()
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_a_command_that_needs_the_database_still_loads_it(tmp_path: Path) -> None:
+    """The other side: the probe sees imports at all (else the tests above prove nothing)."""
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    code, loaded = modules_loaded("match", "-c", str(config), cwd=tmp_path)
+    assert code == 0
+    assert "sqlalchemy" in loaded
