@@ -545,12 +545,19 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             "due": sorted(e for e, (_, due) in slots.items() if due),
         }
         record["recipients"] = recipient_lines(config, engine, now)
+        rate = send_rate(config)
+        pending = stats.digests.get("pending", 0)
+        record["rate_per_second"] = rate
+        record["pending_send_seconds"] = None if rate is None else pending / rate
         if args.check:
             record["problems"] = trouble
         out.write(json.dumps(record, default=str) + "\n")
     else:
         for line in stats.lines():
             out.write(line + "\n")
+        pending = stats.digests.get("pending", 0)
+        if pending:
+            out.write(pending_line(pending, send_rate(config)) + "\n")
         for email, (when, due) in slots.items():
             waiting = " (due now: `digest send` sends it)" if due else ""
             out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}{waiting}\n")
@@ -559,6 +566,25 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if trouble:
         raise DigestError("unhealthy: " + "; ".join(trouble))
     return 0
+
+
+def send_rate(config: Config) -> float | None:
+    """The messages a second the configured transport is capped at; None: no cap (Maildir)."""
+    smtp = config.mail.smtp
+    return smtp.rate_per_second if config.mail.transport == "smtp" and smtp else None
+
+
+def pending_line(pending: int, rate: float | None) -> str:
+    """How long the digests waiting in the outbox take to go out at the configured cap
+    (at the least: a slow relay or retries take longer)."""
+    waiting = count(pending, "pending digest")
+    if rate is None:
+        return f"sending {waiting}: no rate cap (Maildir)"
+    took = duration(max(1, round(pending / rate)))
+    return (
+        f"sending {waiting} takes at least {took} at rate_per_second = {rate:g} "
+        "(the README says which rate your relay takes)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:

@@ -16,7 +16,8 @@ from sqlmodel import Session
 
 from digest import store
 from digest.cli import main
-from tests.configs import write_config
+from digest.commands import pending_line
+from tests.configs import ADA, write_config
 from tests.hfserver import HFServer, closed_port
 from tests.testdata import HF, corpus_dir
 
@@ -177,6 +178,48 @@ def test_send_delivers_once_to_the_maildir(
     status = json.loads(capsys.readouterr().out)
     assert status["digests"]["sent"] == 1
     assert "ada@example.org" in status["subscribers"]
+
+
+def test_status_says_how_long_the_pending_digests_take_at_the_rate_cap(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve_today(hf_server)
+    relay = closed_port()  # the relay is down: the digests stay pending
+    smtp = f'host = "127.0.0.1", port = {relay}, security = "none", timeout = 2, retries = 0'
+    bob = ADA.replace("ada@", "bob@").replace('"Ada"', '"Bob"')
+
+    def configure(rate: str) -> Path:
+        mail = f"smtp = {{ {smtp}, rate_per_second = {rate} }}"
+        return write_config(tmp_path, hf_server.base_url, mail=mail, subscribers=ADA + bob)
+
+    config = configure("10")
+    assert main(["send", "-c", str(config)]) == 1
+    capsys.readouterr()
+    configure("0.002")  # the cap status reads is the file's, not the one they were sent with
+    assert main(["status", "-c", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = (
+        "sending 2 pending digests takes at least 16m40s at rate_per_second = 0.002 "
+        "(the README says which rate your relay takes)"
+    )
+    assert expected in lines, lines
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["digests"]["pending"] == 2
+    assert status["rate_per_second"] == 0.002
+    assert status["pending_send_seconds"] == pytest.approx(1000)
+
+
+def test_status_with_nothing_pending_or_no_cap_says_so(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, hf_server.base_url)  # Maildir: no cap
+    assert main(["status", "-c", str(config)]) == 0
+    assert "sending" not in capsys.readouterr().out  # nothing waits: no line about it
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["rate_per_second"] is None and status["pending_send_seconds"] is None
+    assert pending_line(1, None) == "sending 1 pending digest: no rate cap (Maildir)"
 
 
 def test_preview_writes_html_and_eml_without_sending(
