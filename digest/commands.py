@@ -399,13 +399,18 @@ def dry_run(config: Config, out: TextIO) -> int:
     planned = pipeline.plan_due(
         pipeline.Planner(config, engine), config.subscribers, now, daemon=False, write=False
     )
-    going = [p for p in planned if p.matches or p.subscriber.send_empty]
+    going = [
+        p for p in planned
+        if p.matches or (p.subscriber.send_empty and p.subscriber.delivery != "feed")
+    ]  # fmt: skip
     for p in going:
         local = p.slot.astimezone(ZoneInfo(p.subscriber.timezone))
-        out.write(
-            f"would send {count(len(p.matches), 'paper')} to {p.subscriber.email} "
-            f"(slot {local:%a %Y-%m-%d %H:%M %Z})\n"
-        )
+        if p.subscriber.delivery == "feed":  # never mailed
+            papers = count(len(p.paper_ids), "paper")
+            what = f"would add {papers} to the feed of {p.subscriber.email}"
+        else:
+            what = f"would send {count(len(p.matches), 'paper')} to {p.subscriber.email}"
+        out.write(f"{what} (slot {local:%a %Y-%m-%d %H:%M %Z})\n")
     pending = outbox_counts(engine).get("pending", 0)
     if pending:
         out.write(f"would send {count(pending, 'digest')} already waiting in the outbox\n")
@@ -443,10 +448,13 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
             engine, transport, now=utcnow, wait_for_others=transport.claim_lease
         )
     written = sum(p.digest_id is not None for p in planned)
+    fed = sum(p.digest_id is not None and p.subscriber.delivery == "feed" for p in planned)
     empty = len(planned) - written
     waiting = f", {len(held)} wait for the days the poll could not fetch" if held else ""
+    to_feeds = f", {fed} to feeds only" if fed else ""
     out.write(
-        f"{count(written, 'new digest')} ({count(empty, 'due slot')} had nothing new{waiting}); "
+        f"{count(written, 'new digest')} ({count(empty, 'due slot')} had nothing new{waiting}"
+        f"{to_feeds}); "
         f"{report.sent} sent, {report.failed} failed, {report.pending} pending\n"
     )
     if report.sent and config.mail.transport == "maildir":

@@ -43,7 +43,7 @@ from digest.schedule import (
     next_slot,
 )
 from digest.sources.fetch import DayFetch, Deadline, Validators, fetch_day
-from digest.store import outbox, recipients
+from digest.store import feeds, outbox, recipients
 from digest.topics import match
 from digest.web.tokens import Links
 
@@ -296,6 +296,7 @@ def digest_days(
 
 SAVE_EVERY = 200  # digests rendered and held in memory before one transaction writes them
 MORE_LINKS = 50  # matches past max_papers listed as title links at a digest's end
+MAX_MATCHES = 1_000_000  # "every match" (a window holds at most a few thousand papers)
 
 
 @dataclass(frozen=True)
@@ -387,22 +388,26 @@ class Planner:
     ) -> PlannedDigest:
         """What the digest for one (subscriber, slot) holds. Writes nothing."""
         window = window or digest_days(subscriber, slot, last_slot, covered_until)
-        found, total = self.matches_for(subscriber, *window, more=MORE_LINKS)
+        # with [web] the web copy lists every match: all of them past max_papers
+        more = MAX_MATCHES if self.config.web is not None else MORE_LINKS
+        found, total = self.matches_for(subscriber, *window, more=more)
         cut = subscriber.max_papers
         return PlannedDigest(
             subscriber, slot, tuple(found[:cut]), total, window, more=tuple(found[cut:])
         )
 
-    def links_for(self, emails: Sequence[str], now: dt.datetime) -> dict[str, RecipientLinks]:
-        """Each address's signed links (with [web]; none without): their random link keys
-        are made in the database on first use."""
+    def links_for(
+        self, digests: Sequence[tuple[str, dt.datetime]], now: dt.datetime
+    ) -> dict[tuple[str, dt.datetime], RecipientLinks]:
+        """Each (address, slot)'s signed links, the digest's web copy among them (with
+        [web]; none without): the random link keys are made in the database on first use."""
         web = self.config.web
-        if web is None or not emails:
+        if web is None or not digests:
             return {}
         if self._links is None:
             self._links = Links(web)
-        keys = recipients.ensure_recipients(self.engine, emails, now)
-        return {email: self._links.for_key(key) for email, key in keys.items()}
+        keys = recipients.ensure_recipients(self.engine, [email for email, _ in digests], now)
+        return {(email, slot): self._links.for_key(keys[email], slot) for email, slot in digests}
 
     def save(
         self, planned: Sequence[PlannedDigest], now: dt.datetime, *, seen: Sequence[str] = ()
@@ -416,7 +421,9 @@ class Planner:
         chosen = [
             p for p in planned if p.skipped is None and (p.matches or p.subscriber.send_empty)
         ]
-        links = self.links_for([p.subscriber.email for p in chosen], now)
+        fed = [p for p in chosen if p.subscriber.delivery == "feed" and p.matches]
+        chosen = [p for p in chosen if p.subscriber.delivery != "feed"]
+        links = self.links_for([(p.subscriber.email, p.slot) for p in chosen], now)
         new = []
         for p in chosen:
             subject, message = render_digest_bytes(
@@ -428,7 +435,7 @@ class Planner:
                 now=now,
                 total_matches=p.total_matches,
                 more=p.more,
-                links=links.get(p.subscriber.email),
+                links=links.get((p.subscriber.email, p.slot)),
             )
             message = sign_message(message, mail.dkim)
             new.append(
@@ -445,16 +452,28 @@ class Planner:
             )
         handled = [outbox.Handled(p.subscriber.email, p.slot, p.window[1]) for p in planned]
         handled += [outbox.Handled(email, None) for email in seen]
+        # first, so a crash in between leaves the slots due: planned again, written once
+        fed_ids = feeds.add_fed_digests(self.engine, [feed_digest(p, sender) for p in fed], now)
         ids = outbox.add_digests(self.engine, new, now=now, handled=handled)
         # an unsubscribe that came while these were rendering: cancel what it missed
         recipients.cancel_suppressed(
             self.engine, [p.subscriber.email for p, i in zip(chosen, ids, strict=True) if i], now
         )
         written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
-        for p in chosen:  # the snapshot: these papers are now on their way
+        written.update((id(p), digest_id) for p, digest_id in zip(fed, fed_ids, strict=True))
+        for p in (*chosen, *fed):  # the snapshot: these papers are now on their way
             taken = self._window(*p.window)[1]
             taken.setdefault(p.subscriber.email, set()).update(p.paper_ids)
         return [replace(p, digest_id=written.get(id(p))) for p in planned]
+
+
+def feed_digest(p: PlannedDigest, sender: str) -> outbox.NewDigest:
+    """A digest of a subscriber with delivery = "feed": no message is rendered or kept
+    (it is never mailed); its papers go to their feed."""
+    return outbox.NewDigest(
+        subscriber=p.subscriber.email, slot=p.slot, recipient=p.subscriber.email,
+        sender=sender, message_id="", subject="", paper_ids=p.paper_ids, message=b"",
+    )  # fmt: skip
 
 
 def _plan_one(

@@ -82,3 +82,22 @@ def open_html(
 def page_height(page: Page) -> int:
     height: int = page.evaluate("document.documentElement.scrollHeight")
     return height
+
+
+def open_url(
+    browser: Browser, url: str, *, width: int, scheme: str = "light", allow: str
+) -> Page:
+    """A new page at `url` (a server of the test's own, whose URLs start with `allow`),
+    `width` CSS pixels wide in the `scheme` colour scheme. Requests to `allow` go through;
+    images elsewhere get the local PNG, anything else is aborted, as in `open_html`."""
+    page = browser.new_page(viewport={"width": width, "height": 800}, color_scheme=scheme)
+
+    def answer(route: Route) -> None:
+        if route.request.url.startswith(allow):
+            route.continue_()
+        else:
+            _answer(route)
+
+    page.route("**/*", answer)
+    page.goto(url, wait_until="load")
+    return page

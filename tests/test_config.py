@@ -144,6 +144,7 @@ def test_the_file_keys_are_the_ones_the_loader_reads() -> None:
         "send_empty",
         "window_days",
         "thumbnails",
+        "delivery",
         "topics",
     }
 

@@ -23,6 +23,7 @@ from digest.config.dburl import BadURL, parse_db_url
 from digest.config.lines import Path as KeyPath
 from digest.config.lines import key_lines, line_of
 from digest.config.schema import (
+    DELIVERIES,
     THUMBNAILS,
     AlertsConfig,
     Config,
@@ -100,6 +101,8 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
     )
     web = b.web(b.table(("web",), top["web"], WEB_KEYS)) if "web" in top else None
     subscribers = b.subscribers(top.get("defaults", {}), top.get("subscribers", []))
+    if web is None:
+        b.feeds_need_web(top.get("defaults", {}), top.get("subscribers", []))
     if b.problems:
         problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -449,6 +452,16 @@ class Builder:
                 out.append(Subscriber(**values))
         return tuple(out)
 
+    def feeds_need_web(self, defaults_raw: object, subs_raw: object) -> None:
+        """delivery = "feed" without [web]: there would be no feed to read."""
+        why = '"feed" needs a [web] table: the feed is served at /f/TOKEN.atom'
+        if isinstance(defaults_raw, dict) and defaults_raw.get("delivery") == "feed":
+            self.problem(("defaults", "delivery"), why)
+            return
+        for i, raw in enumerate(subs_raw if isinstance(subs_raw, list) else []):
+            if isinstance(raw, dict) and raw.get("delivery") == "feed":
+                self.problem(("subscribers", i, "delivery"), why)
+
     def subscriber_key(self, where: KeyPath, key: str, value: object) -> tuple[bool, Any]:
         """Validate one subscriber (or [defaults]) key; (False, None) if reported bad."""
         if key == "topics":
@@ -464,6 +477,7 @@ class Builder:
             "send_empty": boolean,
             "window_days": at_least(1),
             "thumbnails": one_of(*THUMBNAILS),
+            "delivery": one_of(*DELIVERIES),
         }[key]
         shareable = key in ("timezone", "schedule") and isinstance(value, str)
         if shareable and (key, value) in self.shared:

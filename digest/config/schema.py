@@ -25,6 +25,8 @@ from digest.schedule import Schedule, default_window_days
 DEFAULT_BASE_URL = "https://huggingface.co"
 Thumbnails = Literal["small", "large", "none"]
 THUMBNAILS: tuple[Thumbnails, ...] = ("small", "large", "none")
+Delivery = Literal["email", "feed"]
+DELIVERIES: tuple[Delivery, ...] = ("email", "feed")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Subscriber:
     send_empty: bool = False
     window_days: int | None = None  # None: 2 for daily, 8 for weekly (see schedule.py)
     thumbnails: Thumbnails = "small"  # preview images: beside the text, full width, or none
+    delivery: Delivery = "email"  # "feed": no mail at all, the digests only in their Atom feed
 
     @property
     def zone(self) -> ZoneInfo:

@@ -67,6 +67,7 @@ class RecipientLinks:
 
     unsubscribe: str  # https://.../u/TOKEN: List-Unsubscribe and the footer's link
     preferences: str  # https://.../p/TOKEN
+    web_copy: str | None = None  # https://.../d/TOKEN: this digest in a browser, all matches
 
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # the List-Unsubscribe-Post value (RFC 8058)

@@ -380,7 +380,9 @@ def render_digest_bodies(
     total = max(total_matches or 0, n + len(more))
     if total > n:
         intro += f" - the best {n} of {total} matches"
-    more_views = [view_match(m, "none") for m in more]
+    web_copy = links.web_copy if links else None
+    # with a web copy the matches past max_papers are only counted here (it lists them)
+    more_views = [] if web_copy else [view_match(m, "none") for m in more]
     context = {
         "subject": subject,
         "heading": f"{shown} for your topics",
@@ -388,6 +390,7 @@ def render_digest_bodies(
         "topics": [clean_text(t.name) for t in subscriber.topics],
         "unsubscribe_url": links.unsubscribe if links else unsubscribe_url(mail),
         "preferences_url": links.preferences if links else None,
+        "web_copy_url": web_copy,
         "recipient": subscriber.email,
         "listing_url": LISTING_URL,
         "preheader": shorten(" · ".join(v.title for v in views[:3]) or shown, 200),

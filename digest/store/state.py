@@ -41,6 +41,8 @@ from digest.models import (
 from digest.store.engine import begin_write, session_url, to_db_time, upsert, wrap_db_errors
 
 DIGEST_STATUSES = ("pending", "sent", "failed", "cancelled")
+# "feed" (store/feeds.py: delivery = "feed", never mailed) is counted only where there are some
+STATUS_WORDS = {"feed": "to feeds only (never mailed)"}
 _DAYS: Table = SQLModel.metadata.tables["days"]
 _SUBSCRIBERS: Table = SQLModel.metadata.tables["subscribers"]
 _META: Table = SQLModel.metadata.tables["meta"]
@@ -258,7 +260,9 @@ class StoreStats:
     def lines(self) -> list[str]:
         """The human summary `digest status` prints, one fact per line."""
         span = f", {self.first_day} to {self.last_day}" if self.first_day else ""
-        counts = ", ".join(f"{n} {status}" for status, n in self.digests.items())
+        counts = ", ".join(
+            f"{n} {STATUS_WORDS.get(status, status)}" for status, n in self.digests.items()
+        )
         return [
             _describe_poll(self.last_poll),
             f"papers: {self.papers} stored, {self.listings} listings, "

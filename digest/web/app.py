@@ -5,7 +5,8 @@ answer carries) and turning a refusal (400, 404, 405, 413) or a store failure (5
 into a short page. Does not own the handlers' shared state (`context.py`), any route's
 behaviour (the route modules) or listening (`server.py`).
 
-Every answer says `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (a link's
+Every answer says `Cache-Control: no-store` (the feed: `no-cache`, revalidated by its
+ETag) and `Referrer-Policy: no-referrer` (a link's
 token never leaks to another site), sets no cookie, and allows no script.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from digest.errors import DigestError
-from digest.web import preferences, unsubscribe
+from digest.web import copies, preferences, unsubscribe
 from digest.web.context import CONTEXT, WebContext
 
 log = logging.getLogger("digest.web")
@@ -28,6 +29,7 @@ MAX_BODY_BYTES = 8 * 1024  # a one-click body is 26 bytes; the largest form well
 ROUTES: tuple[Callable[[web.Application], None], ...] = (
     unsubscribe.add_routes,
     preferences.add_routes,
+    copies.add_routes,
 )
 
 
@@ -65,12 +67,14 @@ async def refusals_as_pages(
 
 
 async def _safe_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Cache-Control"] = "no-store"
+    # a route may say otherwise: the feed is revalidated (ETag), the web copy shows images
+    response.headers.setdefault("Cache-Control", "no-store")
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = (
+    response.headers.setdefault(
+        "Content-Security-Policy",
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
+        "frame-ancestors 'none'; base-uri 'none'",
     )
 
 

@@ -1,9 +1,10 @@
 """What every handler of the endpoint shares: `WebContext`, under `app[CONTEXT]`.
 
 Owns: the current config (the daemon's, after a reload), the engine, the tokens, the
-clock, the pages, and the worker threads that run the database calls (so the event
-loop the daemon shares never waits on SQL); reading a token into the recipient it
-names (`recipient_for`, 400 when it names nobody). Does not own any route (the route
+clock, the pages, the digests' renderer (for web copies), and the worker threads that
+run the database calls (so the event loop the daemon shares never waits on SQL);
+reading a token into the recipient it names (`recipient_for`, 400 when it names
+nobody). Does not own any route (the route
 modules) or the application (`app.py`).
 """
 
@@ -15,12 +16,14 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy import Engine
 
 from digest.config import Config, Subscriber
+from digest.render import Renderer
 from digest.store import recipients
 from digest.web.pages import Pages
 from digest.web.tokens import BadToken, Links, Purpose, Tokens
@@ -42,6 +45,7 @@ class WebContext:
     pages: Pages
     executor: ThreadPoolExecutor | None = None  # made for the engine: see __post_init__
     _subscribers: tuple[tuple[Subscriber, ...], dict[str, Subscriber]] | None = None
+    _renderer: tuple[Path | None, Renderer] | None = None
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -54,6 +58,15 @@ class WebContext:
         if web_config is None:
             raise RuntimeError("the endpoint runs only with [web]")
         return Links(web_config, self.tokens)
+
+    @property
+    def renderer(self) -> Renderer:
+        """The digests' renderer (web copies show papers as the email does): loaded on
+        first use, again when a reload changes `[mail] templates`."""
+        templates = self.config().mail.templates
+        if self._renderer is None or self._renderer[0] != templates:
+            self._renderer = (templates, Renderer(templates))
+        return self._renderer[1]
 
     async def db(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)` in a worker thread (sync SQLAlchemy off the event loop)."""

@@ -17,8 +17,9 @@ Does not own: what a route does with a value (the route modules), the keys (the
 
 from __future__ import annotations
 
-__all__ = ["BadToken", "Links", "Purpose", "RecipientLinks", "Tokens"]
+__all__ = ["BadToken", "Links", "Purpose", "RecipientLinks", "Tokens", "copy_value", "read_copy"]
 
+import datetime as dt
 from enum import StrEnum
 
 from itsdangerous import BadData, URLSafeSerializer
@@ -86,8 +87,29 @@ class Links:
     def url(self, purpose: Purpose, value: str, *, prefix: str, suffix: str = "") -> str:
         return f"{self.base}/{prefix}/{self.tokens.make(purpose, value)}{suffix}"
 
-    def for_key(self, key: str) -> RecipientLinks:
+    def for_key(self, key: str, slot: dt.datetime | None = None) -> RecipientLinks:
+        """The recipient's links; with `slot`, also the web copy of their digest at it."""
+        copy = None if slot is None else self.url(Purpose.DIGEST, copy_value(key, slot), prefix="d")
         return RecipientLinks(
             unsubscribe=self.url(Purpose.UNSUBSCRIBE, key, prefix="u"),
             preferences=self.url(Purpose.PREFERENCES, key, prefix="p"),
+            web_copy=copy,
         )
+
+    def feed(self, key: str) -> str:
+        """The recipient's Atom feed: /f/TOKEN.atom."""
+        return self.url(Purpose.FEED, key, prefix="f", suffix=".atom")
+
+
+def copy_value(key: str, slot: dt.datetime) -> str:
+    """What a web copy's token signs: the recipient's key and the digest's slot (whole
+    seconds since the epoch, UTC), so the link exists before the digest's row does."""
+    return f"{key}:{int(slot.timestamp())}"
+
+
+def read_copy(value: str) -> tuple[str, dt.datetime]:
+    """(key, slot) from a web copy's signed value; BadToken if it is not one."""
+    key, _, seconds = value.rpartition(":")
+    if not key or not seconds.isdigit():
+        raise BadToken(Purpose.DIGEST.value)
+    return key, dt.datetime.fromtimestamp(int(seconds), dt.UTC)
