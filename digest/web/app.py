@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from digest.errors import DigestError
-from digest.web import copies, preferences, unsubscribe
+from digest.web import copies, feeds, preferences, unsubscribe
 from digest.web.context import CONTEXT, WebContext
 
 log = logging.getLogger("digest.web")
@@ -30,6 +30,7 @@ ROUTES: tuple[Callable[[web.Application], None], ...] = (
     unsubscribe.add_routes,
     preferences.add_routes,
     copies.add_routes,
+    feeds.add_routes,
 )
 
 

@@ -116,5 +116,7 @@ def page(
         paused_until=_day(context, recipient.email, paused) if paused else None,
         weeks=PAUSE_WEEKS,
         unsubscribe_url=context.links.for_key(recipient.key).unsubscribe,
+        feed_url=context.links.feed(recipient.key),
+        feed_only=subscriber is not None and subscriber.delivery == "feed",
         **extra,
     )
