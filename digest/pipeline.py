@@ -415,7 +415,10 @@ class Planner:
         """Render the planned digests that have something to say (or whose subscriber wants
         them empty) and put them in the outbox, recording every planned slot as handled and
         each `seen` subscriber's first sight, all in one transaction. A skipped slot
-        (unsubscribed, paused) is recorded as handled with no digest."""
+        (unsubscribed, paused) is recorded as handled with no digest. A subscriber with
+        delivery = "feed" gets no message: their digest is written, delivered to their
+        feed, just before (store/feeds.py); a crash between leaves the slot due, and
+        planning it again writes nothing twice."""
         mail = self.config.mail
         sender = envelope_sender(mail.from_addr)
         chosen = [

@@ -368,7 +368,9 @@ def render_digest_bodies(
     match of the digest can be seen; `total_matches` counts them all (the ones past
     `more` are only counted). With `links`, the footer's "Unsubscribe" and "Manage
     preferences" are the recipient's signed links; without, "Unsubscribe" is the
-    mailto: (or mail.unsubscribe) and there is no preferences link."""
+    mailto: (or mail.unsubscribe) and there is no preferences link. With a web copy
+    (`links.web_copy`) the top links to it and the matches past max_papers are only
+    counted and linked to it (it shows them all), not listed."""
     local_day = _local(slot, subscriber).date()
     with _template_errors():
         papers = [renderer.render_paper(m, subscriber.thumbnails) for m in matches]

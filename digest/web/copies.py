@@ -70,8 +70,9 @@ async def show(request: web.Request) -> web.Response:
         extra = stored.paper_ids[int(more.group(1)) :]
         found = await context.db(copies.papers_by_id, context.engine, extra)
         papers = [found[i] for i in extra if i in found]
-        rendered = all_matches(context, context.subscriber(recipient.email), papers,
-                               shown=int(more.group(1)))  # fmt: skip
+        # rendered in a worker thread: a long list must not hold up the daemon's loop
+        subscriber = context.subscriber(recipient.email)
+        rendered = await context.db(all_matches, context, subscriber, papers, int(more.group(1)))
         html = html[: more.start()] + rendered + html[more.end() :]
     response = web.Response(text=html, content_type="text/html")
     response.headers["Content-Security-Policy"] = CSP
@@ -89,7 +90,7 @@ def html_part(message: bytes) -> str | None:
 
 
 def all_matches(
-    context: WebContext, subscriber: Subscriber | None, papers: list[Paper], *, shown: int
+    context: WebContext, subscriber: Subscriber | None, papers: list[Paper], shown: int
 ) -> str:
     """The matches past max_papers in full, as the email's cards (highlights, topics)."""
     renderer = context.renderer
