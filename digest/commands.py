@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from digest import pipeline
     from digest.config import Config, Subscriber
     from digest.mail.delivery import DrainReport
-    from digest.models import Match, Paper
+    from digest.models import Match, Paper, SubscriberRow
 
 log = logging.getLogger("digest")
 
@@ -268,9 +268,21 @@ def select_subscribers(config: Config, email: str | None) -> list[Subscriber]:
     return chosen
 
 
+def subscriber_states(engine: Engine, chosen: list[Subscriber]) -> dict[str, SubscriberRow]:
+    """The saved state of every chosen subscriber, in one batched read (never one query
+    per subscriber: at 100k that was most of `digest match`)."""
+    from sqlmodel import Session
+
+    from digest import store
+
+    with Session(engine) as session:
+        return store.get_subscriber_states(session, [s.email for s in chosen])
+
+
 def next_digest(
     planner: pipeline.Planner,
     subscriber: Subscriber,
+    state: SubscriberRow | None,
     now: dt.datetime,
     since: dt.date | None,
     *,
@@ -278,14 +290,11 @@ def next_digest(
 ) -> tuple[dt.datetime, list[Match], int]:
     """What the subscriber's next digest would hold: the due slot if one is waiting, else
     the next one; with `since`, every paper listed from that day on. `more`: also up
-    to that many matches past max_papers (the digest's title links)."""
-    from sqlmodel import Session
-
-    from digest import pipeline, store
+    to that many matches past max_papers (the digest's title links). `state`: the
+    subscriber's saved state (`subscriber_states`)."""
+    from digest import pipeline
     from digest.models import as_utc
 
-    with Session(planner.engine) as session:
-        state = store.get_subscriber_state(session, subscriber.email)
     last_slot = as_utc(state.last_slot) if state and state.last_slot else None
     slot, _ = pipeline.upcoming_slot(subscriber, now, last_slot)
     if since is not None:
@@ -303,8 +312,11 @@ def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
     config = load(args)
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
-    for subscriber in select_subscribers(config, args.subscriber):
-        slot, matches, total = next_digest(planner, subscriber, now, args.since)
+    chosen = select_subscribers(config, args.subscriber)
+    states = subscriber_states(planner.engine, chosen)
+    for subscriber in chosen:
+        state = states.get(subscriber.email)
+        slot, matches, total = next_digest(planner, subscriber, state, now, args.since)
         if args.json:
             papers = [
                 {
@@ -346,7 +358,10 @@ def cmd_preview(args: argparse.Namespace, out: TextIO) -> int:
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
     (subscriber,) = select_subscribers(config, args.subscriber)
-    slot, found, total = next_digest(planner, subscriber, now, None, more=pipeline.MORE_LINKS)
+    state = subscriber_states(planner.engine, [subscriber]).get(subscriber.email)
+    slot, found, total = next_digest(
+        planner, subscriber, state, now, None, more=pipeline.MORE_LINKS
+    )
     matches, more = found[: subscriber.max_papers], found[subscriber.max_papers :]
     message = render_digest(
         planner.renderer,

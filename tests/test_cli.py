@@ -288,3 +288,33 @@ def test_the_first_run_of_the_example_leaves_a_digest_in_mail(
 
 def corpus_day_bytes(day: str) -> bytes:
     return (corpus_dir() / f"{day}.json").read_bytes()
+
+
+def test_match_and_status_read_the_subscribers_state_in_one_batch_not_one_each(
+    tmp_path: Path, hf_server: HFServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """30 subscribers: the reads of `subscribers` do not grow with them (each used to be
+    its own query: 100k of them were most of `digest match` at that size)."""
+    from sqlalchemy import Engine, event
+
+    serve_today(hf_server)
+    many = "".join(ADA.replace("ada@", f"user{n}@") for n in range(30))
+    config = write_config(tmp_path, hf_server.base_url, subscribers=many)
+    assert main(["send", "-c", str(config)]) == 0  # every one of them has a saved state now
+    capsys.readouterr()
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        for command in (["match", "--json"], ["status"]):
+            statements.clear()
+            assert main([*command, "-c", str(config)]) == 0
+            reads = [s for s in statements if "FROM subscribers" in s]
+            assert len(reads) == 1, (command, len(reads))
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "{" in line]
+    assert len([r for r in records if "subscriber" in r]) == 30
