@@ -11,18 +11,18 @@ SQLAlchemy, `digest status` no Jinja, httpx or aiosmtplib.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
+from digest.config.dburl import parse_db_url
 from digest.errors import DeliveryError, DigestError, SourceError, StoreError, UsageError
 from digest.humanize import count, duration
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from digest.config import Config, Subscriber
     from digest.mail.delivery import DrainReport
     from digest.models import Match, Paper, SubscriberRow
+    from digest.store import peek
 
 log = logging.getLogger("digest")
 
@@ -108,24 +109,22 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 def check_recipients(config: Config) -> list[str]:
     """`digest check`'s view of the database: who unsubscribed or paused. A database
     that does not exist yet is not created here; one that fails is a line, not an exit."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(config.storage.url)
-    file = url.database if url.get_backend_name() == "sqlite" else None
+    url = parse_db_url(config.storage.url)
+    file = url.database if url.backend == "sqlite" else None
     if file and file != ":memory:" and not Path(file).exists():
         return []
     try:
-        return recipient_lines(config, open_store(config), utcnow())
+        return recipient_lines(config, read_choices(config), utcnow())
     except StoreError as e:
         return [f"recipients: not checked, the database failed: {e}"]
 
 
-def recipient_lines(config: Config, engine: Engine, now: dt.datetime) -> list[str]:
+def recipient_lines(
+    config: Config, choices: Mapping[str, peek.Choice], now: dt.datetime
+) -> list[str]:
     """Who in the file unsubscribed, paused or muted topics: the database overrides the
-    file, so `check` and `status` say whom the file lists in vain."""
-    from digest.store import recipients
-
-    choices = recipients.recipients_of(engine, [s.email for s in config.subscribers])
+    file, so `check` and `status` say whom the file lists in vain. `choices`: what
+    `peek.choices` read."""
     lines = []
     for sub in config.subscribers:
         choice = choices.get(sub.email)
@@ -145,6 +144,24 @@ def recipient_lines(config: Config, engine: Engine, now: dt.datetime) -> list[st
         if notes:
             lines.append(f"{sub.email}: {'; '.join(notes)}")
     return lines
+
+
+def read_choices(config: Config) -> dict[str, peek.Choice]:
+    """`peek.choices` for the file's subscribers: quick on SQLite, else the full store."""
+    from digest.store import peek
+
+    emails = [s.email for s in config.subscribers]
+    with peek.open_sqlite(config.storage.url) as reader:
+        if reader is not None:
+            return peek.choices(reader, emails)
+    engine = open_store(config)
+    connection = engine.raw_connection()
+    try:
+        where = parse_db_url(config.storage.url).masked()
+        return peek.choices(peek.Reader(connection, engine.dialect.paramstyle, where), emails)
+    finally:
+        connection.close()
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- fetch
@@ -171,6 +188,8 @@ def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
             write_paper(out, paper, "updated", args.json)
         if progress:
             progress.step(outcome)
+
+    import asyncio
 
     report = asyncio.run(_poll(config, engine, days, on_day))
     if progress:
@@ -294,9 +313,10 @@ def next_digest(
     subscriber's saved state (`subscriber_states`)."""
     from digest import pipeline
     from digest.models import as_utc
+    from digest.schedule import upcoming_slot
 
     last_slot = as_utc(state.last_slot) if state and state.last_slot else None
-    slot, _ = pipeline.upcoming_slot(subscriber, now, last_slot)
+    slot, _ = upcoming_slot(subscriber, now, last_slot)
     if since is not None:
         first, last = since, now.date() + dt.timedelta(days=1)
     else:
@@ -397,6 +417,8 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         return dry_run(config, out)
     engine = open_store(config)
+    import asyncio
+
     return asyncio.run(_send(config, engine, args, out))
 
 
@@ -543,31 +565,40 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     """The store, the outbox and each subscriber's next digest (as `match` and `send` see
     it: the due slot if one is waiting, else the next). With `--check`, exit 1 when the
-    last poll failed or mail has been failing (the container's HEALTHCHECK)."""
-    from sqlmodel import Session
+    last poll failed or mail has been failing (the container's HEALTHCHECK).
 
-    from digest import pipeline, store
-    from digest.models import as_utc
+    An SQLite file at the current schema is read with sqlite3 alone (`store.peek`), so a
+    status answers before SQLAlchemy could even be imported; anything else (PostgreSQL,
+    no database yet, an older schema) goes through the full store, migrated first."""
+    from digest.schedule import upcoming_slot
+    from digest.store import peek
 
     config = load(args)
-    engine = open_store(config)
     now = utcnow()
-    with Session(engine) as session:
-        stats = store.store_stats(session)
-        states = store.get_subscriber_states(session, [s.email for s in config.subscribers])
-        trouble = store.health_problems(session, now) if args.check else []
+    emails = [s.email for s in config.subscribers]
+    with peek.open_sqlite(config.storage.url) as reader:
+        read = status_reads(reader, emails, now, check=args.check) if reader else None
+    if read is None:
+        engine = open_store(config)
+        connection = engine.raw_connection()
+        try:
+            where = parse_db_url(config.storage.url).masked()
+            reader = peek.Reader(connection, engine.dialect.paramstyle, where)
+            read = status_reads(reader, emails, now, check=args.check)
+        finally:
+            connection.close()
+            engine.dispose()
+    stats, last_slots, choices, trouble = read
     slots: dict[str, tuple[dt.datetime, bool]] = {}
     for s in config.subscribers:
-        state = states.get(s.email)
-        last_slot = as_utc(state.last_slot) if state and state.last_slot else None
-        slot, due = pipeline.upcoming_slot(s, now, last_slot)
-        slots[s.email] = slot.astimezone(ZoneInfo(s.timezone)), due
+        slot, due = upcoming_slot(s, now, last_slots.get(s.email))
+        slots[s.email] = slot.astimezone(s.zone), due
     if args.json:
         record = stats.as_dict() | {
             "subscribers": {e: t.isoformat() for e, (t, _) in slots.items()},
             "due": sorted(e for e, (_, due) in slots.items() if due),
         }
-        record["recipients"] = recipient_lines(config, engine, now)
+        record["recipients"] = recipient_lines(config, choices, now)
         rate = send_rate(config)
         pending = stats.digests.get("pending", 0)
         record["rate_per_second"] = rate
@@ -584,11 +615,25 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         for email, (when, due) in slots.items():
             waiting = " (due now: `digest send` sends it)" if due else ""
             out.write(f"next digest for {email}: {when:%a %Y-%m-%d %H:%M %Z}{waiting}\n")
-        for line in recipient_lines(config, engine, now):
+        for line in recipient_lines(config, choices, now):
             out.write(line + "\n")
     if trouble:
         raise DigestError("unhealthy: " + "; ".join(trouble))
     return 0
+
+
+def status_reads(
+    reader: peek.Reader, emails: list[str], now: dt.datetime, *, check: bool
+) -> tuple[peek.StoreStats, dict[str, dt.datetime], dict[str, peek.Choice], list[str]]:
+    """Everything `digest status` reads: a handful of queries, whatever the subscribers."""
+    from digest.store import peek
+
+    return (
+        peek.store_stats(reader),
+        peek.last_slots(reader, emails),
+        peek.choices(reader, emails),
+        peek.health_problems(reader, now) if check else [],
+    )
 
 
 def send_rate(config: Config) -> float | None:
@@ -611,6 +656,8 @@ def pending_line(pending: int, rate: float | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    import asyncio
+
     from digest.web.server import serve
 
     return asyncio.run(serve(args.config, os.environ))

@@ -35,12 +35,12 @@ from digest.humanize import count
 from digest.mail.dkim import sign_message
 from digest.models import DayRow, Match, Paper, as_utc
 from digest.render import RecipientLinks, Renderer, message_id_for, render_digest_bytes
-from digest.schedule import (
-    Schedule,
+from digest.schedule import (  # due_slot, upcoming_slot: pure, there for `digest status`
     default_window_days,
     digest_window,
-    latest_slot,
-    next_slot,
+)
+from digest.schedule import (
+    due_slot as due_slot,  # re-exported: callers and tests know it as pipeline.due_slot
 )
 from digest.sources.fetch import DayFetch, Deadline, Validators, fetch_day
 from digest.store import feeds, outbox, recipients
@@ -230,46 +230,6 @@ def _store_day(
 
 
 # --------------------------------------------------------------------------- plan
-
-
-def due_slot(
-    schedule: Schedule,
-    tz: ZoneInfo,
-    now: dt.datetime,
-    *,
-    last_slot: dt.datetime | None,
-    not_before: dt.datetime | None = None,
-    catch_up: dt.timedelta | None = None,
-) -> dt.datetime | None:
-    """The slot a digest is due for now, or None. Pure.
-
-    The latest slot at or before `now`, if it is later than `last_slot` (the last slot
-    already handled) and than `not_before` (the daemon's first sight of a subscriber), and,
-    with `catch_up`, no older than that. Older missed slots are not sent one by one: the
-    next digest's window reaches back to `last_slot` instead (see `digest_days`).
-    """
-    slot = latest_slot(schedule, tz, now)
-    if slot is None:
-        return None
-    if last_slot is not None and slot <= last_slot:
-        return None
-    if not_before is not None and slot < not_before:
-        return None
-    if catch_up is not None and now - slot > catch_up:
-        return None
-    return slot
-
-
-def upcoming_slot(
-    subscriber: Subscriber, now: dt.datetime, last_slot: dt.datetime | None
-) -> tuple[dt.datetime, bool]:
-    """The subscriber's next digest, the one notion `status`, `match` and `send` share:
-    (the due slot, True) if one is waiting, else (the next slot, False). Pure."""
-    tz = ZoneInfo(subscriber.timezone)
-    due = due_slot(subscriber.schedule, tz, now, last_slot=last_slot)
-    if due is not None:
-        return due, True
-    return next_slot(subscriber.schedule, tz, now), False
 
 
 def digest_days(

@@ -43,7 +43,11 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from digest.config import Subscriber
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 _FULL_DAY_NAMES = tuple(calendar.day_name[i].lower() for i in range(7))
@@ -154,6 +158,46 @@ def next_slot(schedule: Schedule, tz: ZoneInfo, after: dt.datetime) -> dt.dateti
 
 
 @functools.lru_cache(maxsize=1024)
+def due_slot(
+    schedule: Schedule,
+    tz: ZoneInfo,
+    now: dt.datetime,
+    *,
+    last_slot: dt.datetime | None,
+    not_before: dt.datetime | None = None,
+    catch_up: dt.timedelta | None = None,
+) -> dt.datetime | None:
+    """The slot a digest is due for now, or None. Pure.
+
+    The latest slot at or before `now`, if it is later than `last_slot` (the last slot
+    already handled) and than `not_before` (the daemon's first sight of a subscriber), and,
+    with `catch_up`, no older than that. Older missed slots are not sent one by one: the
+    next digest's window reaches back to `last_slot` instead (see `digest_days`).
+    """
+    slot = latest_slot(schedule, tz, now)
+    if slot is None:
+        return None
+    if last_slot is not None and slot <= last_slot:
+        return None
+    if not_before is not None and slot < not_before:
+        return None
+    if catch_up is not None and now - slot > catch_up:
+        return None
+    return slot
+
+
+def upcoming_slot(
+    subscriber: Subscriber, now: dt.datetime, last_slot: dt.datetime | None
+) -> tuple[dt.datetime, bool]:
+    """The subscriber's next digest, the one notion `status`, `match` and `send` share:
+    (the due slot, True) if one is waiting, else (the next slot, False). Pure."""
+    tz = ZoneInfo(subscriber.timezone)
+    due = due_slot(subscriber.schedule, tz, now, last_slot=last_slot)
+    if due is not None:
+        return due, True
+    return next_slot(subscriber.schedule, tz, now), False
+
+
 def default_window_days(schedule: Schedule) -> int:
     """How many listing days a digest covers when the subscriber does not say.
 

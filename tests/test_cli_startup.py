@@ -69,3 +69,21 @@ def test_a_command_that_needs_the_database_still_loads_it(tmp_path: Path) -> Non
     code, loaded = modules_loaded("match", "-c", str(config), cwd=tmp_path)
     assert code == 0
     assert "sqlalchemy" in loaded
+
+
+def test_status_on_a_current_sqlite_file_reads_it_without_sqlalchemy(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    code, loaded = modules_loaded("status", "-c", str(config), cwd=tmp_path)
+    assert code == 0  # the first status makes the database (through the full store)
+    assert "sqlalchemy" in loaded
+    code, loaded = modules_loaded("status", "-c", str(config), "--check", cwd=tmp_path)
+    assert code == 1  # no poll has run yet: unhealthy, read the quick way
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_the_quick_reads_know_the_current_schema() -> None:
+    """A new migration makes `digest status` take the full store (correct, slower) until
+    peek.KNOWN_SCHEMA says the quick reads were checked against it."""
+    from digest.store import migrations, peek
+
+    assert peek.KNOWN_SCHEMA == migrations.SCHEMA_VERSION

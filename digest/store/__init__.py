@@ -21,26 +21,50 @@ Usage (every write is one short transaction, like `outbox.py`)::
 Database failures surface as `StoreError` with one line naming what and where.
 """
 
-from digest.store.engine import database_exists, mask_url, open_engine
-from digest.store.listings import UpsertReport, candidate_papers, upsert_listings
-from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
-from digest.store.state import (
-    StoreStats,
-    delivered_ids,
-    finish_poll,
-    get_day,
-    get_meta,
-    get_subscriber_state,
-    get_subscriber_states,
-    health_problems,
-    last_poll,
-    papers_taken,
-    save_day,
-    save_subscriber_state,
-    set_meta,
-    start_poll,
-    store_stats,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from digest.store.engine import database_exists, mask_url, open_engine
+    from digest.store.listings import UpsertReport, candidate_papers, upsert_listings
+    from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
+    from digest.store.state import (
+        StoreStats,
+        delivered_ids,
+        finish_poll,
+        get_day,
+        get_meta,
+        get_subscriber_state,
+        get_subscriber_states,
+        health_problems,
+        last_poll,
+        papers_taken,
+        save_day,
+        save_subscriber_state,
+        set_meta,
+        start_poll,
+        store_stats,
+    )
+
+# Loaded on first use (PEP 562): `digest status` reads through `digest.store.peek`
+# without importing SQLAlchemy, which importing this package would otherwise do.
+_WHERE = {
+    "database_exists": "engine", "mask_url": "engine", "open_engine": "engine",
+    "UpsertReport": "listings", "candidate_papers": "listings", "upsert_listings": "listings",
+    "MIGRATIONS": "migrations", "SCHEMA_VERSION": "migrations", "Migration": "migrations",
+    "migrate": "migrations",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'digest.store' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f"digest.store.{_WHERE.get(name, 'state')}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MIGRATIONS",

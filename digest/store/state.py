@@ -19,30 +19,33 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func
+from sqlalchemy import Table
 from sqlmodel import Session, SQLModel, col, select
 
 from digest.errors import StoreError
-from digest.humanize import count
 from digest.models import (
     DayRow,
     DeliveryRow,
     DigestRow,
-    ListingRow,
     MetaRow,
-    PaperRow,
     PollRow,
     SubscriberRow,
-    as_utc,
 )
-from digest.store.engine import begin_write, session_url, to_db_time, upsert, wrap_db_errors
+from digest.store import peek
+from digest.store.engine import (
+    begin_write,
+    mask_url,
+    session_url,
+    to_db_time,
+    upsert,
+    wrap_db_errors,
+)
+from digest.store.peek import DIGEST_STATUSES as DIGEST_STATUSES  # re-exported: lives there now
+from digest.store.peek import STATUS_WORDS as STATUS_WORDS  # as above
+from digest.store.peek import StoreStats as StoreStats  # as above
 
-DIGEST_STATUSES = ("pending", "sent", "failed", "cancelled")
-# "feed" (store/feeds.py: delivery = "feed", never mailed) is counted only where there are some
-STATUS_WORDS = {"feed": "to feeds only (never mailed)"}
 _DAYS: Table = SQLModel.metadata.tables["days"]
 _SUBSCRIBERS: Table = SQLModel.metadata.tables["subscribers"]
 _META: Table = SQLModel.metadata.tables["meta"]
@@ -221,129 +224,17 @@ def set_meta(session: Session, key: str, value: str) -> None:
         session.expire_all()
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    """What `digest status` shows about the database."""
-
-    papers: int
-    listings: int
-    days_fetched: int  # days with a recorded fetch (the `days` table)
-    first_day: dt.date | None  # earliest listing day stored
-    last_day: dt.date | None  # latest listing day stored
-    digests: dict[str, int]  # by status; every one of DIGEST_STATUSES present
-    last_poll: PollRow | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: dates and times as ISO strings (times in UTC)."""
-        poll = self.last_poll
-        return {
-            "papers": self.papers,
-            "listings": self.listings,
-            "days_fetched": self.days_fetched,
-            "first_day": _iso(self.first_day),
-            "last_day": _iso(self.last_day),
-            "digests": dict(self.digests),
-            "last_poll": None
-            if poll is None
-            else {
-                "started_at": _iso(as_utc(poll.started_at)),
-                "finished_at": _iso(as_utc(poll.finished_at) if poll.finished_at else None),
-                "ok": poll.ok,
-                "source": poll.source,
-                "days": poll.days,
-                "new": poll.new,
-                "updated": poll.updated,
-                "error": poll.error,
-            },
-        }
-
-    def lines(self) -> list[str]:
-        """The human summary `digest status` prints, one fact per line."""
-        span = f", {self.first_day} to {self.last_day}" if self.first_day else ""
-        counts = ", ".join(
-            f"{n} {STATUS_WORDS.get(status, status)}" for status, n in self.digests.items()
-        )
-        return [
-            _describe_poll(self.last_poll),
-            f"papers: {self.papers} stored, {self.listings} listings, "
-            f"{count(self.days_fetched, 'day')} fetched{span}",
-            f"digests: {counts}",
-        ]
-
-
-def _iso(value: dt.date | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _describe_poll(poll: PollRow | None) -> str:
-    if poll is None:
-        return "last poll: never"
-    started = f"{as_utc(poll.started_at):%Y-%m-%d %H:%M} UTC"
-    if poll.finished_at is None:
-        return f"last poll: started {started}, not finished"
-    error = poll.error or "unknown error"
-    if len(error) > 300:  # a poll of many failing days: the first of them is enough here
-        error = error[:300] + "..."
-    outcome = "ok" if poll.ok else f"failed: {error}"
-    return (
-        f"last poll: {started}, {outcome} ({poll.source or 'no source'}, "
-        f"{count(poll.days, 'day')}, {poll.new} new, {poll.updated} updated)"
-    )
+def session_reader(session: Session) -> peek.Reader:
+    """The session's own DB-API connection, for the plain-SQL reads of `peek.py`."""
+    conn = session.connection()
+    return peek.Reader(conn.connection, conn.dialect.paramstyle, mask_url(session_url(session)))
 
 
 def store_stats(session: Session) -> StoreStats:
-    with wrap_db_errors("reading the store statistics", session_url(session)):
-        papers = session.exec(select(func.count()).select_from(PaperRow)).one()
-        listings, first_day, last_day = session.exec(
-            select(func.count(), func.min(ListingRow.listed_on), func.max(ListingRow.listed_on))
-        ).one()
-        days = session.exec(select(func.count()).select_from(DayRow)).one()
-        by_status = session.exec(
-            select(DigestRow.status, func.count()).group_by(col(DigestRow.status))
-        ).all()
-    digests = dict.fromkeys(DIGEST_STATUSES, 0)
-    digests.update({status: count for status, count in by_status})
-    return StoreStats(
-        papers=papers,
-        listings=listings,
-        days_fetched=days,
-        first_day=first_day,
-        last_day=last_day,
-        digests=digests,
-        last_poll=last_poll(session),
-    )
-
-
-MAIL_TROUBLE_WINDOW = dt.timedelta(days=1)  # a digest refused longer ago is history
+    """The counts `digest status` shows (the same reads its quick path makes)."""
+    return peek.store_stats(session_reader(session))
 
 
 def health_problems(session: Session, now: dt.datetime) -> list[str]:
-    """What `digest status --check` fails on, one phrase each: the last poll failed (or
-    none ever finished), digests waiting after failed attempts, digests refused
-    permanently within the last day. Empty when all is well."""
-    problems = []
-    poll = last_poll(session)
-    if poll is None:
-        problems.append("no poll has run yet")
-    elif poll.finished_at is not None and not poll.ok:
-        error = (poll.error or "unknown error")[:200]
-        started = f"{as_utc(poll.started_at):%Y-%m-%d %H:%M} UTC"
-        problems.append(f"the last poll ({started}) failed: {error}")
-    with wrap_db_errors("reading the outbox health", session_url(session)):
-        retrying = session.exec(
-            select(func.count(), func.max(DigestRow.last_reply)).where(
-                DigestRow.status == "pending", DigestRow.attempts > 0
-            )
-        ).one()
-        refused = session.exec(
-            select(func.count()).where(
-                DigestRow.status == "failed",
-                DigestRow.created_at >= to_db_time(now - MAIL_TROUBLE_WINDOW),
-            )
-        ).one()
-    if retrying[0]:
-        reply = f" (last reply: {retrying[1][:200]})" if retrying[1] else ""
-        problems.append(f"{count(retrying[0], 'digest')} waiting after failed attempts{reply}")
-    if refused:
-        problems.append(f"{count(refused, 'digest')} refused permanently in the last day")
-    return problems
+    """What `digest status --check` fails on (see `peek.health_problems`)."""
+    return peek.health_problems(session_reader(session), now)
