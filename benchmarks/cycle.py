@@ -9,7 +9,7 @@ One process, one SQLite file, the same steps `digest send` takes:
           the five busiest corpus days as today and yesterday
   plan    pipeline.plan_due, split into render (render_digest_bytes), outbox writes
           (outbox.add_digests) and the rest (due slots, windows, matching)
-  send    delivery.drain_outbox through SmtpTransport into Postfix's smtp-sink,
+  send    drain.drain_outbox through SmtpTransport into Postfix's smtp-sink,
           4 connections, rate cap off
 
 Baselines in the same run: Postfix's smtp-source (C) sending the same number of messages
@@ -216,7 +216,7 @@ def run_one(subscribers: Path, sessions: int) -> None:
     """One size, in this process: print one JSON line of measurements."""
     from digest import pipeline, render, store
     from digest.config import load_config
-    from digest.mail.delivery import drain_outbox
+    from digest.mail.drain import drain_outbox
     from digest.mail.smtp import SmtpTransport
     from digest.sources.fetch import make_client
     from digest.store import outbox

@@ -10,8 +10,9 @@ reused connections (smtp-source -d) to one smtp-sink on 127.0.0.1. Rows:
 - aiosmtplib sendmail: the same reused connections driven by aiosmtplib's own
   `sendmail` (what SmtpTransport did before smtp_wire.py: no pipelining, 4 round trips);
 - SmtpTransport: digest.smtp's pool, `send()` called for every message at once;
-- drain_outbox: the same pool fed from a SQLite outbox (each worker claims one digest
-  just before sending it; outcomes and next claims group-committed).
+- drain_outbox: the same pool fed from a SQLite outbox (digests claimed a batch at a
+  time, outcomes and the next claims group-committed, each final dot waiting for its
+  connection's previous commit).
 
 Usage: .venv/bin/python benchmarks/send.py [--messages N] [--size BYTES] [--sessions S]
 Needs /usr/sbin/smtp-sink and smtp-source (Debian: apt-get install postfix).
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from digest import store
 from digest.config import SmtpConfig
-from digest.mail.delivery import drain_outbox
+from digest.mail.drain import drain_outbox
 from digest.mail.smtp import SmtpTransport
 from digest.store import outbox
 

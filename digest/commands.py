@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from digest import pipeline
     from digest.config import Config, Subscriber
-    from digest.mail.delivery import DrainReport
+    from digest.mail.drain import DrainReport
     from digest.models import Match, Paper, SubscriberRow
     from digest.store import peek
 
@@ -459,7 +459,8 @@ def dry_run(config: Config, out: TextIO) -> int:
 
 async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
     from digest import pipeline
-    from digest.mail.delivery import drain_outbox, make_transport
+    from digest.mail.delivery import make_transport
+    from digest.mail.drain import drain_outbox
     from digest.sources.fetch import make_client
 
     poll_report = None
@@ -516,7 +517,8 @@ async def _deliver_only(
     """The poll fetched nothing: deliver what was already waiting, then fail with the
     poll's error. Stdout speaks only of mail that went out (never of "nothing new")."""
     from digest import pipeline
-    from digest.mail.delivery import drain_outbox, make_transport
+    from digest.mail.delivery import make_transport
+    from digest.mail.drain import drain_outbox
 
     pipeline.cancel_removed(config, engine, utcnow())
     async with make_transport(config.mail) as transport:

@@ -7,7 +7,7 @@
              links of web/tokens) | sign_message (mail/dkim)
              | add_digests (outbox, with the handled slots, 200 at a time)    -> [PlannedDigest]
     cancel: cancel_pending_except (outbox): digests of people no longer in the file
-    send:  drain_outbox (delivery)                                            -> DrainReport
+    send:  drain_outbox (drain.py)                                            -> DrainReport
 
 Owns the order of the steps and what counts as due; owns no parsing, matching, rendering
 or SMTP. Each step takes `now` from its caller.

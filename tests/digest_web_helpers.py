@@ -20,7 +20,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from digest import pipeline, store
-from digest.mail.delivery import DrainReport, drain_outbox, make_transport
+from digest.mail.delivery import make_transport
+from digest.mail.drain import DrainReport, drain_outbox
 from digest.sources.hf_api import parse_api
 from tests.backends import Backend
 from tests.configs import write_config

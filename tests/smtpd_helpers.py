@@ -32,7 +32,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from digest.config import SmtpConfig
-from digest.mail.delivery import DrainReport, Transport, drain_outbox
+from digest.mail.delivery import Transport
+from digest.mail.drain import DrainReport, drain_outbox
 from digest.models import DigestRow
 from digest.store import outbox
 from tests.backends import Backend

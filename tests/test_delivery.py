@@ -15,14 +15,8 @@ from digest.config import MailConfig
 from digest.errors import (
     StoreError,
 )
-from digest.mail.delivery import (
-    MAX_ATTEMPTS,
-    DrainReport,
-    MaildirTransport,
-    drain_outbox,
-    make_transport,
-    retry_delay,
-)
+from digest.mail.delivery import MaildirTransport, make_transport
+from digest.mail.drain import MAX_ATTEMPTS, DrainReport, drain_outbox, retry_delay
 from digest.mail.smtp import SmtpTransport
 from digest.models import DeliveryRow, DigestRow
 from digest.store import claims, outbox
@@ -284,7 +278,15 @@ def test_claim_lease_is_one_message_not_a_retry_ladder(tmp_path: Path) -> None:
     assert MaildirTransport(tmp_path).claim_lease == dt.timedelta(seconds=5)
 
 
-def test_only_the_messages_in_flight_are_ever_leased(backend: Backend) -> None:
+def test_claim_batch_is_a_few_per_connection_and_a_second_at_the_rate_cap(tmp_path: Path) -> None:
+    assert SmtpTransport(plain(2525, rate_per_second=0)).claim_batch == 4 * 8  # no cap
+    assert SmtpTransport(plain(2525, max_connections=20, rate_per_second=0)).claim_batch == 64
+    assert SmtpTransport(plain(2525, rate_per_second=10)).claim_batch == 10  # a second's worth
+    assert SmtpTransport(plain(2525, rate_per_second=1)).claim_batch == 8  # 2 per connection
+    assert MaildirTransport(tmp_path).claim_batch == 32
+
+
+def test_a_drain_holds_at_most_one_claim_batch_of_leases(backend: Backend) -> None:
     engine = new_outbox(backend)
     add_digests(engine, recipients(30))
     handler = RecordingHandler(data_delay=0.03)
@@ -310,12 +312,89 @@ def test_only_the_messages_in_flight_are_ever_leased(backend: Backend) -> None:
         async with transport:
             watcher = asyncio.create_task(watch())
             try:
-                return await drain_outbox(engine, transport, now=clock)
+                return await drain_outbox(engine, transport, now=clock, batch=8)
             finally:
                 watcher.cancel()
 
     with SmtpServer(handler) as server:
         report = asyncio.run(go(server.port))
     assert report == DrainReport(sent=30, pending=0)
-    assert max(leased) == 3  # the pool kept full, and never more claimed than it can send
+    # claimed 8 at a time (not one per message), never more held than that: the rest
+    # stays due for another process
+    assert max(leased) == 8
     assert len(leased) > 20  # sampled all along the drain
+
+
+def test_a_digest_cancelled_while_it_waits_in_a_claimed_batch_is_never_sent(
+    backend: Backend,
+) -> None:
+    engine = new_outbox(backend)
+    people = recipients(12)
+    add_digests(engine, people)
+    # claimed with the rest in one batch, cancelled while the first is being sent: their
+    # turn comes some 0.9 s later (two connections, 0.3 s a message)
+    later = people[8:]
+    handler = RecordingHandler(data_delay=0.3)
+
+    async def go(port: int) -> DrainReport:
+        async def cancel_soon() -> int:
+            while not handler.received:
+                await asyncio.sleep(0.002)
+            # from another connection and thread, as an unsubscribe or a reload does
+            return await asyncio.to_thread(
+                outbox.cancel_pending, engine, later, "unsubscribed", T0
+            )
+
+        transport = SmtpTransport(plain(port, max_connections=2, rate_per_second=0))
+        async with transport:
+            canceller = asyncio.create_task(cancel_soon())
+            report = await drain_outbox(engine, transport, now=clock, batch=12)
+            assert await canceller == len(later)
+            return report
+
+    with SmtpServer(handler) as server:
+        report = asyncio.run(go(server.port))
+    assert sorted(handler.by_recipient()) == people[:8]  # none of the cancelled ones
+    assert report == DrainReport(sent=8, pending=0)
+    stored = rows(engine)
+    assert {stored[p].status for p in later} == {"cancelled"}
+    assert {stored[p].status for p in people[:8]} == {"sent"}
+
+
+def test_the_leases_of_claimed_digests_are_renewed_until_each_is_sent(backend: Backend) -> None:
+    """One connection, six slow messages, all claimed at once with a 3 s lease: the last
+    ones wait longer than the lease for their turn, and stay leased all along (renewed),
+    so no other process could claim one of them meanwhile."""
+    engine = new_outbox(backend)
+    add_digests(engine, recipients(6))
+    handler = RecordingHandler(data_delay=0.6)  # ~3.6 s in all
+
+    def real_now() -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    samples: list[outbox.Pending] = []
+
+    async def go(port: int) -> DrainReport:
+        async def watch() -> None:
+            while True:
+                samples.append(await asyncio.to_thread(outbox.pending, engine, real_now()))
+                await asyncio.sleep(0.05)
+
+        transport = SmtpTransport(plain(port, max_connections=1, rate_per_second=0))
+        async with transport:
+            watcher = asyncio.create_task(watch())
+            try:
+                return await drain_outbox(
+                    engine, transport, now=real_now, lease=dt.timedelta(seconds=3), batch=6
+                )
+            finally:
+                watcher.cancel()
+
+    with SmtpServer(handler) as server:
+        report = asyncio.run(go(server.port))
+    assert report == DrainReport(sent=6, pending=0)
+    assert len({r.rcpt_tos[0] for r in handler.received}) == len(handler.received) == 6
+    claimed = next(n for n, s in enumerate(samples) if s.first_due is not None)
+    waiting = [s for s in samples[claimed:] if s.count]  # from the claim to the last sent
+    assert len(waiting) > 20  # sampled all along the drain
+    assert all(s.first_due is not None for s in waiting)  # never one due for another process

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from digest.errors import StoreError
 from digest.models import DeliveryRow, DigestRow
-from digest.store import claims, outbox, owner
+from digest.store import claims, leases, outbox, owner
 from digest.store.engine import mask_url
 from tests.backends import Backend, refuse_inserts
 from tests.smtpd_helpers import SENDER, T0, add_digests, build_message, new_outbox, recipients
@@ -112,7 +112,7 @@ def test_release_makes_claimed_rows_due_at_once(backend: Backend) -> None:
     ids = add_digests(engine, recipients(3))
     claimed = claims.claim_due(engine, T0, 10)
     assert claims.claim_due(engine, T0, 10) == []
-    claims.release(engine, [c.id for c in claimed[:2]])
+    leases.release(engine, [c.id for c in claimed[:2]])
     assert sorted(c.id for c in claims.claim_due(engine, T0, 10)) == sorted(list(ids.values())[:2])
 
 
@@ -333,13 +333,13 @@ def test_a_dead_owners_leases_are_taken_over_at_once_and_only_those(backend: Bac
         for who in (here, alive, dead, reused, elsewhere):
             assert len(claims.claim_due(engine, T0, 1, lease=10 * MINUTE, owner=who)) == 1
         # the pid now runs a younger process than the one that took the lease: gone
-        assert claims.take_over_dead_leases(engine, T0) == 1
+        assert leases.take_over_dead_leases(engine, T0) == 1
         assert [c.id for c in claims.claim_due(engine, T0, 10)] == [ids[3]]
         doomed.kill()
         doomed.wait()
-        assert claims.take_over_dead_leases(engine, T0 + MINUTE) == 1  # the killed one
+        assert leases.take_over_dead_leases(engine, T0 + MINUTE) == 1  # the killed one
         assert [c.id for c in claims.claim_due(engine, T0 + MINUTE, 10)] == [ids[2]]
-        assert claims.take_over_dead_leases(engine, T0 + MINUTE) == 0  # ours now, and alive
+        assert leases.take_over_dead_leases(engine, T0 + MINUTE) == 0  # ours now, and alive
         # the other host's lease and the live ones run out as leases do
         later = claims.claim_due(engine, T0 + 11 * MINUTE, 10)
         assert sorted(c.id for c in later) == sorted(ids)
@@ -359,7 +359,7 @@ def test_a_zombie_owner_is_gone(backend: Backend) -> None:
         deadline = time.monotonic() + 10
         while owner.start_time(child.pid) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert claims.take_over_dead_leases(engine, T0) == 1
+        assert leases.take_over_dead_leases(engine, T0) == 1
     finally:
         child.wait()
 
@@ -368,10 +368,10 @@ def test_renewed_leases_stay_invisible_and_outcomes_clear_them(backend: Backend)
     engine = new_outbox(backend)
     ids = list(add_digests(engine, recipients(3)).values())
     claimed = claims.claim_due(engine, T0, 3, lease=MINUTE)
-    assert claims.renew_leases(engine, [c.id for c in claimed], T0 + 50 * SECOND, MINUTE) == 3
+    assert leases.renew_leases(engine, [c.id for c in claimed], T0 + 50 * SECOND, MINUTE) == 3
     assert claims.claim_due(engine, T0 + 100 * SECOND, 10) == []  # renewed to T0 + 110 s
     someone = owner.Owner("another-host", 7, "")
-    assert claims.renew_leases(engine, ids, T0, MINUTE, owner=someone) == 0  # not theirs
+    assert leases.renew_leases(engine, ids, T0, MINUTE, owner=someone) == 0  # not theirs
     claims.mark_sent(engine, ids[0], "250", T0)
     claims.mark_retry(engine, ids[1], "451", T0, 5 * MINUTE)
     for digest_id in ids[:2]:
@@ -379,7 +379,7 @@ def test_renewed_leases_stay_invisible_and_outcomes_clear_them(backend: Backend)
         assert (row.lease_host, row.lease_pid, row.lease_started) == (None, None, None)
     row = get(engine, ids[2])
     assert (row.lease_host, row.lease_pid) == (owner.this_process().host, os.getpid())
-    assert claims.renew_leases(engine, ids[:2], T0, MINUTE) == 0  # done: nothing to renew
+    assert leases.renew_leases(engine, ids[:2], T0, MINUTE) == 0  # done: nothing to renew
 
 
 def test_pending_says_how_many_and_when_they_are_due(backend: Backend) -> None:

@@ -1,9 +1,9 @@
 """The daemon's outbox worker: at most one drain at a time, kicks coalesce.
 
-Owns: when `delivery.drain_outbox` runs in the daemon (kicked after each plan, by the
+Owns: when `drain.drain_outbox` runs in the daemon (kicked after each plan, by the
 periodic drain job, at start), that two never run at once, the transport's lifetime
 (one per drain, so no SMTP connection idles between drains), and the per-drain log
-line. Does not own: sending, retries or backoff (delivery.py), the outbox table
+line. Does not own: sending, retries or backoff (drain.py), the outbox table
 (outbox.py, claims.py), or stopping (the daemon sets `stop`; a drain then finishes
 the messages in flight and returns).
 """
@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 
 from digest.config import MailConfig
 from digest.errors import DigestError
-from digest.mail.delivery import drain_outbox, make_transport
+from digest.mail.delivery import make_transport
+from digest.mail.drain import drain_outbox
 
 log = logging.getLogger("digest.daemon")
 

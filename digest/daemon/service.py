@@ -4,7 +4,7 @@ Owns: which jobs exist and when they fire (derived from the config, never stored
 APScheduler: MemoryJobStore only), running the pipeline recipes from them one at a time,
 the signal handling (SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config) and the
 one summary line at exit. Does not own any step of the pipeline (pipeline.py), what a
-slot is (schedule.py), sending (delivery.py), the alert state machine (alerts.py) or the
+slot is (schedule.py), sending (drain.py), the alert state machine (alerts.py) or the
 pure pieces the jobs are built from (jobs.py: the slot trigger, grouping, stats).
 
 The jobs, all in one asyncio process:

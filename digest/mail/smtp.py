@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -34,10 +35,20 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from digest.mail.wire import Dropped, Refused, Unanswered, Wire, envelope_address, to_wire
+from digest.mail.wire import (
+    Dropped,
+    Hold,
+    Refused,
+    Unanswered,
+    Wire,
+    envelope_address,
+    to_wire,
+)
 
 Sleep = Callable[[float], Awaitable[None]]
 MIN_LEASE = dt.timedelta(seconds=5)
+CLAIMS_PER_CONNECTION = 8  # digests a drain claims at once, per connection
+MAX_CLAIM_BATCH = 64
 # waits of up to `timeout` each before the final dot: connect, greeting, EHLO, STARTTLS,
 # EHLO again, AUTH, then the replies to MAIL, RCPT and DATA
 HANDSHAKE_STEPS = 9
@@ -139,6 +150,18 @@ class SmtpTransport:
         worst = queue + self.config.timeout * HANDSHAKE_STEPS + self.config.data_timeout
         return max(MIN_LEASE, dt.timedelta(seconds=worst))
 
+    @property
+    def claim_batch(self) -> int:
+        """How many digests a drain holds claimed at once: CLAIMS_PER_CONNECTION for each
+        connection, at most MAX_CLAIM_BATCH, and under a rate cap no more than a second of
+        sending; never fewer than two per connection (one being sent, the next ready)."""
+        pool = self.config.max_connections
+        batch = min(MAX_CLAIM_BATCH, pool * CLAIMS_PER_CONNECTION)
+        rate = self.config.rate_per_second
+        if rate > 0:
+            batch = min(batch, math.ceil(rate))
+        return max(2 * pool, batch)
+
     async def __aenter__(self) -> SmtpTransport:
         return self
 
@@ -156,8 +179,15 @@ class SmtpTransport:
         for wire in idle:
             await wire.aclose()
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> str:
-        """Hand one message over; return the server's reply to DATA.
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        hold: Hold | None = None,
+    ) -> str:
+        """Hand one message over; return the server's reply to DATA. The final dot waits
+        for `hold()` (see Wire.transact): if it raises, so does this, nothing delivered.
 
         Raises PermanentDeliveryError (5xx for this message), MailServerUnavailableError
         (cannot connect, TLS or AUTH refused), MaybeDeliveredError (the final reply never
@@ -171,20 +201,22 @@ class SmtpTransport:
                     await self._sleep(self._backoff * 2 ** (attempt - 1))
                 await self._rate.wait()
                 try:
-                    return await self._send_once(sender, recipient, message)
+                    return await self._send_once(sender, recipient, message, hold)
                 except _Retryable as retry:
                     last = retry
             assert last is not None  # the loop runs at least once
             raise last.error from last.__cause__
 
-    async def _send_once(self, sender: str, recipient: str, message: bytes) -> str:
+    async def _send_once(
+        self, sender: str, recipient: str, message: bytes, hold: Hold | None
+    ) -> str:
         try:
             envelope = envelope_address(sender), envelope_address(recipient)
         except ValueError as e:
             raise PermanentDeliveryError(f"{recipient}: {self._where} cannot take it: {e}") from e
         wire = await self._checkout()
         try:
-            reply = await wire.transact(*envelope, to_wire(message))
+            reply = await wire.transact(*envelope, to_wire(message), hold)
         except Refused as e:
             if e.code == 421 or not wire.is_connected:  # 421: the server is closing
                 wire.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 
@@ -29,6 +30,9 @@ from digest.config import ascii_address
 
 _BAD_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")  # control chars, spaces, brackets: refuse
 _SUCCESS = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
+FINAL_DOT = b".\r\n"  # the line that ends DATA: what to_wire appends
+# awaited just before the final dot (where the server takes the message); raising stops it
+Hold = Callable[[], Awaitable[None]]
 
 
 class Refused(Exception):
@@ -62,7 +66,7 @@ def to_wire(message: bytes) -> bytes:
     body = body.replace(b"\r\n.", b"\r\n..")
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return body + b".\r\n"
+    return body + FINAL_DOT
 
 
 def envelope_address(address: str) -> bytes:
@@ -112,9 +116,19 @@ class Wire:
     def is_connected(self) -> bool:
         return not self._transport.is_closing() and not self._reader.at_eof()
 
-    async def transact(self, sender: bytes, recipient: bytes, wire_message: bytes) -> str:
+    async def transact(
+        self,
+        sender: bytes,
+        recipient: bytes,
+        wire_message: bytes,
+        hold: Hold | None = None,
+    ) -> str:
         """Send one message (`to_wire` output) to one recipient; the reply text to the
-        final dot. Raises Refused (the envelope is reset) or Dropped (now closed)."""
+        final dot. Raises Refused (the envelope is reset) or Dropped (now closed).
+
+        `hold`: awaited before the final dot (where the server takes the message); if it
+        raises, the connection is closed without the dot, so the server keeps nothing, and
+        its exception propagates."""
         commands = [(b"MAIL FROM:" + sender, "MAIL"), (b"RCPT TO:" + recipient, "RCPT"),
                     (b"DATA", "DATA")]  # fmt: skip
         if self.pipelining:
@@ -139,7 +153,16 @@ class Wire:
         if refusal is not None:
             await self._reset()
             raise refusal
-        self._transport.write(wire_message)
+        if hold is None:
+            self._transport.write(wire_message)
+        else:
+            self._transport.write(wire_message[: -len(FINAL_DOT)])
+            try:
+                await hold()
+            except BaseException:
+                self.close()  # mid-DATA: only closing leaves the server nothing to deliver
+                raise
+            self._transport.write(FINAL_DOT)
         try:  # RFC 5321 4.5.3.2.6: the server may take minutes to answer the final dot
             code, text = await self._reply(self.data_timeout)
         except Dropped as e:

@@ -5,9 +5,10 @@ and the reads of papers (`listings.py`), polls, days and subscriber state
 (`state.py`), the reads of web copies (`copies.py`), digests kept for a feed only and
 a feed's entries (`feeds.py`), and the outbox state machine (`outbox.py`: digests
 pending -> sent | failed | cancelled, added, cancelled and counted; `claims.py`:
-claimed with leases, each outcome recorded). All SQL lives in this package. Does not
-own the table classes (`digest/models.py`) or what a digest holds
-(`digest/pipeline.py` plans it, `digest/mail/` delivers it).
+claimed in batches, the outcomes group-committed; `leases.py`: leases renewed, handed
+back, taken over). All SQL lives in this package. Does not own the table classes
+(`digest/models.py`) or what a digest holds (`digest/pipeline.py` plans it,
+`digest/mail/` delivers it).
 
 Usage (every write is one short transaction, like `outbox.py`)::
 

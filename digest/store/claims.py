@@ -1,83 +1,277 @@
-"""Claims: who is sending which pending digest, and what came of it.
+"""Claims: taking due digests to send and recording what came of each (the drain's hot path).
 
 Owns the sending side of the outbox's state machine (outbox.py): claiming due rows
-(``FOR UPDATE SKIP LOCKED`` plus a short lease on PostgreSQL, so several processes can
-drain one outbox; the same code without row locks on SQLite), renewing, releasing and
-taking over leases, and recording each outcome (sent, retry, maybe sent, failed).
-``mark_sent`` writes the DeliveryRows in the same transaction, so a paper counts as
-delivered only when its digest is sent.
+(``FOR UPDATE SKIP LOCKED`` plus a lease on PostgreSQL, so several processes can drain
+one outbox; the same SQL without row locks on SQLite, whose writers take turns) and
+recording each outcome: sent (with the DeliveryRows, in the same transaction, so a paper
+counts as delivered only when its digest is sent), retry, maybe sent, failed.
 
-The lease is the caller's: delivery.py claims a row just before sending it, with a lease
-as long as one message can take (renewed while a send goes on), so only the messages
-really in flight are invisible to others. A lease names its owner process (host, pid,
-start time: owner.py); `take_over_dead_leases` hands back at once the leases of a
-process on this host that is gone (kill -9), so a rerun right after a crash sends them.
+A drain does it in group commits: a `Settler` holds one connection for the whole drain
+and each `settle` is ONE transaction that records every outcome the drain's workers
+gathered meanwhile, tells which claimed digests it must not send any more (cancelled
+meanwhile, or leased by another process now), and claims the next batch. Its few
+statements are plain SQL written here once for both databases and run through the
+driver, each once per transaction with all its rows (executemany): no ORM, no statement
+compiled per message. `claim_due`, `mark_sent`, ... are the same transaction for one call.
 
-Does not own: the record types, adding digests, cancelling, counts and pending
-(outbox.py), SMTP or Maildir (delivery.py), the retry policy (delivery.py decides the
-delay and when to give up), or the engine (engine.py).
-Every function takes ``now``; none reads the clock.
+A claimed row's lease (``next_attempt_at = now + lease``) names its owner process
+(host, pid, start time: owner.py); leases.py renews, hands back and takes over leases.
+
+Does not own: the record types, adding digests, cancelling, counts (outbox.py), lease
+upkeep (leases.py), SMTP or Maildir and the retry policy (delivery.py), or the engine
+(engine.py). Every function takes ``now``; none reads the clock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, update
-from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col
 
 from digest.errors import StoreError
-from digest.models import DeliveryRow, DigestMessageRow, DigestRow, as_utc
-from digest.store.engine import write_bind
-from digest.store.outbox import FAILED, NO_LEASE, PENDING, SENT, OutboxItem, store_error
-from digest.store.owner import Owner, is_running, this_process
+from digest.models import DigestRow, as_utc
+from digest.store.engine import describe_error, mask_url
+from digest.store.outbox import FAILED, PENDING, SENT, OutboxItem
+from digest.store.owner import Owner, this_process
 
-_DIGESTS = DigestRow.__table__  # type: ignore[attr-defined]  # SQLModel types no __table__
-_MESSAGES = DigestMessageRow.__table__  # type: ignore[attr-defined]  # as above
 # how long a claimed row stays invisible to others when the caller names no lease;
 # drain_outbox passes its transport's much shorter claim_lease
 DEFAULT_LEASE = dt.timedelta(minutes=10)
+RETRY, MAYBE = "retry", "maybe"  # an Outcome's kinds besides SENT and FAILED
+KINDS = (SENT, RETRY, MAYBE, FAILED)
 
 
-# claim_due runs once per message sent: its statements are built once, here.
-_DUE = (
-    sa_select(  # OutboxItem's fields, in order
-        _DIGESTS.c.id,
-        _DIGESTS.c.recipient,
-        _DIGESTS.c.sender,
-        _MESSAGES.c.message,
-        _DIGESTS.c.attempts,
-        _DIGESTS.c.message_id,
-        _DIGESTS.c.maybe_sent_at.is_not(None),
-    )
-    .join(_MESSAGES, _MESSAGES.c.digest_id == _DIGESTS.c.id)
-    .where(
-        _DIGESTS.c.status == PENDING,
-        or_(_DIGESTS.c.next_attempt_at.is_(None), _DIGESTS.c.next_attempt_at <= bindparam("now")),
-        _DIGESTS.c.id.not_in(bindparam("skip", expanding=True)),
-    )
-    .order_by(_DIGESTS.c.id)  # the status index walks pending rows in id order: no sort
-    .limit(bindparam("limit"))
-)
-_DUE_BY_DIALECT = {  # PostgreSQL: other processes skip the rows this one locked
-    "postgresql": _DUE.with_for_update(skip_locked=True, of=_DIGESTS),
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What came of one send, to be recorded: SENT (the server accepted it: `reply`),
+    RETRY (a transient failure: due again after `delay`), MAYBE (the final reply never
+    came: maybe delivered, due again after `delay`) or FAILED (never to be sent)."""
+
+    digest_id: int
+    kind: str
+    reply: str
+    delay: dt.timedelta = dt.timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What `settle` claimed, and which of the digests the caller holds it must not send
+    (`gone`: cancelled, sent or failed meanwhile, or leased by another process now)."""
+
+    claimed: list[OutboxItem]
+    gone: frozenset[int] = frozenset()
+
+
+_NO_LEASE = "lease_host = NULL, lease_pid = NULL, lease_started = NULL"
+# The statements, in the driver's "?" style (PostgreSQL's "%s" swapped in), {ids} a list
+# of placeholders filled per call. A retry, maybe or failure changes only a pending row
+# (a digest cancelled meanwhile stays cancelled); a sent one is recorded as sent whatever
+# happened meanwhile (it was sent); every outcome clears the row's lease.
+_SENT_ROWS = "SELECT id, subscriber, paper_ids_json FROM digests WHERE id IN ({ids})"
+_MARK = {
+    SENT: f"UPDATE digests SET status = '{SENT}', sent_at = ?, last_reply = ?, "
+    f"next_attempt_at = NULL, {_NO_LEASE} WHERE id = ?",
+    RETRY: "UPDATE digests SET attempts = attempts + 1, last_reply = ?, next_attempt_at = ?, "
+    f"{_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
+    MAYBE: "UPDATE digests SET attempts = attempts + 1, last_reply = ?, next_attempt_at = ?, "
+    f"maybe_sent_at = ?, {_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
+    FAILED: f"UPDATE digests SET status = '{FAILED}', attempts = attempts + 1, last_reply = ?, "
+    f"next_attempt_at = NULL, {_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
 }
-_LEASE = (
-    update(_DIGESTS)
-    .where(_DIGESTS.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        next_attempt_at=bindparam("until"),
-        lease_host=bindparam("host"),
-        lease_pid=bindparam("pid"),
-        lease_started=bindparam("started"),
-    )
+# keep the first delivery of a paper sent again (elsewhere a repeat is an error)
+_DELIVER = (
+    "INSERT INTO deliveries (subscriber, paper_id, digest_id, delivered_at) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
+_NOT_HELD = (
+    "SELECT id FROM digests WHERE id IN ({ids}) AND (status <> 'pending' "
+    "OR lease_pid IS NULL OR lease_host <> ? OR lease_pid <> ?)"
+)
+# OutboxItem's fields, in order; the status index walks pending rows in id order
+_DUE = (
+    "SELECT d.id, d.recipient, d.sender, m.message, d.attempts, d.message_id, "
+    "d.maybe_sent_at IS NOT NULL FROM digests d JOIN digest_messages m ON m.digest_id = d.id "
+    f"WHERE d.status = '{PENDING}' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
+    "{skip} ORDER BY d.id LIMIT ?"
+)
+_LOCK = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}  # others skip the rows being claimed
+_LEASE = (
+    "UPDATE digests SET next_attempt_at = ?, lease_host = ?, lease_pid = ?, lease_started = ? "
+    "WHERE id = ?"
+)
+
+
+class Settler:
+    """One drain's connection to the outbox, for its group commits (`settle`). Opened on
+    first use and kept until `close`: use it from one thread at a time."""
+
+    def __init__(self, engine: Engine, owner: Owner | None = None) -> None:
+        dialect = engine.dialect
+        if dialect.name not in ("sqlite", "postgresql"):
+            raise StoreError(f"outbox: cannot drain a {dialect.name} database")
+        self.engine = engine
+        self.owner = owner or this_process()
+        self._begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
+        self._style = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._lock = _LOCK.get(dialect.name, "")
+        # a time as the driver takes it for these columns (SQLite: SQLAlchemy's text form)
+        column_type = DigestRow.__table__.c.sent_at.type  # type: ignore[attr-defined]  # SQLModel types no __table__
+        self._time: Callable[[Any], Any] = (
+            column_type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+        )
+        self._raw: Any = None  # the pool's DBAPI connection, while open
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()
+
+    def settle(
+        self,
+        outcomes: Sequence[Outcome],
+        now: dt.datetime,
+        *,
+        claim: int = 0,
+        lease: dt.timedelta = DEFAULT_LEASE,
+        skip: Collection[int] = (),
+        held: Collection[int] = (),
+    ) -> Settled:
+        """ONE transaction: record every outcome, tell which of the digests the caller
+        `held` (claimed, not started) it must drop, then claim up to `claim` due digests
+        (oldest first, with their messages; never one in `skip` or `held`), each leased to
+        this settler's owner until ``now + lease``.
+
+        After the lease, or at once when the owner on this host is gone (leases.py), a
+        claimed row is due again."""
+        unknown = {o.kind for o in outcomes} - set(KINDS)
+        if unknown:
+            raise ValueError(f"outbox: no such outcome {sorted(unknown)}")
+        now = as_utc(now)
+        what = _describe(outcomes)
+        try:
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            cursor = self._raw.cursor()
+            try:
+                if self._begin:
+                    cursor.execute(self._begin)  # SQLite: the write lock at BEGIN
+                self._record(cursor, outcomes, now)
+                gone: frozenset[int] = frozenset()
+                if held:
+                    what = "check the claimed digests"
+                    gone = self._not_held(cursor, held)
+                claimed: list[OutboxItem] = []
+                if claim > 0:
+                    what = "claim due digests"
+                    claimed = self._claim(cursor, now, claim, lease, {*skip, *held})
+                self._raw.commit()
+                return Settled(claimed, gone)
+            finally:
+                cursor.close()
+        except StoreError:
+            self._abandon()
+            raise
+        except (self.engine.dialect.loaded_dbapi.Error, SQLAlchemyError) as e:
+            self._abandon()
+            where = mask_url(self.engine.url)
+            raise StoreError(f"outbox: cannot {what} on {where}: {describe_error(e)}") from e
+
+    def _abandon(self) -> None:
+        """Roll back and drop the connection (it may be broken): the next settle opens
+        another."""
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        try:
+            raw.rollback()
+        except self.engine.dialect.loaded_dbapi.Error:
+            raw.invalidate()  # unusable: the pool must not hand it out again
+        raw.close()
+
+    def _sql(self, text: str, **lists: int) -> str:
+        """`text` in the driver's placeholder style, each {name} a list of n of them."""
+        filled = text.format(**{name: ", ".join("?" * n) for name, n in lists.items()})
+        return filled if self._style == "?" else filled.replace("?", self._style)
+
+    def _record(self, cursor: Any, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+        when = self._time(now)
+        by_kind: dict[str, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_kind.setdefault(outcome.kind, []).append(outcome)
+        if sent := by_kind.get(SENT):
+            self._deliver(cursor, sent, when)
+        rows: dict[str, Callable[[Outcome], tuple[Any, ...]]] = {
+            SENT: lambda o: (when, o.reply, o.digest_id),
+            RETRY: lambda o: (o.reply, self._time(now + o.delay), o.digest_id),
+            MAYBE: lambda o: (o.reply, self._time(now + o.delay), when, o.digest_id),
+            FAILED: lambda o: (o.reply, o.digest_id),
+        }
+        for kind, group in by_kind.items():
+            cursor.executemany(self._sql(_MARK[kind]), [rows[kind](o) for o in group])
+
+    def _deliver(self, cursor: Any, sent: Sequence[Outcome], when: Any) -> None:
+        """The DeliveryRows of the sent digests: each paper, to its subscriber."""
+        ids = sorted({o.digest_id for o in sent})
+        cursor.execute(self._sql(_SENT_ROWS, ids=len(ids)), ids)
+        found = {digest_id: (subscriber, papers) for digest_id, subscriber, papers in cursor}
+        deliveries = []
+        for o in sent:
+            if o.digest_id not in found:
+                raise StoreError(f"outbox: digest {o.digest_id} does not exist")
+            subscriber, paper_ids_json = found[o.digest_id]
+            deliveries += [
+                (subscriber, paper_id, o.digest_id, when) for paper_id in json.loads(paper_ids_json)
+            ]
+        if deliveries:
+            cursor.executemany(self._sql(_DELIVER), deliveries)
+
+    def _not_held(self, cursor: Any, held: Collection[int]) -> frozenset[int]:
+        ids = sorted(held)
+        cursor.execute(self._sql(_NOT_HELD, ids=len(ids)), [*ids, self.owner.host, self.owner.pid])
+        return frozenset(int(digest_id) for (digest_id,) in cursor)
+
+    def _claim(
+        self, cursor: Any, now: dt.datetime, limit: int, lease: dt.timedelta, skip: Collection[int]
+    ) -> list[OutboxItem]:
+        excluded = sorted(skip)
+        where = " AND d.id NOT IN ({ids})" if excluded else ""
+        due = self._sql(_DUE.replace("{skip}", where), ids=len(excluded)) + self._lock
+        cursor.execute(due, [self._time(now), *excluded, limit])
+        items = [
+            OutboxItem(int(i), r, s, bytes(m), int(a), mid, bool(maybe))
+            for i, r, s, m, a, mid, maybe in cursor.fetchall()
+        ]
+        if items:
+            me, until = self.owner, self._time(now + lease)
+            cursor.executemany(
+                self._sql(_LEASE), [(until, me.host, me.pid, me.started, i.id) for i in items]
+            )
+        return items
+
+
+def settle(
+    engine: Engine,
+    outcomes: Sequence[Outcome],
+    now: dt.datetime,
+    *,
+    claim: int = 0,
+    lease: dt.timedelta = DEFAULT_LEASE,
+    skip: Collection[int] = (),
+    owner: Owner | None = None,
+    held: Collection[int] = (),
+) -> Settled:
+    """Settler.settle on a connection of its own, for one call."""
+    settler = Settler(engine, owner)
+    try:
+        return settler.settle(outcomes, now, claim=claim, lease=lease, skip=skip, held=held)
+    finally:
+        settler.close()
 
 
 def claim_due(
@@ -95,162 +289,13 @@ def claim_due(
     lease, or at once when the owner on this host is gone, it is due again. `skip`: ids
     the caller is sending right now (never claimed twice by one drain).
     """
-    try:
-        with write_bind(engine).begin() as conn:  # SQLite: the write lock at BEGIN
-            return _claim(
-                conn, engine.dialect.name, as_utc(now), limit, lease, skip, owner or this_process()
-            )
-    except SQLAlchemyError as e:
-        raise store_error(engine, "claim due digests", e) from e
-
-
-def _claim(
-    conn: Connection,
-    dialect: str,
-    now: dt.datetime,
-    limit: int,
-    lease: dt.timedelta,
-    skip: Collection[int],
-    owner: Owner,
-) -> list[OutboxItem]:
-    """claim_due inside the caller's transaction."""
-    due = _DUE_BY_DIALECT.get(dialect, _DUE)
-    found = conn.execute(due, {"now": now, "skip": list(skip), "limit": limit})
-    items = [OutboxItem(*row) for row in found]
-    if items:
-        conn.execute(
-            _LEASE,
-            {"ids": [i.id for i in items], "until": now + lease, "host": owner.host,
-             "pid": owner.pid, "started": owner.started},
-        )  # fmt: skip
-    return items
-
-
-def renew_leases(
-    engine: Engine,
-    digest_ids: Collection[int],
-    now: dt.datetime,
-    lease: dt.timedelta,
-    owner: Owner | None = None,
-) -> int:
-    """Extend the leases `owner` (default: this process) holds on `digest_ids` to
-    ``now + lease``: a send that goes on (a retry inside it) keeps its digest. Returns
-    how many leases were renewed (a row sent, retried or taken over meanwhile is not)."""
-    if not digest_ids:
-        return 0
-    me = owner or this_process()
-    statement = (
-        update(_DIGESTS)
-        .where(
-            _DIGESTS.c.id.in_(sorted(digest_ids)),
-            _DIGESTS.c.status == PENDING,
-            _DIGESTS.c.lease_host == me.host,
-            _DIGESTS.c.lease_pid == me.pid,
-        )
-        .values(next_attempt_at=as_utc(now) + lease)
-    )
-    try:
-        with write_bind(engine).begin() as conn:
-            return int(conn.execute(statement).rowcount)
-    except SQLAlchemyError as e:
-        raise store_error(engine, "renew leases", e) from e
-
-
-def leased_by_others(engine: Engine, now: dt.datetime, owner: Owner | None = None) -> int:
-    """How many pending digests another process (not `owner`, default this one) holds a
-    lease on now: being sent there, or held by a process gone on another host until its
-    lease ends."""
-    me = owner or this_process()
-    query = sa_select(func.count()).where(
-        _DIGESTS.c.status == PENDING,
-        _DIGESTS.c.lease_pid.is_not(None),
-        _DIGESTS.c.next_attempt_at > as_utc(now),
-        or_(_DIGESTS.c.lease_host != me.host, _DIGESTS.c.lease_pid != me.pid),
-    )
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-    except SQLAlchemyError as e:
-        raise store_error(engine, "count the digests other processes are sending", e) from e
-
-
-def take_over_dead_leases(engine: Engine, now: dt.datetime, host: str | None = None) -> int:
-    """Hand back at once the leases held by processes of this host that are gone (killed,
-    crashed: a pid that no longer runs, or runs a younger process): those digests are due
-    now, not when the lease would end. Leases of live processes and of other hosts are
-    left to run out. Returns how many digests were handed back."""
-    host = host if host is not None else this_process().host
-    me = this_process()
-    held = (
-        sa_select(_DIGESTS.c.lease_pid, _DIGESTS.c.lease_started)
-        .where(
-            _DIGESTS.c.status == PENDING,
-            _DIGESTS.c.lease_host == host,
-            _DIGESTS.c.lease_pid.is_not(None),
-            _DIGESTS.c.next_attempt_at > as_utc(now),
-        )
-        .distinct()
-    )
-    taken = 0
-    try:
-        with write_bind(engine).begin() as conn:
-            for pid, started in conn.execute(held).all():
-                holder = Owner(host, int(pid), started or "")
-                if holder == me or is_running(holder):
-                    continue
-                taken += conn.execute(
-                    update(_DIGESTS)
-                    .where(
-                        _DIGESTS.c.status == PENDING,
-                        _DIGESTS.c.lease_host == host,
-                        _DIGESTS.c.lease_pid == pid,
-                        _DIGESTS.c.lease_started == started,
-                    )
-                    .values(next_attempt_at=None, **NO_LEASE)
-                ).rowcount
-    except SQLAlchemyError as e:
-        raise store_error(engine, "take over the leases of dead processes", e) from e
-    return taken
-
-
-def release(engine: Engine, digest_ids: Iterable[int]) -> None:
-    """Hand claimed but unsent digests back: due again at once (a stop before sending)."""
-    ids = list(digest_ids)
-    if not ids:
-        return
-    _update(
-        engine,
-        ids,
-        {"next_attempt_at": None, **NO_LEASE},
-        what="release claimed digests",
-    )
-
-
-# mark_sent runs once per message sent: its statements are built once, here.
-_SENT_DIGESTS = sa_select(
-    col(DigestRow.id), col(DigestRow.subscriber), col(DigestRow.paper_ids_json)
-).where(col(DigestRow.id).in_(bindparam("ids", expanding=True)))
-_MARK_SENT = (
-    update(DigestRow)
-    .where(col(DigestRow.id) == bindparam("digest_id"))
-    .values(
-        status=SENT,
-        sent_at=bindparam("when"),
-        last_reply=bindparam("reply_text"),
-        next_attempt_at=None,
-        **NO_LEASE,
-    )
-)
-_INSERT_NEW_DELIVERIES = {  # keep the first delivery of a paper sent again
-    "sqlite": sqlite_insert(DeliveryRow).on_conflict_do_nothing(),
-    "postgresql": postgresql_insert(DeliveryRow).on_conflict_do_nothing(),
-}
+    return settle(engine, [], now, claim=limit, lease=lease, skip=skip, owner=owner).claimed
 
 
 def mark_sent(engine: Engine, digest_id: int, reply: str, now: dt.datetime) -> None:
     """The server accepted the digest: mark it sent and record its papers as delivered,
     all in one transaction."""
-    mark_sent_and_claim(engine, [(digest_id, reply)], now, 0)
+    settle(engine, [Outcome(digest_id, SENT, reply)], now)
 
 
 def mark_sent_and_claim(
@@ -263,70 +308,16 @@ def mark_sent_and_claim(
     owner: Owner | None = None,
 ) -> list[OutboxItem]:
     """mark_sent for every (digest id, reply) in `sent`, then claim_due(limit, lease, skip,
-    owner), in one transaction: a drain's group commit (one BEGIN/COMMIT for several outcomes
-    and the next claims). Returns the claimed digests."""
-    now = as_utc(now)
-    ids = [digest_id for digest_id, _ in sent]
-    what = f"mark digest {ids[0]} sent" if len(ids) == 1 else "mark digests sent"
-    try:
-        with write_bind(engine).begin() as conn:  # SQLite: the write lock at BEGIN
-            if sent:
-                _mark_sent(conn, engine.dialect.name, sent, now)
-            if limit <= 0:
-                return []
-            what = "claim due digests"
-            return _claim(
-                conn, engine.dialect.name, now, limit, lease, skip, owner or this_process()
-            )
-    except SQLAlchemyError as e:
-        raise store_error(engine, what, e) from e
-
-
-def _mark_sent(
-    conn: Connection, dialect: str, sent: Sequence[tuple[int, str]], now: dt.datetime
-) -> None:
-    """mark_sent inside the caller's transaction."""
-    found = {
-        digest_id: (subscriber, paper_ids_json)
-        for digest_id, subscriber, paper_ids_json in conn.execute(
-            _SENT_DIGESTS, {"ids": [digest_id for digest_id, _ in sent]}
-        )
-    }
-    deliveries = []
-    for digest_id, _ in sent:
-        if digest_id not in found:
-            raise StoreError(f"outbox: digest {digest_id} does not exist")
-        subscriber, paper_ids_json = found[digest_id]
-        deliveries += [
-            {"subscriber": subscriber, "paper_id": paper_id, "digest_id": digest_id,
-             "delivered_at": now}
-            for paper_id in json.loads(paper_ids_json)
-        ]  # fmt: skip
-    conn.execute(
-        _MARK_SENT,
-        [{"digest_id": digest_id, "when": now, "reply_text": reply} for digest_id, reply in sent],
-    )
-    if deliveries:
-        # elsewhere a plain INSERT: a repeated paper is an IntegrityError, never silent
-        conn.execute(_INSERT_NEW_DELIVERIES.get(dialect, insert(DeliveryRow)), deliveries)
+    owner), in one transaction. Returns the claimed digests."""
+    outcomes = [Outcome(digest_id, SENT, reply) for digest_id, reply in sent]
+    return settle(engine, outcomes, now, claim=limit, lease=lease, skip=skip, owner=owner).claimed
 
 
 def mark_retry(
     engine: Engine, digest_id: int, reply: str, now: dt.datetime, delay: dt.timedelta
 ) -> None:
     """A transient failure: count the attempt, keep it pending, due again after `delay`."""
-    _update(
-        engine,
-        [digest_id],
-        {
-            "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
-            "last_reply": reply,
-            "next_attempt_at": as_utc(now) + delay,
-            **NO_LEASE,
-        },
-        what=f"mark digest {digest_id} for retry",
-        only_pending=True,
-    )
+    settle(engine, [Outcome(digest_id, RETRY, reply, delay)], now)
 
 
 def mark_maybe_sent(
@@ -335,55 +326,20 @@ def mark_maybe_sent(
     """The message went out whole but its final reply never came: it may have been
     delivered. Record when (``maybe_sent_at``), count the attempt, keep it pending and
     due again only after `delay`; delivery.py resends such a digest at most once."""
-    _update(
-        engine,
-        [digest_id],
-        {
-            "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
-            "last_reply": reply,
-            "maybe_sent_at": as_utc(now),
-            "next_attempt_at": as_utc(now) + delay,
-            **NO_LEASE,
-        },
-        what=f"mark digest {digest_id} maybe delivered",
-        only_pending=True,
-    )
+    settle(engine, [Outcome(digest_id, MAYBE, reply, delay)], now)
 
 
 def mark_failed(engine: Engine, digest_id: int, reply: str, now: dt.datetime) -> None:
     """A permanent failure: the digest will never be sent; `reply` says why.
 
     `now` is part of the contract (a failed_at column may come); nothing stores it yet."""
-    _update(
-        engine,
-        [digest_id],
-        {
-            "status": FAILED,
-            "attempts": DigestRow.attempts + 1,  # an SQL expression: no lost update
-            "last_reply": reply,
-            "next_attempt_at": None,
-            **NO_LEASE,
-        },
-        what=f"mark digest {digest_id} failed",
-        only_pending=True,
-    )
+    settle(engine, [Outcome(digest_id, FAILED, reply)], now)
 
 
-
-def _update(
-    engine: Engine,
-    ids: list[int],
-    values: dict[str, object],
-    *,
-    what: str,
-    only_pending: bool = False,
-) -> None:
-    statement = update(DigestRow).where(col(DigestRow.id).in_(ids))
-    if only_pending:
-        statement = statement.where(col(DigestRow.status) == PENDING)
-    try:
-        with Session(engine) as session:
-            session.execute(statement.values(values))
-            session.commit()
-    except SQLAlchemyError as e:
-        raise store_error(engine, what, e) from e
+def _describe(outcomes: Sequence[Outcome]) -> str:
+    """What recording `outcomes` is, for an error message."""
+    if len(outcomes) != 1:
+        return f"record {len(outcomes)} outcomes" if outcomes else "claim due digests"
+    o = outcomes[0]
+    doing = {SENT: "sent", RETRY: "for retry", MAYBE: "maybe delivered", FAILED: "failed"}
+    return f"mark digest {o.digest_id} {doing[o.kind]}"

@@ -7,7 +7,7 @@ start tick from /proc/<pid>/stat), and a pid now held by a younger process count
 gone, as does a zombie (killed, not yet reaped). Elsewhere (no /proc) the start time
 is empty and a live pid counts as running.
 
-Does not own: the lease columns or when a lease is taken over (claims.py).
+Does not own: the lease columns or when a lease is taken over (leases.py).
 """
 
 from __future__ import annotations
