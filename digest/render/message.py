@@ -151,6 +151,7 @@ def _domain_of(address: Address) -> str:
     return address.domain if _DOMAIN_RE.match(address.domain) else "localhost"
 
 
+@functools.lru_cache(maxsize=1024)  # planning asks twice per digest: the header, the row
 def message_id_for(subscriber_email: str, slot: dt.datetime, from_addr: str) -> str:
     """`<digest-HASH@DOMAIN>`, the same for the same (subscriber, slot) every time."""
     if slot.tzinfo is None:
@@ -290,7 +291,7 @@ def _digest_header_bytes(
         subject_line, subject = _POLICY.fold_binary("Subject", parsed), str(parsed)
     lines = [
         _same_line("From", str(sender)),
-        _date_line(format_datetime(now)),
+        _date_line_at(now),
         to_line,
         subject_line,
         _plain_line("Message-ID", message_id) or fold("Message-ID", message_id),
@@ -314,6 +315,12 @@ def _unsubscribe_lines(mail: MailConfig, links: RecipientLinks | None) -> list[b
 @functools.lru_cache(maxsize=64)
 def _date_line(value: str) -> bytes:
     return _POLICY.fold_binary("Date", _date_header(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _date_line_at(now: dt.datetime) -> bytes:
+    """The Date line for `now`: a batch of digests is built with one `now`."""
+    return _date_line(format_datetime(now))
 
 
 def _same_line(name: str, value: str) -> bytes:

@@ -422,8 +422,8 @@ def _render_capped_html(
         return pack_html(html)
 
     n = len(papers)
-    html = page(n, n)
-    if _wire_size(html) < HTML_CAP_BYTES:
+    html, line_ends = _pack(renderer.page.render(full=n, linked=n, omitted=0, **context))
+    if len(html) + line_ends < HTML_CAP_BYTES:  # _wire_size, without counting again
         return html
     # sizes[i]: bytes of paper i in full, links[i]: as a title link (+ line ends around it)
     sizes = [_wire_size(p.html) + 2 for p in papers]
@@ -462,17 +462,26 @@ def pack_html(html: str, width: int = 800) -> str:
     <pre>); to the email serialiser every line costs a couple of writes, so a digest
     with a quarter of the lines is noticeably cheaper to turn into bytes.
     """
+    return _pack(html, width)[0]
+
+
+def _pack(html: str, width: int = 800) -> tuple[str, int]:
+    """`pack_html` and how many line ends it left. Each line is made ASCII on its own
+    (the same characters): a page's few non-ASCII characters sit on a few lines, and a
+    pass over all of a 25 KB page costs more than the rest of packing it."""
     out: list[str] = []
     current: list[str] = []
     length = 0
-    for line in _ascii(html).split("\n"):
+    for line in html.split("\n"):
+        if not line.isascii():
+            line = as_ascii(line)
         if current and length + len(line) >= width:
             out.append(" ".join(current))
             current, length = [], 0
         current.append(line)
         length += len(line) + 1
     out.append(" ".join(current))
-    return "\n".join(out)
+    return "\n".join(out), len(out) - 1
 
 
 def _local(instant: dt.datetime, subscriber: Subscriber) -> dt.datetime:

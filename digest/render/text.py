@@ -226,6 +226,7 @@ def format_subject(matches: Sequence[Match], local_day: dt.date) -> str:
     return clean_header(f"{head}: {topics} ({day})" if topics else f"{head} ({day})", limit=250)
 
 
+@functools.lru_cache(maxsize=4096)
 def _subject_topic(name: str) -> str:
     """A topic name for the subject: "Consistency models" -> "consistency models", but
     acronyms ("LLM agents") stay as written."""
