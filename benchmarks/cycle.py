@@ -257,7 +257,7 @@ def run_one(subscribers: Path, sessions: int) -> None:
             planned = pipeline.plan_due(
                 pipeline.Planner(config, engine), config.subscribers, NOW, daemon=False
             )
-        digests = planned if isinstance(planned, int) else len(planned)
+        digests = planned.due if hasattr(planned, "due") else len(planned)  # a PlanReport
         del planned
         stages["plan"], rss["plan"] = (c.wall, c.cpu), peak_rss_mb()
         stages["render"], stages["outbox"] = (r.wall, r.cpu), (w.wall, w.cpu)

@@ -433,14 +433,13 @@ def dry_run(config: Config, out: TextIO) -> int:
         return 0
     engine = open_store(config)
     now = utcnow()
-    planned = pipeline.plan_due(
-        pipeline.Planner(config, engine), config.subscribers, now, daemon=False, write=False
-    )
-    going = [
-        p for p in planned
-        if p.matches or (p.subscriber.send_empty and p.subscriber.delivery != "feed")
-    ]  # fmt: skip
-    for p in going:
+    going = 0
+
+    def would_send(p: pipeline.PlannedDigest) -> None:
+        nonlocal going
+        if not (p.matches or (p.subscriber.send_empty and p.subscriber.delivery != "feed")):
+            return
+        going += 1
         local = p.slot.astimezone(ZoneInfo(p.subscriber.timezone))
         if p.subscriber.delivery == "feed":  # never mailed
             papers = count(len(p.paper_ids), "paper")
@@ -448,6 +447,11 @@ def dry_run(config: Config, out: TextIO) -> int:
         else:
             what = f"would send {count(len(p.matches), 'paper')} to {p.subscriber.email}"
         out.write(f"{what} (slot {local:%a %Y-%m-%d %H:%M %Z})\n")
+
+    pipeline.plan_due(
+        pipeline.Planner(config, engine), config.subscribers, now, daemon=False, write=False,
+        on_planned=would_send,
+    )  # fmt: skip
     pending = outbox_counts(engine).get("pending", 0)
     if pending:
         out.write(f"would send {count(pending, 'digest')} already waiting in the outbox\n")
@@ -485,9 +489,7 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
         report = await drain_outbox(
             engine, transport, now=utcnow, wait_for_others=transport.claim_lease
         )
-    written = sum(p.digest_id is not None for p in planned)
-    fed = sum(p.digest_id is not None and p.subscriber.delivery == "feed" for p in planned)
-    empty = len(planned) - written
+    written, fed, empty = planned.written, planned.fed, planned.empty
     waiting = f", {len(held)} wait for the days the poll could not fetch" if held else ""
     to_feeds = f", {fed} to feeds only" if fed else ""
     out.write(

@@ -5,7 +5,8 @@
              | candidate_papers, papers_taken (store, once per window)
              | match_subscriber (match) | render_digest_bytes (render, with the signed
              links of web/tokens) | sign_message (mail/dkim)
-             | add_digests (outbox, with the handled slots, 200 at a time)    -> [PlannedDigest]
+             | add_digests (outbox, with the handled slots, 200 at a time)    -> PlanReport
+           PLAN_CHUNK subscribers at a time: nothing per subscriber outlives its chunk
     cancel: cancel_pending_except (outbox): digests of people no longer in the file
     send:  drain_outbox (drain.py)                                            -> DrainReport
 
@@ -20,6 +21,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
@@ -254,6 +256,7 @@ def digest_days(
     return first, last
 
 
+PLAN_CHUNK = 1000  # subscribers whose state is read, and digests planned, at a time
 SAVE_EVERY = 200  # digests rendered and held in memory before one transaction writes them
 MORE_LINKS = 50  # matches past max_papers listed as title links at a digest's end
 MAX_MATCHES = 1_000_000  # "every match" (a window holds at most a few thousand papers)
@@ -277,20 +280,37 @@ class PlannedDigest:
     skipped: str | None = None  # "unsubscribed" | "paused": the slot is handled, nothing sent
 
 
+@dataclass
+class PlanReport:
+    """What a planning run did, in counts: nothing per subscriber is kept past its chunk."""
+
+    due: int = 0  # due slots planned: a digest written, or nothing new, or skipped
+    written: int = 0  # digests put in the outbox (fed ones included)
+    fed: int = 0  # of those, to feeds only (delivery = "feed": never mailed)
+    held: int = 0  # due slots whose days the poll failed to fetch: not planned, not closed
+
+    @property
+    def empty(self) -> int:
+        """Due slots that made no digest (nothing new, already queued, or skipped)."""
+        return self.due - self.written
+
+
 class Planner:
     """Matches and renders digests, caching what many subscribers share: the candidate
     index per window. Nothing per subscriber: their topics are compiled when they are
-    matched (once per run; a cache of them cost ~2 KB a subscriber, 200 MB at 100k).
+    matched (once per run; a cache of them cost ~2 KB a subscriber, 200 MB at 100k), and
+    the papers each already has are read per chunk of subscribers (`taken_by`).
 
-    One Planner serves one planning run: its window cache is a snapshot of the store (a
-    digest it writes updates the snapshot; a poll after it is not seen)."""
+    One Planner serves one planning run: its index of a window is a snapshot of the
+    store's papers (a poll after it is not seen)."""
 
     def __init__(self, config: Config, engine: Engine, renderer: Renderer | None = None) -> None:
         self.config = config
         self.engine = engine
         self._renderer = renderer
-        self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, dict[str, set[str]]]]
+        self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, tuple[str, ...]]]
         self._windows = {}
+        self._everyone: dict[tuple[dt.date, dt.date], dict[str, set[str]]] = {}
         self._links: Links | None = None
 
     @property
@@ -305,25 +325,44 @@ class Planner:
 
     def _window(
         self, first: dt.date, last: dt.date
-    ) -> tuple[match.PaperIndex, dict[str, set[str]]]:
-        """The candidate papers of a window, indexed once, and which of them each subscriber
-        already has (delivered or pending): two reads for every subscriber sharing it."""
+    ) -> tuple[match.PaperIndex, tuple[str, ...]]:
+        """The candidate papers of a window, indexed once, and their ids."""
         key = (first, last)
         if key not in self._windows:
             with Session(self.engine) as session:
                 papers = store.candidate_papers(session, first, last)
-                taken = store.papers_taken(session, [p.id for p in papers])
-            self._windows[key] = (match.PaperIndex.build(papers), taken)
+            self._windows[key] = (match.PaperIndex.build(papers), tuple(p.id for p in papers))
         return self._windows[key]
 
+    def taken_by(
+        self, window: tuple[dt.date, dt.date], emails: Collection[str]
+    ) -> dict[str, set[str]]:
+        """Of the window's papers, the ones each of `emails` already has or is about to
+        get (delivered or pending): a fresh read, so it sees the digests just written."""
+        ids = self._window(*window)[1]
+        with Session(self.engine) as session:
+            return store.papers_taken(session, ids, emails)
+
     def matches_for(
-        self, subscriber: Subscriber, first: dt.date, last: dt.date, *, more: int = 0
+        self,
+        subscriber: Subscriber,
+        first: dt.date,
+        last: dt.date,
+        *,
+        more: int = 0,
+        exclude: AbstractSet[str] | None = None,
     ) -> tuple[list[Match], int]:
         """The subscriber's best matches in the window (max_papers of them, and up to
-        `more` after those), and how many matched in all."""
+        `more` after those), and how many matched in all, leaving out `exclude` (the
+        papers they have; by default read once for everyone in the window)."""
         compiled = match.compile_topics(subscriber.topics)
-        index, taken = self._window(first, last)
-        exclude = taken.get(subscriber.email, set())
+        if exclude is None:
+            key = (first, last)
+            if key not in self._everyone:
+                with Session(self.engine) as session:
+                    ids = self._window(first, last)[1]
+                    self._everyone[key] = store.papers_taken(session, ids)
+            exclude = self._everyone[key].get(subscriber.email, set())
         index = self.index_for(first, last)
         best = match.match_subscriber(
             index,
@@ -345,12 +384,13 @@ class Planner:
         last_slot: dt.datetime | None,
         covered_until: dt.date | None = None,
         window: tuple[dt.date, dt.date] | None = None,
+        exclude: AbstractSet[str] | None = None,
     ) -> PlannedDigest:
         """What the digest for one (subscriber, slot) holds. Writes nothing."""
         window = window or digest_days(subscriber, slot, last_slot, covered_until)
         # with [web] the web copy lists every match: all of them past max_papers
         more = MAX_MATCHES if self.config.web is not None else MORE_LINKS
-        found, total = self.matches_for(subscriber, *window, more=more)
+        found, total = self.matches_for(subscriber, *window, more=more, exclude=exclude)
         cut = subscriber.max_papers
         return PlannedDigest(
             subscriber, slot, tuple(found[:cut]), total, window, more=tuple(found[cut:])
@@ -424,9 +464,10 @@ class Planner:
         )
         written = {id(p): digest_id for p, digest_id in zip(chosen, ids, strict=True)}
         written.update((id(p), digest_id) for p, digest_id in zip(fed, fed_ids, strict=True))
-        for p in (*chosen, *fed):  # the snapshot: these papers are now on their way
-            taken = self._window(*p.window)[1]
-            taken.setdefault(p.subscriber.email, set()).update(p.paper_ids)
+        for p in (*chosen, *fed):  # a whole-window snapshot (`digest match`): on their way
+            everyone = self._everyone.get(p.window)
+            if everyone is not None:
+                everyone.setdefault(p.subscriber.email, set()).update(p.paper_ids)
         return [replace(p, digest_id=written.get(id(p))) for p in planned]
 
 
@@ -448,6 +489,7 @@ def _plan_one(
     *,
     covered_until: dt.date | None,
     window: tuple[dt.date, dt.date],
+    exclude: AbstractSet[str],
 ) -> PlannedDigest:
     """The digest at `slot`, as the recipient's own choices (which override the file)
     allow: nothing for an unsubscribed or paused address (the slot is handled and its
@@ -460,8 +502,9 @@ def _plan_one(
         topics = tuple(t for t in subscriber.topics if t.name not in choice.muted)
         subscriber = replace(subscriber, topics=topics)
     return planner.plan(
-        subscriber, slot, last_slot=last_slot, covered_until=covered_until, window=window
-    )
+        subscriber, slot, last_slot=last_slot, covered_until=covered_until, window=window,
+        exclude=exclude,
+    )  # fmt: skip
 
 
 def envelope_sender(from_addr: str) -> str:
@@ -478,8 +521,12 @@ def plan_due(
     write: bool = True,
     unfed: Collection[dt.date] = (),
     held: list[str] | None = None,
-) -> list[PlannedDigest]:
-    """Plan every digest that is due at `now`.
+    on_planned: Callable[[PlannedDigest], None] | None = None,
+) -> PlanReport:
+    """Plan every digest that is due at `now`, PLAN_CHUNK subscribers at a time: read
+    their state, match, render and write their digests (SAVE_EVERY to a transaction,
+    with the slots they handle), then let go of them. Returns the counts;
+    `on_planned` sees each planned digest (with its `digest_id` once written).
 
     `digest send` (daemon=False) takes each subscriber's latest slot at or before now that
     has not been handled, new subscribers included. The daemon starts a subscriber it has
@@ -491,12 +538,34 @@ def plan_due(
     next slot's digest covers them, from the watermark). Such subscribers' emails are
     appended to `held`.
     """
+    report = PlanReport()
+    for first in range(0, len(subscribers), PLAN_CHUNK):
+        chunk = subscribers[first : first + PLAN_CHUNK]
+        _plan_chunk(planner, chunk, now, daemon=daemon, write=write, unfed=unfed,
+                    held=held, on_planned=on_planned, report=report)  # fmt: skip
+    return report
+
+
+def _plan_chunk(
+    planner: Planner,
+    subscribers: Sequence[Subscriber],
+    now: dt.datetime,
+    *,
+    daemon: bool,
+    write: bool,
+    unfed: Collection[dt.date],
+    held: list[str] | None,
+    on_planned: Callable[[PlannedDigest], None] | None,
+    report: PlanReport,
+) -> None:
+    """`plan_due` for one chunk of subscribers: three reads of their state (slots,
+    preferences, and per window the papers they have), then matching and writing."""
     emails = [s.email for s in subscribers]
     with Session(planner.engine) as session:
         states = store.get_subscriber_states(session, emails)
     choices = recipients.recipients_of(planner.engine, emails)
-    done: list[PlannedDigest] = []
-    planned: list[PlannedDigest] = []
+    due: list[tuple[Subscriber, dt.datetime, dt.datetime | None, dt.date | None,
+                    tuple[dt.date, dt.date]]] = []  # fmt: skip
     seen: list[str] = []  # subscribers met for the first time
     for subscriber in subscribers:
         state = states.get(subscriber.email)
@@ -514,23 +583,45 @@ def plan_due(
             not_before=not_before,
             catch_up=planner.config.daemon.catch_up if daemon else None,
         )
-        if slot is not None:
-            covered_until = state.covered_until if state else None
-            window = digest_days(subscriber, slot, last_slot, covered_until)
-            if any(window[0] <= day <= window[1] for day in unfed):
-                if held is not None:
-                    held.append(subscriber.email)
-            else:
-                planned.append(_plan_one(planner, subscriber, slot, last_slot, choices,
-                                         covered_until=covered_until, window=window))
-        if write and len(planned) >= SAVE_EVERY:
-            done += planner.save(planned, now, seen=seen)
-            planned, seen = [], []
-    if not write:
-        return planned
-    if planned or seen:
-        done += planner.save(planned, now, seen=seen)
-    return done
+        if slot is None:
+            continue
+        covered_until = state.covered_until if state else None
+        window = digest_days(subscriber, slot, last_slot, covered_until)
+        if any(window[0] <= day <= window[1] for day in unfed):
+            report.held += 1
+            if held is not None:
+                held.append(subscriber.email)
+        else:
+            due.append((subscriber, slot, last_slot, covered_until, window))
+    del states
+    by_window: dict[tuple[dt.date, dt.date], list[str]] = {}
+    for subscriber, *_, window in due:
+        by_window.setdefault(window, []).append(subscriber.email)
+    taken = {window: planner.taken_by(window, group) for window, group in by_window.items()}
+    del by_window
+    planned: list[PlannedDigest] = []
+
+    def save() -> None:
+        nonlocal planned, seen
+        done = planner.save(planned, now, seen=seen) if write else planned
+        report.due += len(done)
+        report.written += sum(p.digest_id is not None for p in done)
+        report.fed += sum(p.digest_id is not None and p.subscriber.delivery == "feed"
+                          for p in done)  # fmt: skip
+        if on_planned is not None:
+            for p in done:
+                on_planned(p)
+        planned, seen = [], []
+
+    for subscriber, slot, last_slot, covered_until, window in due:
+        exclude = taken[window].get(subscriber.email, set())
+        planned.append(_plan_one(planner, subscriber, slot, last_slot, choices,
+                                 covered_until=covered_until, window=window,
+                                 exclude=exclude))  # fmt: skip
+        if len(planned) >= SAVE_EVERY:
+            save()
+    if planned or (seen and write):
+        save()
 
 
 # --------------------------------------------------------------------------- cancel

@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
 
 from digest import store
+from digest.config import Subscriber
 from digest.models import Paper
+from digest.pipeline import PlannedDigest, Planner, plan_due
 from digest.sources.hf_api import parse_api
 from tests import testdata
 
@@ -61,3 +64,15 @@ def dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
             table: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
             for table in ("papers", "listings", "days")
         }
+
+
+def plan_all(
+    planner: Planner, subscribers: Sequence[Subscriber], now: dt.datetime, **kw: Any
+) -> list[PlannedDigest]:
+    """`pipeline.plan_due`, keeping each digest it planned (it returns only counts), and
+    checking its counts against them."""
+    got: list[PlannedDigest] = []
+    report = plan_due(planner, subscribers, now, on_planned=got.append, **kw)
+    assert report.due == len(got)
+    assert report.written == sum(p.digest_id is not None for p in got)
+    return got

@@ -11,6 +11,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import Session
 
 from digest import pipeline, store
@@ -21,6 +22,7 @@ from digest.sources.hf_api import parse_api
 from digest.store import claims
 from tests.backends import Backend
 from tests.render_helpers import Html
+from tests.store_helpers import plan_all
 from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -147,39 +149,39 @@ def sent_ids(planner: pipeline.Planner, digest_id: int, now: dt.datetime) -> lis
 def test_send_mode_plans_the_latest_slot_once(planner: pipeline.Planner) -> None:
     subs = planner.config.subscribers
     now = at("2026-03-13 09:00")
-    (first,) = pipeline.plan_due(planner, subs, now, daemon=False)
+    (first,) = plan_all(planner, subs, now, daemon=False)
     assert first.slot == at("2026-03-13 08:00") and first.digest_id is not None
     assert first.matches and all("Agents" in m.topics for m in first.matches)
-    assert pipeline.plan_due(planner, subs, now, daemon=False) == []
-    assert pipeline.plan_due(planner, subs, now + dt.timedelta(hours=3), daemon=False) == []
+    assert plan_all(planner, subs, now, daemon=False) == []
+    assert plan_all(planner, subs, now + dt.timedelta(hours=3), daemon=False) == []
 
 
 def test_dry_run_writes_nothing(planner: pipeline.Planner) -> None:
     subs = planner.config.subscribers
     now = at("2026-03-13 09:00")
-    (dry,) = pipeline.plan_due(planner, subs, now, daemon=False, write=False)
+    (dry,) = plan_all(planner, subs, now, daemon=False, write=False)
     assert dry.digest_id is None and dry.matches
-    (real,) = pipeline.plan_due(planner, subs, now, daemon=False)
+    (real,) = plan_all(planner, subs, now, daemon=False)
     assert real.digest_id is not None and real.matches == dry.matches
 
 
 def test_daemon_starts_a_new_subscriber_at_their_next_slot(planner: pipeline.Planner) -> None:
     subs = planner.config.subscribers
-    assert pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=True) == []
-    (next_day,) = pipeline.plan_due(planner, subs, at("2026-03-14 08:00:01"), daemon=True)
+    assert plan_all(planner, subs, at("2026-03-13 09:00"), daemon=True) == []
+    (next_day,) = plan_all(planner, subs, at("2026-03-14 08:00:01"), daemon=True)
     assert next_day.slot == at("2026-03-14 08:00")
 
 
 def test_a_paper_is_never_offered_twice(planner: pipeline.Planner) -> None:
     subs = planner.config.subscribers
-    (first,) = pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=False)
+    (first,) = plan_all(planner, subs, at("2026-03-13 09:00"), daemon=False)
     assert first.digest_id is not None
     # still pending: the next slot's digest does not repeat its papers
-    (second,) = pipeline.plan_due(planner, subs, at("2026-03-14 09:00"), daemon=False)
+    (second,) = plan_all(planner, subs, at("2026-03-14 09:00"), daemon=False)
     assert not {m.paper.id for m in first.matches} & {m.paper.id for m in second.matches}
     delivered = sent_ids(planner, first.digest_id, at("2026-03-14 09:00"))
     assert delivered == [m.paper.id for m in first.matches]
-    (third,) = pipeline.plan_due(planner, subs, at("2026-03-15 09:00"), daemon=False)
+    (third,) = plan_all(planner, subs, at("2026-03-15 09:00"), daemon=False)
     assert not set(delivered) & {m.paper.id for m in third.matches}
 
 
@@ -190,7 +192,7 @@ def test_matches_past_max_papers_go_along_as_links_and_count_as_delivered(
     as title links (HTML and text), and all of them are the digest's papers."""
     few = subscriber(max_papers=2)
     now = at("2026-03-13 09:00")
-    (planned,) = pipeline.plan_due(planner, (few,), now, daemon=False)
+    (planned,) = plan_all(planner, (few,), now, daemon=False)
     assert len(planned.matches) == 2 and planned.more
     assert planned.total_matches == 2 + len(planned.more)
     assert planned.digest_id is not None
@@ -219,13 +221,13 @@ def test_a_slot_whose_days_failed_to_fetch_is_held_then_planned(planner: pipelin
     held: list[str] = []
     # the poll failed for the slot's own day: nothing planned, nothing closed
     unfed = {dt.date(2026, 3, 13)}
-    assert pipeline.plan_due(planner, subs, now, daemon=False, unfed=unfed, held=held) == []
+    assert plan_all(planner, subs, now, daemon=False, unfed=unfed, held=held) == []
     assert held == [email]
     with Session(planner.engine) as session:
         state = store.get_subscriber_state(session, email)
     assert state is not None and state.last_slot is None and state.covered_until is None
     # a day outside the digest's days does not hold it
-    (planned,) = pipeline.plan_due(planner, subs, now, daemon=False, unfed={dt.date(2026, 3, 9)})
+    (planned,) = plan_all(planner, subs, now, daemon=False, unfed={dt.date(2026, 3, 9)})
     assert planned.slot == at("2026-03-13 08:00") and planned.window == (
         dt.date(2026, 3, 12), dt.date(2026, 3, 13))  # fmt: skip
     with Session(planner.engine) as session:
@@ -237,13 +239,39 @@ def test_coverage_runs_on_from_the_watermark_across_held_and_missed_slots(
     planner: pipeline.Planner,
 ) -> None:
     subs = planner.config.subscribers
-    (first,) = pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=False)
+    (first,) = plan_all(planner, subs, at("2026-03-13 09:00"), daemon=False)
     # the next four slots: two failed polls, then nobody ran it; then it works again
     for day in (14, 15):
         now = at(f"2026-03-{day} 09:00")
         unfed = {now.date()}
-        assert pipeline.plan_due(planner, subs, now, daemon=False, unfed=unfed) == []
-    (later,) = pipeline.plan_due(planner, subs, at("2026-03-18 09:00"), daemon=False)
+        assert plan_all(planner, subs, now, daemon=False, unfed=unfed) == []
+    (later,) = plan_all(planner, subs, at("2026-03-18 09:00"), daemon=False)
     assert later.slot == at("2026-03-18 08:00")
     assert later.window == (dt.date(2026, 3, 13), dt.date(2026, 3, 18))  # no day skipped
     assert first.window[1] == later.window[0]
+
+
+def test_planning_in_chunks_writes_one_digest_per_subscriber_and_returns_counts(
+    planner: pipeline.Planner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven subscribers, three to a chunk and two to a transaction: every one gets
+    exactly one digest (its handled slot saved with it), the papers each already has
+    are read per chunk, and a second run finds nothing due."""
+    monkeypatch.setattr(pipeline, "PLAN_CHUNK", 3)
+    monkeypatch.setattr(pipeline, "SAVE_EVERY", 2)
+    subs = tuple(subscriber(f"user{i}@example.org") for i in range(7))
+    now = at("2026-03-13 09:00")
+    report = pipeline.plan_due(planner, subs, now, daemon=False)
+    assert isinstance(report, pipeline.PlanReport)
+    assert (report.due, report.written, report.empty, report.held) == (7, 7, 0, 0)
+    with planner.engine.connect() as conn:
+        rows = conn.execute(text("SELECT subscriber, paper_ids_json FROM digests")).all()
+        handled = conn.execute(text("SELECT email FROM subscribers WHERE last_slot IS NOT NULL"))
+        assert sorted(e for (e,) in handled) == sorted(s.email for s in subs)
+    assert sorted(r.subscriber for r in rows) == sorted(s.email for s in subs)
+    assert len({r.paper_ids_json for r in rows}) == 1  # the same topic: the same papers
+    assert pipeline.plan_due(planner, subs, now, daemon=False).due == 0
+    # the next day, each chunk's read of what they already have (pending) leaves those out
+    later = plan_all(planner, subs, at("2026-03-14 09:00"), daemon=False)
+    first = set(json.loads(rows[0].paper_ids_json))
+    assert len(later) == 7 and all(not first & set(p.paper_ids) for p in later)

@@ -20,6 +20,7 @@ from digest.sources.hf_api import parse_api
 from digest.store import claims, outbox, recipients
 from digest.web.tokens import Purpose, Tokens
 from tests.backends import Backend
+from tests.store_helpers import plan_all
 from tests.testdata import HF
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -55,7 +56,7 @@ def planner(tmp_path: Path, backend: Backend) -> pipeline.Planner:
 
 def plan(planner: pipeline.Planner, now: str) -> dict[str, pipeline.PlannedDigest]:
     fresh = pipeline.Planner(planner.config, planner.engine)  # one Planner per run
-    planned = pipeline.plan_due(fresh, planner.config.subscribers, at(now), daemon=False)
+    planned = plan_all(fresh, planner.config.subscribers, at(now), daemon=False)
     return {p.subscriber.email: p for p in planned}
 
 
@@ -120,8 +121,8 @@ def test_without_web_no_link_keys_are_made(planner: pipeline.Planner) -> None:
 
     bare = pipeline.Planner(replace(planner.config, web=None), planner.engine)
     now = at("2026-03-13 09:00")
-    planned = pipeline.plan_due(bare, bare.config.subscribers, now, daemon=False)
-    assert all(p.digest_id is not None for p in planned)
+    report = pipeline.plan_due(bare, bare.config.subscribers, now, daemon=False)
+    assert report.due == report.written == 2
     assert recipients.recipients_of(planner.engine, [ADA, BOB]) == {}
 
 

@@ -355,7 +355,7 @@ class Daemon:
 
     async def _plan_locked(self, subscribers: tuple[Subscriber, ...]) -> int:
         """Plan in chunks of PLAN_CHUNK subscribers, so a stop waits for one chunk at most."""
-        planned: list[pipeline.PlannedDigest] = []
+        planned = pipeline.PlanReport()
         held: list[str] = []
         used: frozenset[dt.date] = frozenset()  # the unfed days the plan went by
         async with self._plan_lock:
@@ -374,13 +374,15 @@ class Daemon:
                     if unfed is None:  # no poll has finished: nothing is known to be fetched
                         unfed = frozenset(pipeline.days_to_poll(now, config.source.lookback_days))
                     used = unfed
-                    planned += await asyncio.get_running_loop().run_in_executor(
+                    done = await asyncio.get_running_loop().run_in_executor(
                         self._planner_thread,
                         functools.partial(
                             pipeline.plan_due, planner, chunk, now, daemon=True,
                             unfed=unfed, held=held,
                         ),
                     )  # fmt: skip
+                    planned.due += done.due
+                    planned.written += done.written
             except DigestError as e:  # the database or a template; the slot's papers fold
                 # into the subscriber's next digest (its window reaches back to the last slot)
                 log.error("planning %d subscribers failed: %s", len(subscribers), e)
@@ -391,14 +393,14 @@ class Daemon:
                         ", ".join(str(d) for d in sorted(used)))
             if self._unfed is not None and self._unfed != used:
                 self._replan_held()  # a poll finished while this plan ran
-        written = sum(p.digest_id is not None for p in planned)
+        written = planned.written
         self.stats.planned += written
-        if planned:
+        if planned.due:
             log.info(
                 "planned %s (%d due, %d empty or already queued)",
                 count(written, "digest"),
-                len(planned),
-                len(planned) - written,
+                planned.due,
+                planned.empty,
             )
         if written:
             self.kick_drain()

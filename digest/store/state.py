@@ -132,9 +132,12 @@ def delivered_ids(session: Session, subscriber: str) -> set[str]:
         return set(session.exec(query).all())
 
 
-def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[str]]:
-    """Of `paper_ids`, the ones each subscriber already has or is about to get: delivered
-    (a sent digest held them) or in a pending digest. One read for a whole planning run.
+def papers_taken(
+    session: Session, paper_ids: Collection[str], subscribers: Collection[str] | None = None
+) -> dict[str, set[str]]:
+    """Of `paper_ids`, the ones each subscriber (each of `subscribers`, or everyone)
+    already has or is about to get: delivered (a sent digest held them) or in a pending
+    digest. One read for a planning run, or for a chunk of its subscribers.
 
     Pending digests are read first, deliveries second: on PostgreSQL (READ COMMITTED)
     each statement sees what was committed when it began, and another process marking a
@@ -143,21 +146,31 @@ def papers_taken(session: Session, paper_ids: Collection[str]) -> dict[str, set[
     way round they fell between, and a second digest with the same papers went out)."""
     wanted = set(paper_ids)
     taken: dict[str, set[str]] = {}
+    groups: list[list[str] | None] = [None]
+    if subscribers is not None:
+        names = sorted(set(subscribers))
+        groups = [names[start : start + 500] for start in range(0, len(names), 500)]
     with wrap_db_errors("reading the papers already delivered", session_url(session)):
-        pending = select(DigestRow.subscriber, DigestRow.paper_ids_json).where(
-            DigestRow.status == "pending"
-        )
-        for subscriber, paper_ids_json in session.exec(pending):
-            taken.setdefault(subscriber, set()).update(
-                wanted.intersection(json.loads(paper_ids_json))
+        for group in groups:
+            pending = select(DigestRow.subscriber, DigestRow.paper_ids_json).where(
+                DigestRow.status == "pending"
             )
+            if group is not None:
+                pending = pending.where(col(DigestRow.subscriber).in_(group))
+            for subscriber, paper_ids_json in session.exec(pending):
+                taken.setdefault(subscriber, set()).update(
+                    wanted.intersection(json.loads(paper_ids_json))
+                )
         ids = sorted(wanted)
-        for start in range(0, len(ids), 500):
-            query = select(DeliveryRow.subscriber, DeliveryRow.paper_id).where(
-                col(DeliveryRow.paper_id).in_(ids[start : start + 500])
-            )
-            for subscriber, paper_id in session.exec(query):
-                taken.setdefault(subscriber, set()).add(paper_id)
+        for group in groups:
+            for start in range(0, len(ids), 500):
+                query = select(DeliveryRow.subscriber, DeliveryRow.paper_id).where(
+                    col(DeliveryRow.paper_id).in_(ids[start : start + 500])
+                )
+                if group is not None:
+                    query = query.where(col(DeliveryRow.subscriber).in_(group))
+                for subscriber, paper_id in session.exec(query):
+                    taken.setdefault(subscriber, set()).add(paper_id)
     return taken
 
 
