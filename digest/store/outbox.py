@@ -18,10 +18,11 @@ Every function takes ``now``; none reads the clock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, func, insert, update
 from sqlalchemy import select as sa_select
@@ -136,15 +137,11 @@ def _insert_digests(
         return []
     # sorted by key: two processes inserting overlapping batches lock rows in one order
     order = sorted(first)
-    statement = (
-        dialect_insert(conn.dialect.name, _DIGESTS)
-        .on_conflict_do_nothing(index_elements=["subscriber", "slot"])
-        .returning(_DIGESTS.c.id, _DIGESTS.c.subscriber, _DIGESTS.c.slot)
-    )
-    rows = [_digest_values(digests[first[key]], now) for key in order]
+    created = as_utc(now)
+    rows = [_digest_values(digests[first[key]], created) for key in order]
     inserted = {
         (subscriber, as_utc(slot)): digest_id
-        for digest_id, subscriber, slot in conn.execute(statement, rows)
+        for digest_id, subscriber, slot in conn.execute(_insert_digest(conn.dialect.name), rows)
     }
     ids: list[int | None] = [None] * len(digests)
     for key, digest_id in inserted.items():
@@ -155,8 +152,27 @@ def _insert_digests(
         if digest_id is not None
     ]
     if messages:
-        conn.execute(insert(_MESSAGES), messages)
+        conn.execute(_INSERT_MESSAGE, messages)
     return ids
+
+
+_INSERT_MESSAGE = insert(_MESSAGES)
+
+
+@functools.cache
+def _insert_digest(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (subscriber, slot) DO NOTHING RETURNING id, subscriber, slot:
+    built once per dialect (the rows are the same shape every time)."""
+    return (
+        dialect_insert(dialect, _DIGESTS)
+        .on_conflict_do_nothing(index_elements=["subscriber", "slot"])
+        .returning(_DIGESTS.c.id, _DIGESTS.c.subscriber, _DIGESTS.c.slot)
+    )
+
+
+@functools.cache
+def _upsert_subscriber(dialect: str, update: tuple[str, ...]) -> Any:
+    return upsert(dialect, _SUBSCRIBERS, ["email"], list(update))
 
 
 def _record_handled(conn: Connection, handled: Sequence[HandledLike], now: dt.datetime) -> None:
@@ -182,16 +198,15 @@ def _record_handled(conn: Connection, handled: Sequence[HandledLike], now: dt.da
     with_slot = [values(h) for h in chosen if h.slot is not None and h.covered_until is None]
     seen_only = [values(h) for h in chosen if h.slot is None]
     if covered:
-        statement = upsert(dialect, _SUBSCRIBERS, ["email"], ["last_slot", "covered_until"])
-        conn.execute(statement, covered)
+        conn.execute(_upsert_subscriber(dialect, ("last_slot", "covered_until")), covered)
     if with_slot:
-        conn.execute(upsert(dialect, _SUBSCRIBERS, ["email"], ["last_slot"]), with_slot)
+        conn.execute(_upsert_subscriber(dialect, ("last_slot",)), with_slot)
     if seen_only:
-        conn.execute(upsert(dialect, _SUBSCRIBERS, ["email"], []), seen_only)
+        conn.execute(_upsert_subscriber(dialect, ()), seen_only)
 
 
-def _digest_values(digest: NewDigest, now: dt.datetime) -> dict[str, object]:
-    """A new `digests` row: pending, no attempts yet."""
+def _digest_values(digest: NewDigest, created: dt.datetime) -> dict[str, object]:
+    """A new `digests` row: pending, no attempts yet (`created`: now, in UTC)."""
     return {
         "subscriber": digest.subscriber,
         "slot": as_utc(digest.slot),
@@ -201,8 +216,8 @@ def _digest_values(digest: NewDigest, now: dt.datetime) -> dict[str, object]:
         "recipient": digest.recipient,
         "sender": digest.sender,
         "subject": digest.subject,
-        "paper_ids_json": json.dumps(list(digest.paper_ids)),
-        "created_at": as_utc(now),
+        "paper_ids_json": json.dumps(digest.paper_ids),  # a tuple: a JSON list
+        "created_at": created,
     }
 
 
