@@ -348,6 +348,17 @@ def test_papers_taken_reads_deliveries_and_pending_digests_for_the_given_ids(
     with Session(engine) as session:
         taken = store.papers_taken(session, ["p1", "p2", "p3", "p4"])
     assert taken == {"ada@example.org": {"p1", "p2", "p3"}}
+    # a chunk of subscribers reads only theirs (planning reads per chunk)
+    cy = digest("cy@example.org", 8, ["p4"])  # pending, and another one sent
+    claims.mark_sent(engine, digest("cy@example.org", 7, ["p2"]), "250 ok", now)
+    assert cy is not None
+    with Session(engine) as session:
+        only_cy = store.papers_taken(session, ["p1", "p2", "p3", "p4"], ["cy@example.org"])
+        neither = store.papers_taken(session, ["p1", "p2"], ["bob@example.org", "x@y.org"])
+        both = store.papers_taken(session, ["p2", "p4"], ["ada@example.org", "cy@example.org"])
+    assert only_cy == {"cy@example.org": {"p2", "p4"}}
+    assert neither == {}
+    assert both == {"ada@example.org": {"p2"}, "cy@example.org": {"p2", "p4"}}
 
 
 def test_papers_taken_sees_a_digest_marked_sent_between_its_reads(
