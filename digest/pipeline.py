@@ -599,10 +599,18 @@ def _plan_chunk(
         by_window.setdefault(window, []).append(subscriber.email)
     taken = {window: planner.taken_by(window, group) for window, group in by_window.items()}
     del by_window
+    # a new subscriber's first sight goes in the transaction of their digest (a crash
+    # between batches must not record them seen, in daemon mode after their slot, without
+    # it); the ones with nothing due go with the first batch
+    new = set(seen)
+    due_emails = {s.email for s, *_ in due}
+    seen = [email for email in seen if email not in due_emails]
+    del due_emails
     planned: list[PlannedDigest] = []
 
     def save() -> None:
         nonlocal planned, seen
+        seen += [p.subscriber.email for p in planned if p.subscriber.email in new]
         done = planner.save(planned, now, seen=seen) if write else planned
         report.due += len(done)
         report.written += sum(p.digest_id is not None for p in done)

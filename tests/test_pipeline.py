@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from digest import pipeline, store
 from digest.config import Config, DaemonConfig, Subscriber, Topic
+from digest.errors import StoreError
 from digest.models import DigestRow
 from digest.schedule import parse_schedule
 from digest.sources.hf_api import parse_api
@@ -275,3 +276,32 @@ def test_planning_in_chunks_writes_one_digest_per_subscriber_and_returns_counts(
     later = plan_all(planner, subs, at("2026-03-14 09:00"), daemon=False)
     first = set(json.loads(rows[0].paper_ids_json))
     assert len(later) == 7 and all(not first & set(p.paper_ids) for p in later)
+
+
+def test_a_new_subscribers_first_sight_is_saved_with_their_digest(
+    planner: pipeline.Planner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning stops (the database fails) after the first transaction of a chunk: the
+    new subscribers whose digests were not written are not recorded as seen either, so
+    the daemon, which starts a subscriber at their first sight, still owes them the
+    slot."""
+    monkeypatch.setattr(pipeline, "SAVE_EVERY", 2)
+    subs = tuple(subscriber(f"user{i}@example.org") for i in range(5))
+    real_save = pipeline.Planner.save
+    calls = 0
+
+    def save_once(self: pipeline.Planner, *args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise StoreError("the database went away")
+        return real_save(self, *args, **kw)  # type: ignore[arg-type]  # the real arguments
+
+    monkeypatch.setattr(pipeline.Planner, "save", save_once)
+    with pytest.raises(StoreError):
+        pipeline.plan_due(planner, subs, at("2026-03-13 09:00"), daemon=False)
+    with planner.engine.connect() as conn:
+        seen = sorted(e for (e,) in conn.execute(text("SELECT email FROM subscribers")))
+        written = sorted(e for (e,) in conn.execute(text("SELECT subscriber FROM digests")))
+    assert written == ["user0@example.org", "user1@example.org"]
+    assert seen == written
