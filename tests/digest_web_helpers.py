@@ -25,6 +25,7 @@ from digest.mail.drain import DrainReport, drain_outbox
 from digest.sources.hf_api import parse_api
 from tests.backends import Backend
 from tests.configs import write_config
+from tests.store_helpers import plan_all
 from tests.testdata import HF
 from tests.web_helpers import Endpoint, web_table
 
@@ -75,7 +76,7 @@ def store_day(e: Endpoint, day: dt.date) -> None:
 
 def plan(e: Endpoint, now: dt.datetime) -> dict[str, pipeline.PlannedDigest]:
     planner = pipeline.Planner(e.config, e.engine)
-    planned = pipeline.plan_due(planner, e.config.subscribers, now, daemon=False)
+    planned = plan_all(planner, e.config.subscribers, now, daemon=False)
     return {p.subscriber.email: p for p in planned}
 
 
