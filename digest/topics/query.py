@@ -103,90 +103,105 @@ def _error(message: str, query: str, col: int) -> QuerySyntaxError:
     return QuerySyntaxError(f"{message} at column {col}", query, col)
 
 
-def _make_term(text: str, field: Field | None, col: int, query: str, quoted: bool) -> _Tok:
-    """A TERM token from a term's text (`col` is where the text starts)."""
-    for k, ch in enumerate(text):
-        if ch == "*" and not (
-            k == len(text) - 1 and k > 0 and (field == "id" or is_word_char(text[k - 1]))
-        ):
-            where = "the last word of a phrase" if quoted else "a word"
-            raise _error(f"'*' must come at the end of {where}", query, col + k)
+# One token per match: whitespace, '(', ')', '-', a quoted phrase (closed or not), or a
+# run up to the next space, parenthesis or quote. Every position matches one branch,
+# so the scan is one `finditer` pass with nothing skipped. `\s` is str.isspace exactly.
+_TOKEN = re.compile(r'\s+|(\()|(\))|(-)|"([^"]*)("?)|([^\s()"\-][^\s()"]*)')
+
+
+@lru_cache(maxsize=65536)  # pure; the same words recur across thousands of queries
+def _term_node(text: str, field: Field | None, quoted: bool) -> Term | Phrase | tuple[str, int]:
+    """The node of a term's text, or (message, offset into `text`) when it is not valid.
+
+    Cached: equal terms in different queries become one shared, immutable node."""
+    if "*" in text:
+        last = len(text) - 1
+        for k, ch in enumerate(text):
+            if ch == "*" and not (
+                k == last and k > 0 and (field == "id" or is_word_char(text[k - 1]))
+            ):
+                where = "the last word of a phrase" if quoted else "a word"
+                return f"'*' must come at the end of {where}", k
     prefix = text.endswith("*")
     body = text[:-1] if prefix else text
     if field == "id":
         raw = body.strip()  # never empty: an empty value or a lone '*' failed above
         if any(c.isspace() for c in raw):
-            raise _error("an arXiv id has no spaces", query, col)
-        return _Tok("TERM", col, Term(raw, prefix, "id"))
+            return "an arXiv id has no spaces", 0
+        return Term(raw, prefix, "id")
     words = tokenize(body)
     if not words:
         shown = f'"{text}"' if quoted else f"'{text}'"
-        raise _error(f"{shown} has no letters or digits to match", query, col)
+        return f"{shown} has no letters or digits to match", 0
     if len(words) == 1:
-        return _Tok("TERM", col, Term(words[0], prefix, field))
-    return _Tok("TERM", col, Phrase(tuple(words), prefix, field))
+        return Term(words[0], prefix, field)
+    return Phrase(tuple(words), prefix, field)
+
+
+def _make_term(
+    text: str, field: Field | None, text_col: int, query: str, quoted: bool, col: int
+) -> _Tok:
+    """A TERM token at `col` from a term's text (`text_col` is where the text starts)."""
+    node = _term_node(text, field, quoted)
+    if isinstance(node, tuple):
+        raise _error(node[0], query, text_col + node[1])
+    return _Tok("TERM", col, node)
 
 
 def _lex(query: str) -> list[_Tok]:
+    """The tokens of `query`, left to right; the first problem met raises."""
     toks: list[_Tok] = []
-    i, n = 0, len(query)
-    while i < n:
-        ch = query[i]
-        col = i + 1
-        if ch.isspace():
-            i += 1
-        elif ch in "()":
-            toks.append(_Tok("(" if ch == "(" else ")", col))
-            i += 1
-        elif ch == "-":
-            if i + 1 >= n or query[i + 1].isspace() or query[i + 1] == ")":
-                raise _error("'-' must be followed directly by a word, phrase or '('", query, col)
-            toks.append(_Tok("NOT", col))
-            i += 1
-        elif ch == '"':
-            i = _lex_quoted(query, i, None, col, toks)
-        else:
-            j = i
-            while j < n and not query[j].isspace() and query[j] not in '()"':
-                j += 1
-            run = query[i:j]
+    n = len(query)
+    field: Field | None = None  # set by a bare `title:` right before a quote
+    field_col = 0
+    for m in _TOKEN.finditer(query):
+        opening, closing, minus, quoted, closed, run = m.groups()
+        i = m.start()
+        if quoted is not None:
+            if not closed:
+                raise _error("unterminated quote", query, i + 1)
+            if not quoted.strip():
+                raise _error("empty phrase", query, i + 1)
+            col = field_col if field is not None else i + 1
+            toks.append(_make_term(quoted, field, i + 2, query, True, col))
+            field = None
+        elif run is not None:
+            col = i + 1
             op = _OPERATORS.get(run)
             if op is not None:
                 toks.append(_Tok(op, col))
-                i = j
                 continue
-            m = _FIELD_PREFIX.match(run)
-            if m is None:
-                toks.append(_make_term(run, None, col, query, quoted=False))
-                i = j
+            f = _FIELD_PREFIX.match(run)
+            if f is None:
+                toks.append(_make_term(run, None, col, query, False, col))
                 continue
-            name = m.group(1).lower()
-            field = _FIELD_BY_NAME.get(name)
-            if field is None:
+            name = f.group(1).lower()
+            named = _FIELD_BY_NAME.get(name)
+            if named is None:
                 known = ", ".join(FIELDS)
-                raise _error(f"unknown field '{m.group(1)}:' (known: {known})", query, col)
-            value_start = i + m.end()
+                raise _error(f"unknown field '{f.group(1)}:' (known: {known})", query, col)
+            value_start = i + f.end()
+            j = m.end()
             if value_start < j:
-                toks.append(_make_term(query[value_start:j], field, value_start + 1, query, False))
-                i = j
+                toks.append(
+                    _make_term(
+                        query[value_start:j], named, value_start + 1, query, False, value_start + 1
+                    )
+                )
             elif j < n and query[j] == '"':
-                i = _lex_quoted(query, j, field, col, toks)
+                field, field_col = named, col  # the quote is the very next match
             else:
                 raise _error(f"'{name}:' needs a word or a quoted phrase after it", query, col)
+        elif opening is not None:
+            toks.append(_Tok("(", i + 1))
+        elif closing is not None:
+            toks.append(_Tok(")", i + 1))
+        elif minus is not None:
+            nxt = query[i + 1 : i + 2]
+            if not nxt or nxt.isspace() or nxt == ")":
+                raise _error("'-' must be followed directly by a word, phrase or '('", query, i + 1)
+            toks.append(_Tok("NOT", i + 1))
     return toks
-
-
-def _lex_quoted(query: str, i: int, field: Field | None, col: int, toks: list[_Tok]) -> int:
-    """Lex the quoted phrase whose opening quote is at index `i`; return the index after it."""
-    end = query.find('"', i + 1)
-    if end < 0:
-        raise _error("unterminated quote", query, i + 1)
-    text = query[i + 1 : end]
-    if not text.strip():
-        raise _error("empty phrase", query, i + 1)
-    tok = _make_term(text, field, i + 2, query, quoted=True)
-    toks.append(tok._replace(col=col))
-    return end + 1
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""The regex lexer against the per-character one it replaced (tests/query_reference.py):
+the same tokens, columns and error messages for any text, and shared term nodes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digest.errors import QuerySyntaxError
+from digest.topics.query import _lex, parse_query
+from tests.query_reference import reference_lex
+
+PIECES = [
+    *'ab c"()-*:\t\u00a0\u3000\u00e9\u00bd\u0301\n',
+    "AND", "OR", "NOT", "and", "title:", "Title:", "id:", "author:", "ORG:", "foo:",
+    "x1", "2407.", "GPT-4o", "$\\alpha$", "  ",
+]  # fmt: skip
+
+
+def outcome(lex: object, text: str) -> object:
+    try:
+        return [tuple(t) for t in lex(text)]  # type: ignore[operator]
+    except QuerySyntaxError as e:
+        return ("error", str(e), e.args)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14).map("".join))
+def test_regex_lexer_matches_the_reference(text: str) -> None:
+    assert outcome(_lex, text) == outcome(reference_lex, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=20))
+def test_regex_lexer_matches_the_reference_on_any_text(text: str) -> None:
+    assert outcome(_lex, text) == outcome(reference_lex, text)
+
+
+def test_field_quoted_phrase_and_errors_keep_their_columns() -> None:
+    assert [(t.kind, t.col) for t in _lex('x title:"a b" -(y)')] == [
+        ("TERM", 1), ("TERM", 3), ("NOT", 15), ("(", 16), ("TERM", 17), (")", 18),
+    ]  # fmt: skip
+    for text, message in [
+        ('a title:"b', "unterminated quote at column 9"),
+        ("a b* c*d", "'*' must come at the end of a word at column 7"),
+        ('"x* y"', "'*' must come at the end of the last word of a phrase at column 3"),
+        ("id:2407 1 - x", "'-' must be followed directly by a word, phrase or '(' at column 11"),
+    ]:
+        try:
+            _lex(text)
+        except QuerySyntaxError as e:
+            assert str(e) == message
+        else:
+            raise AssertionError(f"{text!r} lexed")
+
+
+def test_equal_terms_in_different_queries_are_one_node() -> None:
+    first = parse_query("reward model* OR title:diffusion")
+    second = parse_query('title:diffusion -"reward model*" unrelated')
+    assert first.parts[1] is second.parts[0]  # type: ignore[union-attr]
