@@ -1,11 +1,15 @@
 """The regex lexer against the per-character one it replaced (tests/query_reference.py):
-the same tokens, columns and error messages for any text, and shared term nodes."""
+the same tokens, columns and error messages for any text, and shared term nodes;
+the lower-case operator warning's fast path against its full substitution."""
 
 from __future__ import annotations
+
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digest.config.values import _OPERATOR_WORD, lowercase_operators
 from digest.errors import QuerySyntaxError
 from digest.topics.query import _lex, parse_query
 from tests.query_reference import reference_lex
@@ -58,3 +62,23 @@ def test_equal_terms_in_different_queries_are_one_node() -> None:
     first = parse_query("reward model* OR title:diffusion")
     second = parse_query('title:diffusion -"reward model*" unrelated')
     assert first.parts[1] is second.parts[0]  # type: ignore[union-attr]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([*PIECES, "or", "Or", "not", "NOT", "nOt", "And", "(or)"]), max_size=10
+    ).map("".join)
+)
+def test_lowercase_operator_precheck_changes_no_answer(text: str) -> None:
+    """The cheap search that skips the substitution must never skip a query it would change."""
+    found: list[str] = []
+
+    def upper(m: re.Match[str]) -> str:
+        word = m.group(1)
+        if word is None or word.isupper():
+            return m.group(0)
+        found.append(word)
+        return word.upper()
+
+    assert lowercase_operators(text) == (found, _OPERATOR_WORD.sub(upper, text))

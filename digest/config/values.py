@@ -211,11 +211,18 @@ def _idna_domain(domain: str) -> str:
 
 # outside quotes, a whole run between spaces or parentheses: the spots where `OR` would be
 _OPERATOR_WORD = re.compile(r'"[^"]*"|(?<![^\s(])(and|or|not)(?![^\s)])', re.IGNORECASE)
+# the same spots, quotes or not, holding a not-all-upper-case and/or/not: when none is
+# there (nearly every query), there is nothing to report and no substitution to run
+_MAYBE_LOWERCASE = re.compile(
+    r"(?<![^\s(])(?!(?-i:AND|OR|NOT)(?![^\s)]))(?:and|or|not)(?![^\s)])", re.IGNORECASE
+)
 
 
 def lowercase_operators(query: str) -> tuple[list[str], str]:
     """The words of `query` that read as AND/OR/NOT but are not upper case (so the query
     language takes them as plain words), and the query with them upper-cased."""
+    if _MAYBE_LOWERCASE.search(query) is None:
+        return [], query
     found: list[str] = []
 
     def upper(m: re.Match[str]) -> str:
