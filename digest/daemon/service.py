@@ -386,6 +386,9 @@ class Daemon:
             except DigestError as e:  # the database or a template; the slot's papers fold
                 # into the subscriber's next digest (its window reaches back to the last slot)
                 log.error("planning %d subscribers failed: %s", len(subscribers), e)
+            finally:  # a run's caches serve that run: the next one has other papers
+                if self._renderer is not None:
+                    self._renderer.forget()
         if held:
             self._held.update(held)
             self._held_for = used

@@ -131,6 +131,10 @@ class Skeletons:
         self._cache: dict[tuple[int, str, int], tuple[Paper, tuple[Skeleton, Skeleton] | None]]
         self._cache = {}
 
+    def clear(self) -> None:
+        """Forget every skeleton (the daemon, between planning runs)."""
+        self._cache.clear()
+
     def get(self, match: Match, view: Any) -> tuple[Skeleton, Skeleton] | None:
         """The (HTML, text) skeletons for `match` shown as `view` (a PaperView), or
         None when they cannot be used (render plainly then)."""
