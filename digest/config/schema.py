@@ -85,13 +85,13 @@ class MailConfig:
     dkim: DkimConfig | None = None  # sign every message (rsa-sha256, relaxed/relaxed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: there are 3-10 per subscriber
 class Topic:
     name: str
     query: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: ~100 bytes less each, at 100k subscribers
 class Subscriber:
     email: str  # lower-cased
     schedule: Schedule
