@@ -1,6 +1,9 @@
 """Shared pytest fixtures.
 
 `hf_server`: a started `tests.hfserver.HFServer` on 127.0.0.1.
+`hf`, `smtp`, `run_daemon`: the fixture server with 10 real papers around today, a
+recording aiosmtpd server, and `digest run` processes killed after the test (see
+tests/daemons.py); a module that needs other data defines its own `hf`.
 `backend`: a `tests.backends.Backend`, once on SQLite and once on PostgreSQL; each
 test gets fresh databases from it (see tests/backends.py for the server it needs).
 """
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BACKENDS, Backend, PgServer, make_backend, pg_server
+from tests.daemons import hf, run_daemon, smtp  # noqa: F401  (fixtures: pytest finds them by name)
 from tests.hfserver import HFServer
 
 

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemons import Daemon, start, subscriber, write_config
 from tests.hfserver import Fault, HFServer
 from tests.smtpd_helpers import SmtpServer
-from tests.test_daemon_process import (  # the fixtures, used by name below
-    Daemon,
-    hf,
-    run_daemon,
-    smtp,
-    start,
-    subscriber,
-    write_config,
-)
 
 pytestmark = pytest.mark.slow
-__all__ = ["hf", "run_daemon", "smtp"]  # pytest finds fixtures by the names imported here
 
 
 def test_the_daemon_runs_a_schedule_whose_next_slot_is_years_away(

@@ -10,7 +10,6 @@ twice, and then with the same Message-ID. Every process that was not killed exit
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import signal
@@ -18,38 +17,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
 
-from digest import store
-from digest.models import DigestRow
 from tests.backends import Backend
 from tests.configs import write_config
+from tests.daemons import MATCH_ALL, Daemon, digests_in, subscriber
+from tests.daemons import write_config as write_daemon_config
 from tests.hfserver import HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
-from tests.test_daemon_process import MATCH_ALL, Daemon, subscriber
-from tests.test_daemon_process import write_config as write_daemon_config
-from tests.testdata import corpus_dir
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS_DAY = corpus_dir() / "2025-12-30.json"  # 10 real papers
 WAIT = 90.0  # seconds a whole run may take on a loaded machine
-
-
-@pytest.fixture
-def hf() -> Iterator[HFServer]:
-    """HFServer serving 10 real papers on today and the days around it."""
-    with HFServer() as server:
-        body = CORPUS_DAY.read_bytes()
-        today = dt.datetime.now(dt.UTC).date()
-        for n in range(-1, 5):
-            server.set_api_body(today - dt.timedelta(days=n), body)
-        yield server
 
 
 def people(n: int) -> list[str]:
@@ -61,17 +44,8 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def digests(url: str) -> list[DigestRow]:
-    engine = store.open_engine(url)
-    try:
-        with Session(engine) as session:
-            return list(session.exec(select(DigestRow).order_by(col(DigestRow.id))).all())
-    finally:
-        engine.dispose()
-
-
 def all_sent(url: str, readers: list[str]) -> bool:
-    rows = digests(url)
+    rows = digests_in(url)
     return sorted(r.subscriber for r in rows) == readers and {r.status for r in rows} == {"sent"}
 
 
@@ -136,7 +110,7 @@ def test_three_sends_at_once_on_an_empty_database(
         assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
         assert "Traceback" not in err
     assert {who: len(ids) for who, ids in received.items()} == dict.fromkeys(readers, 1)
-    rows = digests(backend.url(migrated=False))
+    rows = digests_in(backend.url(migrated=False))
     assert sorted(r.subscriber for r in rows) == readers  # one digest each, all three runs
     assert {r.status for r in rows} == {"sent"}
 
@@ -162,7 +136,7 @@ def describe(url: str) -> str:
     """The outbox, one digest a line, for a failure message."""
     return "\n".join(
         f"{r.id} {r.subscriber} {r.slot} {r.status} {r.attempts} {r.paper_ids_json}"
-        for r in digests(url)
+        for r in digests_in(url)
     )
 
 
@@ -191,7 +165,7 @@ def test_two_daemons_with_slots_due_send_each_digest_once(
         received = message_ids(smtp.handler)
     assert codes == [0, 0]
     assert {who: len(ids) for who, ids in received.items()} == dict.fromkeys(readers, 1)
-    rows = digests(url)
+    rows = digests_in(url)
     assert sorted(r.subscriber for r in rows) == readers
     assert {r.status for r in rows} == {"sent"}
     planned = [int(n) for d in daemons for n in _numbers(d, r"planned (\d+) digests?")]
@@ -241,7 +215,7 @@ def test_one_of_two_daemons_killed_mid_drain_loses_nothing(
     assert len(repeated) <= pool, repeated  # only what the killed daemon had in flight
     for ids in repeated.values():
         assert len(set(ids)) == 1, ids  # a repeat is recognisable: the same Message-ID
-    rows = digests(url)
+    rows = digests_in(url)
     assert sorted(r.subscriber for r in rows) == readers
     assert {r.status for r in rows} == {"sent"}
     assert Counter(len(ids) for ids in received.values())[1] >= len(readers) - pool

@@ -18,9 +18,9 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.browser import chromium
+from tests.daemons import WAIT, Daemon, utcnow
 from tests.hfserver import HFServer
-from tests.smtpd_helpers import RecordingHandler, SmtpServer
-from tests.test_daemon_process import CORPUS_DAY, WAIT, Daemon, utcnow
+from tests.smtpd_helpers import SmtpServer
 from tests.web_daemon_helpers import (
     SECRET_ENV,
     messages_to,
@@ -39,21 +39,6 @@ ADA, BOB = "ada@example.org", "bob@example.org"
 def browser() -> Iterator[Browser]:
     with chromium() as launched:  # tests/browser.py: Debian's chromium, no download
         yield launched
-
-
-@pytest.fixture
-def hf() -> Iterator[HFServer]:
-    with HFServer() as server:
-        today = utcnow().date()
-        for n in range(-1, 3):
-            server.set_api_body(today - dt.timedelta(days=n), CORPUS_DAY.read_bytes())
-        yield server
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer(RecordingHandler()) as server:
-        yield server
 
 
 @pytest.fixture

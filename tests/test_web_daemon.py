@@ -5,7 +5,6 @@ Also: the load of 500 one-click POSTs from a second process while the daemon sen
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sqlite3
@@ -21,9 +20,9 @@ import pytest
 from digest import store
 from digest.store import recipients
 from digest.web.tokens import Links
+from tests.daemons import WAIT, Daemon, utcnow
 from tests.hfserver import HFServer
-from tests.smtpd_helpers import RecordingHandler, SmtpServer
-from tests.test_daemon_process import CORPUS_DAY, WAIT, Daemon, utcnow
+from tests.smtpd_helpers import SmtpServer
 from tests.web_daemon_helpers import (
     SECRET_ENV,
     messages_to,
@@ -36,22 +35,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 ADA, BOB = "ada@example.org", "bob@example.org"
-
-
-@pytest.fixture
-def hf() -> Iterator[HFServer]:
-    with HFServer() as server:
-        body = CORPUS_DAY.read_bytes()
-        today = utcnow().date()
-        for n in range(-1, 3):
-            server.set_api_body(today - dt.timedelta(days=n), body)
-        yield server
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer(RecordingHandler()) as server:
-        yield server
 
 
 @pytest.fixture

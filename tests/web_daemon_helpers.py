@@ -14,9 +14,9 @@ import re
 from email.message import EmailMessage
 from pathlib import Path
 
+from tests.daemons import MATCH_ALL
 from tests.hfserver import HFServer
 from tests.smtpd_helpers import SmtpServer, free_port
-from tests.test_daemon_process import MATCH_ALL
 from tests.web_helpers import ENV, web_table
 
 SECRET_ENV = ENV
