@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from digest.config.values import _OPERATOR_WORD, lowercase_operators
 from digest.errors import QuerySyntaxError
-from digest.topics.query import _lex, parse_query
+from digest.topics.query import _lex, _matches_empty_paper, _Parser, parse_query
 from tests.query_reference import reference_lex
 
 PIECES = [
@@ -82,3 +82,40 @@ def test_lowercase_operator_precheck_changes_no_answer(text: str) -> None:
         return word.upper()
 
     assert lowercase_operators(text) == (found, _OPERATOR_WORD.sub(upper, text))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(st.sampled_from([*PIECES, "-", "(", ")", "OR", "AND", "NOT"]), max_size=12).map(
+        "".join
+    )
+)
+def test_parser_answers_as_with_the_reference_tokens(text: str) -> None:
+    """The parser (end sentinel, NOT-free queries skip the empty-paper walk) on the
+    reference lexer's tokens: the same AST or the same error as on the regex lexer's."""
+
+    def parse(lex: object) -> object:
+        try:
+            toks = lex(text)  # type: ignore[operator]
+            if not toks:
+                return "empty"
+            node = _Parser(text, toks).parse()
+            return (node, _matches_empty_paper(node))
+        except QuerySyntaxError as e:
+            return ("error", str(e))
+
+    expected = parse(reference_lex)
+    try:
+        got: object = parse_query(text)
+    except QuerySyntaxError as e:
+        got = ("error", str(e))
+    if expected == "empty":
+        assert got == ("error", "empty query at column 1")
+    elif isinstance(expected, tuple) and expected[0] == "error":
+        assert got == expected
+    else:
+        node, matches_empty = expected  # type: ignore[misc]
+        if matches_empty:
+            assert isinstance(got, tuple) and "something positive" in str(got[1])
+        else:
+            assert got == node

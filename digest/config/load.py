@@ -39,6 +39,7 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from e
+    del raw  # the bytes are a second copy of the file: not held while the TOML is parsed
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -84,7 +84,7 @@ Query = Term | Phrase | And | Or | Not
 # Lexing
 
 
-_Kind = Literal["(", ")", "AND", "OR", "NOT", "TERM"]
+_Kind = Literal["(", ")", "AND", "OR", "NOT", "TERM", "END"]
 _OPERATORS: dict[str, _Kind] = {"AND": "AND", "OR": "OR", "NOT": "NOT"}
 _FIELD_BY_NAME: dict[str, Field] = {f: f for f in FIELDS}
 
@@ -217,26 +217,23 @@ class _Parser:
 
     def __init__(self, query: str, toks: list[_Tok]) -> None:
         self.query = query
-        self.toks = toks
+        self.toks = [*toks, _Tok("END", len(query) + 1)]  # never consumed: no bounds checks
         self.pos = 0
         self.depth = 0
-
-    def peek(self) -> _Tok | None:
-        return self.toks[self.pos] if self.pos < len(self.toks) else None
 
     def fail(self, message: str, col: int) -> QuerySyntaxError:
         return _error(message, self.query, col)
 
     def parse(self) -> Query:
         node = self.parse_or()
-        tok = self.peek()
-        if tok is not None:  # only a stray ')' can stop parse_or early
+        tok = self.toks[self.pos]
+        if tok.kind != "END":  # only a stray ')' can stop parse_or early
             raise self.fail("unmatched ')'", tok.col)
         return node
 
     def parse_or(self) -> Query:
         parts = [self.parse_and()]
-        while (tok := self.peek()) is not None and tok.kind == "OR":
+        while (tok := self.toks[self.pos]).kind == "OR":
             self.pos += 1
             self.expect_operand(tok)
             parts.append(self.parse_and())
@@ -244,7 +241,7 @@ class _Parser:
 
     def parse_and(self) -> Query:
         parts = [self.parse_unary()]
-        while (tok := self.peek()) is not None and tok.kind in ("AND", "NOT", "TERM", "("):
+        while (tok := self.toks[self.pos]).kind in ("AND", "NOT", "TERM", "("):
             if tok.kind == "AND":
                 self.pos += 1
                 self.expect_operand(tok)
@@ -252,8 +249,8 @@ class _Parser:
         return _join(And, parts)
 
     def parse_unary(self) -> Query:
-        tok = self.peek()
-        if tok is not None and tok.kind == "NOT":
+        tok = self.toks[self.pos]
+        if tok.kind == "NOT":
             self.pos += 1
             self.expect_operand(tok)
             self.enter(tok)
@@ -268,8 +265,8 @@ class _Parser:
             raise self.fail(f"query nested too deeply (more than {_MAX_DEPTH} levels)", tok.col)
 
     def parse_primary(self) -> Query:
-        tok = self.peek()
-        if tok is None:
+        tok = self.toks[self.pos]
+        if tok.kind == "END":
             raise self.fail("empty query", 1)
         if tok.kind == "TERM":
             self.pos += 1
@@ -277,14 +274,14 @@ class _Parser:
             return tok.node
         if tok.kind == "(":
             self.pos += 1
-            close = self.peek()
-            if close is not None and close.kind == ")":
+            close = self.toks[self.pos]
+            if close.kind == ")":
                 raise self.fail("empty parentheses", tok.col)
             self.enter(tok)
             node = self.parse_or()
             self.depth -= 1
-            close = self.peek()
-            if close is None or close.kind != ")":
+            close = self.toks[self.pos]
+            if close.kind != ")":
                 raise self.fail("unclosed '('", tok.col)
             self.pos += 1
             return node
@@ -294,9 +291,9 @@ class _Parser:
 
     def expect_operand(self, op: _Tok) -> None:
         """After a binary or NOT operator: something must follow that can start an operand."""
-        nxt = self.peek()
+        nxt = self.toks[self.pos]
         shown = "-" if self.query[op.col - 1] == "-" else op.kind
-        if nxt is None or nxt.kind == ")":
+        if nxt.kind in ("END", ")"):
             raise self.fail(f"'{shown}' needs a word, phrase or '(' after it", op.col)
         if nxt.kind in ("AND", "OR"):
             raise self.fail(f"unexpected '{nxt.kind}' after '{shown}'", nxt.col)
@@ -333,7 +330,8 @@ def parse_query(text: str) -> Query:
     if not toks:
         raise _error("empty query", text, 1)
     node = _Parser(text, toks).parse()
-    if _matches_empty_paper(node):
+    # without a NOT, no node can match an empty paper: skip the walk for most queries
+    if any(t.kind == "NOT" for t in toks) and _matches_empty_paper(node):
         first_not = next(t.col for t in toks if t.kind == "NOT")
         raise _error(
             "a query needs something positive to match (this one matches every paper "
