@@ -154,11 +154,24 @@ def view_match(match: Match, thumbnails: Thumbnails = "small") -> PaperView:
 _PAPER_FIELDS = PaperView._fields[:-3]  # all but the match's
 
 
-@functools.lru_cache(maxsize=2048)
+# id(paper) -> (the paper, its values): by identity, not by a Paper's hash (a frozen
+# dataclass hashes all its fields on every lookup); the paper is kept so that its id
+# is not reused while the entry lives
+_VALUES: dict[int, tuple[Paper, tuple[Any, ...]]] = {}
+VALUES_CACHE_SIZE = 2048
+
+
 def _paper_values(paper: Paper) -> tuple[Any, ...]:
     """`_paper_fields` in PaperView's field order: a view is built positionally, per match."""
+    entry = _VALUES.get(id(paper))
+    if entry is not None and entry[0] is paper:
+        return entry[1]
+    if len(_VALUES) >= VALUES_CACHE_SIZE:
+        _VALUES.clear()
     fields = _paper_fields(paper)
-    return tuple(fields[name] for name in _PAPER_FIELDS)
+    values = tuple(fields[name] for name in _PAPER_FIELDS)
+    _VALUES[id(paper)] = (paper, values)
+    return values
 
 
 @functools.lru_cache(maxsize=4096)
@@ -492,18 +505,17 @@ def _pack(html: str, width: int = 800) -> tuple[str, int]:
     """`pack_html` and how many line ends it left. Each line is made ASCII on its own
     (the same characters): a page's few non-ASCII characters sit on a few lines, and a
     pass over all of a 25 KB page costs more than the rest of packing it."""
+    lines = html.split("\n")
+    if not html.isascii():  # O(1) on a str: CPython knows whether it is ASCII
+        lines = [line if line.isascii() else as_ascii(line) for line in lines]
     out: list[str] = []
-    current: list[str] = []
-    length = 0
-    for line in html.split("\n"):
-        if not line.isascii():
-            line = as_ascii(line)
-        if current and length + len(line) >= width:
-            out.append(" ".join(current))
-            current, length = [], 0
-        current.append(line)
-        length += len(line) + 1
-    out.append(" ".join(current))
+    start = length = 0  # the current output line is lines[start:i], `length` long
+    for i, size in enumerate(map(len, lines)):
+        if i > start and length + size >= width:
+            out.append(" ".join(lines[start:i]))
+            start, length = i, 0
+        length += size + 1
+    out.append(" ".join(lines[start:]))
     return "\n".join(out), len(out) - 1
 
 
