@@ -10,13 +10,14 @@ explain a match (`index.py`), which field's leaves apply to which shown text, or
 the HTML (`digest/render/text.py`). No I/O.
 
 Cost: a text's words are memoised (LRU) with where each distinct word occurs, so a
-leaf costs a dict lookup (a walk over the words only for a one-word prefix): at a slot
+leaf costs a dict lookup (a walk over the words only for a one-word prefix, memoised per
+(text, prefix)): at a slot
 many subscribers' digests show the same few hundred texts with ever other leaves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -45,10 +46,19 @@ def _words_of(text: str) -> _Words:
 def leaf_spans(text: str, leaf: Leaf) -> tuple[Span, ...]:
     """The spans of `text` where `leaf`'s words occur (its field is the caller's
     business; an ``id:`` leaf occurs nowhere)."""
-    return _leaf_spans(_words_of(text), leaf)
+    return _leaf_spans(text, _words_of(text), leaf)
 
 
-def _leaf_spans(words_of: _Words, leaf: Leaf) -> tuple[Span, ...]:
+@lru_cache(maxsize=16384)
+def _prefix_starts(text: str, prefix: str) -> tuple[int, ...]:
+    """Where the words of `text` that begin with `prefix` stand, in order (memoised: a
+    walk over the text's distinct words, the same few prefixes on the same texts)."""
+    at = _words_of(text).at
+    return tuple(sorted(i for word, where in at.items() if word.startswith(prefix)
+                        for i in where))  # fmt: skip
+
+
+def _leaf_spans(text: str, words_of: _Words, leaf: Leaf) -> tuple[Span, ...]:
     """Looked up by the leaf's first word (or, for a one-word prefix, each distinct
     word it begins), not by a walk over the text: most leaves occur in none of a
     paper's texts but one, and cost one dict lookup there."""
@@ -57,11 +67,8 @@ def _leaf_spans(words_of: _Words, leaf: Leaf) -> tuple[Span, ...]:
     words, prefix = leaf.words, leaf.prefix
     spans, at = words_of
     n, last = len(words), len(words) - 1
-    if n == 1 and prefix:
-        starts = sorted(i for word, where in at.items() if word.startswith(words[0])
-                        for i in where)  # fmt: skip
-    else:
-        starts = at.get(words[0], [])
+    one_prefix = n == 1 and prefix
+    starts: Sequence[int] = _prefix_starts(text, words[0]) if one_prefix else at.get(words[0], [])
     found: list[Span] = []
     for i in starts:
         if i + last >= len(spans):
@@ -77,7 +84,11 @@ def merged_spans(text: str, leaves: Iterable[Leaf]) -> list[Span]:
     """The spans to mark in `text` for `leaves`, in order; overlapping ones joined
     into one (``"reinforcement learning"`` and ``"learning from"`` -> one mark)."""
     words_of = _words_of(text)
-    spans = sorted({s for leaf in leaves for s in _leaf_spans(words_of, leaf)})
+    found = [got for leaf in leaves if (got := _leaf_spans(text, words_of, leaf))]
+    if not found:  # the usual case: none of the leaves occurs in this text
+        return []
+    # one leaf's spans are in order and distinct already (one per start, starts sorted)
+    spans: Sequence[Span] = found[0] if len(found) == 1 else sorted({s for f in found for s in f})
     merged: list[Span] = []
     for start, end in spans:
         if merged and start < merged[-1][1]:
