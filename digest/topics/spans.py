@@ -10,9 +10,9 @@ explain a match (`index.py`), which field's leaves apply to which shown text, or
 the HTML (`digest/render/text.py`). No I/O.
 
 Cost: a text's words are memoised (LRU) with where each distinct word occurs, so a
-leaf costs a dict lookup (a walk over the words only for a one-word prefix, memoised per
-(text, prefix)): at a slot
-many subscribers' digests show the same few hundred texts with ever other leaves.
+leaf costs a dict lookup (a walk over the words only for a one-word prefix, memoised
+per (text, prefix)): at a slot many subscribers' digests show the same few hundred
+texts with ever other leaves.
 """
 
 from __future__ import annotations
