@@ -73,19 +73,24 @@ class Skeleton(NamedTuple):
         entity, as `pack_html` would write it."""
         pieces, html = self.pieces, self.html
         out = [pieces[0]]
-        for n, slot in enumerate(self.slots, 1):
+        shown: tuple[str, ...] | None = None  # the topics as this skeleton writes them
+        marks: dict[str, frozenset[Leaf]] = {}  # where -> the leaves marked there
+        for slot, piece in zip(self.slots, pieces[1:], strict=True):
             if type(slot) is int:
-                value = str(escape(topics[slot])) if html else topics[slot]
-                out.append(as_ascii(value) if html else value)
+                if shown is None:
+                    shown = tuple(as_ascii(str(escape(t))) for t in topics) if html else topics
+                out.append(shown[slot])
             else:
                 text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
-                marked = applicable_leaves(leaves, where)
+                marked = marks.get(where)
+                if marked is None:
+                    marked = marks[where] = applicable_leaves(leaves, where)
                 if not marked:
                     out.append(plain)
                 else:
                     value = str(highlight_applicable(text, marked, open_tag))
                     out.append(as_ascii(value) if html else value)
-            out.append(pieces[n])
+            out.append(piece)
         return "".join(out)
 
 
