@@ -5,7 +5,9 @@ match; these tests render the same digests with `Renderer(skeletons=False)` (eve
 match's paper templates rendered by Jinja) and compare the bytes: the real matcher's
 matches for varied queries (phrases, prefixes, fields, overlaps, NOT), topic names that
 need escaping or are not ASCII, every thumbnail choice, and the same paper in many
-digests with other topics and leaves.
+digests with other topics and leaves. The page around the papers (`pages.py`) likewise:
+every shape of page (no papers, the "more" list, matches only counted, signed links,
+a web copy, no topics) against the plain Jinja page.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from digest.config import Topic
 from digest.models import Match, Paper
-from digest.render import Renderer, render_digest_bytes
+from digest.render import RecipientLinks, Renderer, render_digest_bytes
 from digest.render.text import wrap
 from digest.topics.match import PaperIndex, compile_topics, match_subscriber
 from tests.render_helpers import MAIL, NOW, SLOT, corpus_papers, make_subscriber
@@ -142,3 +144,78 @@ def test_wrap_equals_textwrap(text: str, indent: int) -> None:
     lines = textwrap.wrap(text, 72, initial_indent=pad, subsequent_indent=pad,
                           break_long_words=False, break_on_hyphens=False)  # fmt: skip
     assert wrap.__wrapped__(text, 72, indent) == ("\n".join(lines) if lines else pad)
+
+
+# ---------------------------------------------------------------------------
+# The page skeleton (`pages.py`): the page around the papers, filled per digest
+
+LINKS = RecipientLinks(
+    unsubscribe="https://d.example/u/T<1>&x", preferences="https://d.example/p/T1"
+)
+WEB = dataclasses.replace(LINKS, web_copy="https://d.example/d/T1?a=1&b=<2>")
+
+
+def both_pages(matches: list[Match], more: list[Match], total: int, **changes: object) -> bytes:
+    links = changes.pop("links", None)
+    sub = make_subscriber(**changes)
+    args = {"subscriber": sub, "slot": SLOT, "mail": MAIL, "now": NOW, "matches": matches,
+            "more": more, "total_matches": total, "links": links}  # fmt: skip
+    fast = render_digest_bytes(FAST, **args)  # type: ignore[arg-type]
+    plain = render_digest_bytes(PLAIN, **args)  # type: ignore[arg-type]
+    assert fast == plain
+    return fast[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shown=st.integers(0, 6),
+    listed=st.integers(0, 4),
+    uncounted=st.integers(0, 3),
+    links=st.sampled_from([None, LINKS, WEB]),
+    names=st.lists(NAMES, max_size=3),
+    person=st.sampled_from(["", "Ada", "Ünal <&>"]),
+)
+def test_page_skeletons_equal_plain_jinja(
+    shown: int,
+    listed: int,
+    uncounted: int,
+    links: RecipientLinks | None,
+    names: list[str],
+    person: str,
+) -> None:
+    """Every shape of page: no papers or some, the "more" list or none, matches only
+    counted past it, with and without signed links and a web copy, with no topics or
+    topics that need escaping: the bytes equal a plain Jinja render of the page."""
+    topics = [Topic(f"{name} {i}", QUERIES[i]) for i, name in enumerate(names)]
+    matches = matches_for(list(corpus_papers()), [Topic("All", "a* OR e* OR i* OR o*")])
+    shown_matches, more = matches[:shown], matches[shown : shown + listed]
+    total = shown + len(more) + uncounted
+    both_pages(shown_matches, more, total, links=links, name=person, topics=tuple(topics))
+
+
+def test_page_skeleton_serves_many_digests_and_keeps_each_ones_values() -> None:
+    """One shape, many digests: the same skeleton filled with each one's own intro,
+    papers, "more" links, topics and unsubscribe link."""
+    matches = matches_for(list(corpus_papers()), [Topic("All", "a* OR e* OR i* OR o*")])
+    seen = set()
+    for i in range(6):
+        links = dataclasses.replace(WEB if i % 2 else LINKS, unsubscribe=f"https://d.example/u/{i}")
+        message = both_pages(matches[i : i + 3], matches[i + 3 : i + 5], 5 + i, links=links,
+                             topics=(Topic(f"T{i} & <co>", "model*"),))  # fmt: skip
+        assert f"https://d.example/u/{i}".encode() in message
+        seen.add(message)
+    assert len(seen) == 6
+    assert FAST._pages is not None and FAST._pages._cache  # the skeletons were used
+
+
+def test_overridden_page_template_renders_plainly(tmp_path: Path) -> None:
+    """A custom digest.html.j2 may use the context any way: no page skeleton for it."""
+    (tmp_path / "digest.html.j2").write_text(
+        "<p>{{ intro | length }} {{ topics | sort | join('/') }} {{ recipient | upper }}</p>\n"
+    )
+    custom = Renderer(tmp_path)
+    assert custom._pages is None
+    sub = make_subscriber(topics=(Topic("B", "x"), Topic("A", "y")))
+    _, message = render_digest_bytes(custom, subscriber=sub, slot=SLOT, mail=MAIL, now=NOW,
+                                     matches=[])  # fmt: skip
+    assert b"A/B ADA@EXAMPLE.ORG" in message

@@ -11,10 +11,11 @@ Speed: each Match's HTML and text entry is made once per Renderer and reused
 distinct matches of the same paper (other topics, other leaves: the usual case, each
 subscriber has their own) fill in that paper's skeleton, rendered once per batch
 (`fragments.py`), so a digest's own work is a few joins per paper and the page around
-them. A Match's highlights depend only on (text, its explaining leaves that
-apply to that text): `text.highlight` memoises that, and `topics.spans` memoises
-each (text, leaf)'s spans, so a paper shown with different leaves costs a merge and
-a join, not a tokenisation. `render_digest_bytes` is the outbox's
+them, itself rendered once per shape of page and filled per digest (`pages.py`). A
+Match's highlights depend only on (text, its explaining leaves that apply to that
+text): `text.highlight` memoises that, and `topics.spans` memoises each text's words
+(and a prefix's places), so a paper shown with different leaves costs a few lookups,
+a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
 path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
 
 Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
@@ -59,6 +60,7 @@ from digest.render.message import (
     shorten,
     unsubscribe_url,
 )
+from digest.render.pages import PageSkeletons
 from digest.render.text import (
     SUMMARY_CAP_CHARS,
     authors_rest,
@@ -154,24 +156,39 @@ def view_match(match: Match, thumbnails: Thumbnails = "small") -> PaperView:
 _PAPER_FIELDS = PaperView._fields[:-3]  # all but the match's
 
 
-# id(paper) -> (the paper, its values): by identity, not by a Paper's hash (a frozen
-# dataclass hashes all its fields on every lookup); the paper is kept so that its id
-# is not reused while the entry lives
-_VALUES: dict[int, tuple[Paper, tuple[Any, ...]]] = {}
-VALUES_CACHE_SIZE = 2048
+class _CacheInfo(NamedTuple):
+    currsize: int
 
 
-def _paper_values(paper: Paper) -> tuple[Any, ...]:
-    """`_paper_fields` in PaperView's field order: a view is built positionally, per match."""
-    entry = _VALUES.get(id(paper))
-    if entry is not None and entry[0] is paper:
-        return entry[1]
-    if len(_VALUES) >= VALUES_CACHE_SIZE:
-        _VALUES.clear()
-    fields = _paper_fields(paper)
-    values = tuple(fields[name] for name in _PAPER_FIELDS)
-    _VALUES[id(paper)] = (paper, values)
-    return values
+class _ValuesByPaper:
+    """`_paper_fields` in PaperView's field order, memoised per paper by identity, not
+    by a Paper's hash (a frozen dataclass hashes all its fields on every lookup). The
+    paper is kept with its values so that its id is not reused while the entry lives.
+    `cache_info` and `cache_clear` as an lru_cache's (Renderer.forget clears it)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._entries: dict[int, tuple[Paper, tuple[Any, ...]]] = {}
+
+    def __call__(self, paper: Paper) -> tuple[Any, ...]:
+        entry = self._entries.get(id(paper))
+        if entry is not None and entry[0] is paper:
+            return entry[1]
+        if len(self._entries) >= self.maxsize:
+            self._entries.clear()
+        fields = _paper_fields(paper)
+        values = tuple(fields[name] for name in _PAPER_FIELDS)
+        self._entries[id(paper)] = (paper, values)
+        return values
+
+    def cache_info(self) -> _CacheInfo:
+        return _CacheInfo(currsize=len(self._entries))
+
+    def cache_clear(self) -> None:
+        self._entries.clear()
+
+
+_paper_values = _ValuesByPaper(maxsize=2048)  # a view is built positionally, per match
 
 
 @functools.lru_cache(maxsize=4096)
@@ -226,7 +243,7 @@ class _InliningLoader(jinja2.BaseLoader):
 # module-level caches keyed by a paper's text or fields (see Renderer.forget)
 _PAPER_CACHES: tuple[Any, ...] = (
     _paper_values, text_module._applicable, text_module._escaped, text_module._marked,
-    text_module.wrap, text_module.text_entry, spans._words_of,
+    text_module.wrap, text_module.text_entry, spans._words_of, spans._prefix_starts,
 )  # fmt: skip
 
 
@@ -240,7 +257,8 @@ class Renderer:
     which `render_paper` renders once per Match and caches. `inline_css=False` keeps
     the classes and puts the whole stylesheet in <head> (the benchmark's baseline,
     which then inlines per message). `skeletons=False` renders the paper templates for
-    every new match (the fast path's reference in the tests; see `fragments.py`).
+    every new match and the page for every digest (the fast paths' reference in the
+    tests; see `fragments.py` and `pages.py`).
     """
 
     def __init__(
@@ -287,6 +305,12 @@ class Renderer:
         self._skeletons = None if plain else Skeletons(
             lambda view: self.paper.render(p=view), lambda view: self.paper_text.render(p=view)
         )  # fmt: skip
+        # The page around the papers, likewise, for the shipped page and link templates
+        # (`pages.py`): one render per shape of page, filled per digest.
+        plain_page = not skeletons or (templates_dir is not None and any(
+            (templates_dir / name).exists() for name in ("digest.html.j2", "_paper_link.html.j2")
+        ))  # fmt: skip
+        self._pages = None if plain_page else PageSkeletons(self.page.render)
 
     def forget(self) -> None:
         """Drop everything cached for the papers rendered so far: the fragments, the
@@ -458,7 +482,10 @@ def _render_capped_html(
         return pack_html(html)
 
     n = len(papers)
-    html, line_ends = _pack(renderer.page.render(full=n, linked=n, omitted=0, **context))
+    filled = renderer._pages.page(context) if renderer._pages is not None else None
+    if filled is None:
+        filled = renderer.page.render(full=n, linked=n, omitted=0, **context)
+    html, line_ends = _pack(filled)
     if len(html) + line_ends < HTML_CAP_BYTES:  # _wire_size, without counting again
         return html
     # sizes[i]: bytes of paper i in full, links[i]: as a title link (+ line ends around it)
