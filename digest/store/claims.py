@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from digest.errors import StoreError
 from digest.models import DigestRow, as_utc
+from digest.store import pgsettle
 from digest.store.engine import describe_error, mask_url
 from digest.store.outbox import FAILED, PENDING, SENT, OutboxItem
 from digest.store.owner import Owner, this_process
@@ -157,6 +158,8 @@ class Settler:
         try:
             if self._raw is None:
                 self._raw = self.engine.raw_connection()
+            if self._begin is None:  # PostgreSQL: two round trips (pgsettle.py)
+                return self._settle_pg(outcomes, now, claim, lease, skip, held)
             cursor = self._raw.cursor()
             try:
                 if self._begin:
@@ -181,6 +184,21 @@ class Settler:
             self._abandon()
             where = mask_url(self.engine.url)
             raise StoreError(f"outbox: cannot {what} on {where}: {describe_error(e)}") from e
+
+    def _settle_pg(
+        self,
+        outcomes: Sequence[Outcome],
+        now: dt.datetime,
+        claim: int,
+        lease: dt.timedelta,
+        skip: Collection[int],
+        held: Collection[int],
+    ) -> Settled:
+        claimed, gone = pgsettle.settle(
+            self._raw.driver_connection, self.owner, outcomes, now, claim=claim, lease=lease,
+            skip=skip, held=held,
+        )  # fmt: skip
+        return Settled(claimed, gone)
 
     def _abandon(self) -> None:
         """Roll back and drop the connection (it may be broken): the next settle opens
