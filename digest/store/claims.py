@@ -9,10 +9,12 @@ counts as delivered only when its digest is sent), retry, maybe sent, failed.
 A drain does it in group commits: a `Settler` holds one connection for the whole drain
 and each `settle` is ONE transaction that records every outcome the drain's workers
 gathered meanwhile, tells which claimed digests it must not send any more (cancelled
-meanwhile, or leased by another process now), and claims the next batch. Its few
-statements are plain SQL written here once for both databases and run through the
-driver, each once per transaction with all its rows (executemany): no ORM, no statement
-compiled per message. `claim_due`, `mark_sent`, ... are the same transaction for one call.
+meanwhile, or leased by another process now), and claims the next batch. On SQLite its
+few statements are plain SQL written here and run through the driver, each once per
+transaction with all its rows (executemany): no ORM, no statement compiled per message.
+On PostgreSQL the same transaction is pgsettle.py's array statements, pipelined: three
+round trips (statements, commit, the pipeline's end) where these take eight.
+`claim_due`, `mark_sent`, ... are the same transaction for one call.
 
 A claimed row's lease (``next_attempt_at = now + lease``) names its owner process
 (host, pid, start time: owner.py); leases.py renews, hands back and takes over leases.
