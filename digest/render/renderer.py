@@ -325,6 +325,7 @@ class Renderer:
             self._skeletons.clear()
         for cache in _PAPER_CACHES:
             cache.cache_clear()
+        link_entry.cache_clear()  # only a digest with a "more" list fills it
 
     def _highlight(self, text: str, leaves: frozenset[Leaf], where: str) -> Markup:
         if is_recorder(leaves):  # rendering a skeleton

@@ -164,9 +164,11 @@ def numbered_entries(texts: Sequence[str]) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
 def link_entry(title: str, url: str) -> str:
     """A title and its link for the text part: '- Title' wrapped at TEXT_WIDTH (its
-    continuation lines indented by 2), then the URL on its own line."""
+    continuation lines indented by 2), then the URL on its own line. Memoised: the
+    "more" lists of a batch's digests name the same few dozen papers."""
     lines = textwrap.wrap(
         title, TEXT_WIDTH, initial_indent="- ", subsequent_indent="  ",
         break_long_words=False, break_on_hyphens=False,
