@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from digest.config.values import _OPERATOR_WORD, lowercase_operators
 from digest.errors import QuerySyntaxError
-from digest.topics.query import _lex, _matches_empty_paper, _Parser, parse_query
+from digest.topics.query import _lex, _matches_empty_paper, _Parser, check_query, parse_query
 from tests.query_reference import reference_lex
 
 PIECES = [
@@ -119,3 +119,23 @@ def test_parser_answers_as_with_the_reference_tokens(text: str) -> None:
             assert isinstance(got, tuple) and "something positive" in str(got[1])
         else:
             assert got == node
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from([*PIECES, "-", "(", ")", "OR", "AND", "NOT"]), max_size=14).map(
+        "".join
+    )
+)
+def test_check_query_says_what_parse_query_says(text: str) -> None:
+    """check_query (the config's check: token shapes, no tree) refuses exactly what
+    parse_query refuses, with the same message and column."""
+
+    def verdict(check: object) -> object:
+        try:
+            check(text)  # type: ignore[operator]
+        except QuerySyntaxError as e:
+            return ("error", str(e), e.args)
+        return "ok"
+
+    assert verdict(check_query) == verdict(parse_query)

@@ -79,13 +79,39 @@ SMTP_KEYS = tuple(  # the password itself comes from the environment variable pa
 )
 SUBSCRIBER_KEYS = tuple(f.name for f in dataclasses.fields(Subscriber))
 DEFAULT_KEYS = tuple(k for k in SUBSCRIBER_KEYS if k not in ("email", "name"))
+SHARED_KEYS = ("timezone", "schedule")  # one value object per distinct text, for everyone
+SUBSCRIBER_VALUES: dict[str, Callable[[Any], Any]] = {  # the checks of the keys but topics
+    "email": parse_email,
+    "name": single_line,
+    "timezone": parse_timezone,
+    "schedule": parse_schedule_value,
+    "max_papers": at_least(1),
+    "min_upvotes": at_least(0),
+    "send_empty": boolean,
+    "window_days": at_least(1),
+    "thumbnails": one_of(*THUMBNAILS),
+    "delivery": one_of(*DELIVERIES),
+}
+FEED_NEEDS_WEB = '"feed" needs a [web] table: the feed is served at /f/TOKEN.atom'
 DEFAULT_SCHEDULE = "daily 08:00"  # when neither the subscriber nor [defaults] gives one
 SMTP_PORTS = {"tls": 465, "starttls": 587, "none": 25}  # the default port per security
 
 
-def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[str, str]) -> Config:
-    """Validate `data` (tomllib's reading of `text`, the content of `path`) into a Config."""
-    b = Builder(path, text, env, data)
+def build_config(
+    data: dict[str, Any],
+    *,
+    path: Path,
+    text: str,
+    env: Mapping[str, str],
+    subscribers: Iterable[list[Any]] | None = None,
+) -> Config:
+    """Validate `data` (the TOML reading of `text`, the content of `path`) into a Config.
+
+    `subscribers`: the [[subscribers]] tables, in order and in lists, when they were
+    parsed apart from `data` (load.py reads a big file a chunk at a time); each list
+    is turned into Subscribers before the next is taken. Default: data["subscribers"].
+    """
+    b = Builder(path, text, env)
     top = b.table((), data, TOP_KEYS)
     source = b.source(b.table(("source",), top.get("source", {}), SOURCE_KEYS))
     storage = b.storage(b.table(("storage",), top.get("storage", {}), ("url",)))
@@ -100,9 +126,8 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
         catch_up=b.field(daemon_t, ("daemon",), "catch_up", dt.timedelta(hours=24), parse_duration)
     )
     web = b.web(b.table(("web",), top["web"], WEB_KEYS)) if "web" in top else None
-    subscribers = b.subscribers(top.get("defaults", {}), top.get("subscribers", []))
-    if web is None:
-        b.feeds_need_web(top.get("defaults", {}), top.get("subscribers", []))
+    chunks = [top.get("subscribers", [])] if subscribers is None else subscribers
+    subscribers_ = b.subscribers(top.get("defaults", {}), chunks, web=web is not None)
     if b.problems:
         problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -112,7 +137,7 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
         source=source,
         storage=storage,
         mail=mail,
-        subscribers=subscribers,
+        subscribers=subscribers_,
         alerts=alerts,
         daemon=daemon,
         warnings=tuple(text for _, text in sorted(b.warnings, key=lambda w: w[0])),
@@ -121,24 +146,22 @@ def build_config(data: dict[str, Any], *, path: Path, text: str, env: Mapping[st
 
 
 class Builder:
-    def __init__(self, path: Path, text: str, env: Mapping[str, str], data: dict[str, Any]) -> None:
+    def __init__(self, path: Path, text: str, env: Mapping[str, str]) -> None:
         self.path = path
         self.base = path.absolute().parent  # relative paths in the file resolve against it
         self.text = text
         self._lines: dict[KeyPath, int] | None = None
-        self.valid_queries: set[str] = set()  # 100k subscribers often share queries
+        # the first Topic of each query: the query is checked (and warned about) once
+        self.topic_by_query: dict[str, Topic] = {}
         # equal values shared by every subscriber that has them: one Schedule per distinct
         # schedule text, one str per time zone, one Topic per (name, query)
         self.shared: dict[tuple[str, Any], Any] = {}
         self.env = env
         self.problems: list[tuple[int, str]] = []
         self.warnings: list[tuple[int, str]] = []  # the file works, but likely not as meant
-        subs = data.get("subscribers")
-        self.emails = {  # subscriber index -> email, for labels
-            i: s["email"].strip().lower()
-            for i, s in enumerate(subs if isinstance(subs, list) else [])
-            if isinstance(s, dict) and isinstance(s.get("email"), str)
-        }
+        # the subscriber being read (index, table), for labels: every problem is
+        # reported while its own subscriber is read
+        self.current: tuple[int, object] | None = None
 
     # -- reporting
 
@@ -160,11 +183,11 @@ class Builder:
     def warn_lowercase_operators(self, where: KeyPath, query: str) -> None:
         """`diffusion or gan` is three words ANDed (0 papers on a day `diffusion OR gan`
         matches 341): say so, with the upper-case form when that parses."""
-        from digest.topics.query import parse_query
-
         words, fixed = lowercase_operators(query)
         if not words:
             return
+        from digest.topics.query import parse_query  # imported late: the rare case
+
         shown = ", ".join(f'"{w}"' for w in dict.fromkeys(words))
         try:
             parse_query(fixed)
@@ -173,13 +196,21 @@ class Builder:
             hint = "; AND, OR and NOT are operators only in upper case"
         self.warning(where, f"{shown} is matched as a plain word here{hint}")
 
+    def current_email(self, i: int) -> str | None:
+        """The email the i-th subscriber's table gives, if it is the one being read."""
+        if self.current is None or self.current[0] != i or not isinstance(self.current[1], dict):
+            return None
+        email = self.current[1].get("email")
+        return email.strip().lower() if isinstance(email, str) else None
+
     def label(self, where: KeyPath) -> str:
         out = ""
         for i, part in enumerate(where):
             if isinstance(part, int):
                 out += f"[{part + 1}]"  # 1-based: "the first [[subscribers]]" is [1]
-                if where[:i] == ("subscribers",) and part in self.emails:
-                    out += f" ({self.emails[part]})"
+                email = self.current_email(part) if where[:i] == ("subscribers",) else None
+                if email is not None:
+                    out += f" ({email})"
             else:
                 out += f".{part}" if out else part
         return out or "(top level)"
@@ -400,90 +431,96 @@ class Builder:
 
     # -- subscribers
 
-    def subscribers(self, defaults_raw: object, subs_raw: object) -> tuple[Subscriber, ...]:
+    def subscribers(
+        self, defaults_raw: object, chunks: Iterable[object], *, web: bool
+    ) -> tuple[Subscriber, ...]:
+        """Every valid subscriber of `chunks` (lists of [[subscribers]] tables, in order)."""
         defaults_t = self.table(("defaults",), defaults_raw, DEFAULT_KEYS)
         defaults: dict[str, Any] = {}
         for key, value in defaults_t.items():
             ok, converted = self.subscriber_key(("defaults",), key, value)
             if ok:
                 defaults[key] = converted
-        if not isinstance(subs_raw, list):
-            self.problem(
-                ("subscribers",), f"expected [[subscribers]] tables, got {describe(subs_raw)}"
-            )
-            return ()
+        if not web and defaults.get("delivery") == "feed":
+            self.problem(("defaults", "delivery"), FEED_NEEDS_WEB)
+            web = True  # said once for the table, not again for every subscriber
+        # a subscriber that does not set a key whose default is bad is not valid either
+        bad_defaults = defaults_t.keys() - defaults.keys()
         out: list[Subscriber] = []
         seen: dict[str, int] = {}
-        for i, raw in enumerate(subs_raw):
-            where: KeyPath = ("subscribers", i)
-            t = self.table(where, raw, SUBSCRIBER_KEYS)
-            values: dict[str, Any] = {}
-            ok = isinstance(raw, dict)
-            for key in SUBSCRIBER_KEYS:
-                if key in t:
-                    good, values[key] = self.subscriber_key(where, key, t[key])
-                    ok = ok and good
-                elif key in defaults:
-                    values[key] = defaults[key]
-                elif key in defaults_t:  # an invalid default, already reported
-                    ok = False
-            email = values.get("email")
-            if isinstance(raw, dict) and "email" not in t:
-                self.problem(where, "missing email")
-                ok = False
-            elif email is not None and email in seen:
-                first = seen[email]
+        i = 0
+        for chunk in chunks:
+            if not isinstance(chunk, list):
                 self.problem(
-                    (*where, "email"),
-                    f'duplicate email "{email}" (also '
-                    f"subscribers[{first + 1}] at line "
-                    f"{line_of(self.lines, ('subscribers', first, 'email'))})",
+                    ("subscribers",), f"expected [[subscribers]] tables, got {describe(chunk)}"
                 )
-                ok = False
-            elif email is not None:
-                seen[email] = i
-            if isinstance(raw, dict) and (
-                values.get("topics") == () or ("topics" not in t and "topics" not in defaults_t)
-            ):
-                self.problem(where, "no topics; add topics = [{ name = ..., query = ... }]")
-                ok = False
-            if ok:
-                values.setdefault("schedule", parse_schedule(DEFAULT_SCHEDULE))
-                out.append(Subscriber(**values))
+                return ()
+            for raw in chunk:
+                sub = self.subscriber(i, raw, defaults, bad_defaults, seen, web)
+                if sub is not None:
+                    out.append(sub)
+                i += 1
+        self.current = None
         return tuple(out)
 
-    def feeds_need_web(self, defaults_raw: object, subs_raw: object) -> None:
-        """delivery = "feed" without [web]: there would be no feed to read."""
-        why = '"feed" needs a [web] table: the feed is served at /f/TOKEN.atom'
-        if isinstance(defaults_raw, dict) and defaults_raw.get("delivery") == "feed":
-            self.problem(("defaults", "delivery"), why)
-            return
-        for i, raw in enumerate(subs_raw if isinstance(subs_raw, list) else []):
-            if isinstance(raw, dict) and raw.get("delivery") == "feed":
-                self.problem(("subscribers", i, "delivery"), why)
+    def subscriber(
+        self,
+        i: int,
+        raw: object,
+        defaults: dict[str, Any],
+        bad_defaults: set[str],
+        seen: dict[str, int],
+        web: bool,
+    ) -> Subscriber | None:
+        """The i-th [[subscribers]] table as a Subscriber; None if it has a problem."""
+        where: KeyPath = ("subscribers", i)
+        self.current = (i, raw)
+        t = self.table(where, raw, SUBSCRIBER_KEYS)
+        values = dict(defaults)  # the subscriber's own keys override them
+        ok = isinstance(raw, dict)
+        for key, value in t.items():
+            good, values[key] = self.subscriber_key(where, key, value)
+            ok = ok and good
+        if bad_defaults and not bad_defaults <= t.keys():
+            ok = False
+        email = values.get("email")
+        if isinstance(raw, dict) and "email" not in t:
+            self.problem(where, "missing email")
+            ok = False
+        elif email is not None and email in seen:
+            first = seen[email]
+            self.problem(
+                (*where, "email"),
+                f'duplicate email "{email}" (also '
+                f"subscribers[{first + 1}] at line "
+                f"{line_of(self.lines, ('subscribers', first, 'email'))})",
+            )
+            ok = False
+        elif email is not None:
+            seen[email] = i
+        if isinstance(raw, dict) and (
+            values.get("topics") == () or ("topics" not in values and "topics" not in bad_defaults)
+        ):
+            self.problem(where, "no topics; add topics = [{ name = ..., query = ... }]")
+            ok = False
+        if not web and t.get("delivery") == "feed":
+            self.problem((*where, "delivery"), FEED_NEEDS_WEB)
+            ok = False
+        if not ok:
+            return None
+        values.setdefault("schedule", parse_schedule(DEFAULT_SCHEDULE))
+        return Subscriber(**values)
 
     def subscriber_key(self, where: KeyPath, key: str, value: object) -> tuple[bool, Any]:
         """Validate one subscriber (or [defaults]) key; (False, None) if reported bad."""
         if key == "topics":
             topics = self.topics((*where, key), value)
             return topics is not None, topics
-        convert: Callable[[Any], Any] = {
-            "email": parse_email,
-            "name": single_line,
-            "timezone": parse_timezone,
-            "schedule": parse_schedule_value,
-            "max_papers": at_least(1),
-            "min_upvotes": at_least(0),
-            "send_empty": boolean,
-            "window_days": at_least(1),
-            "thumbnails": one_of(*THUMBNAILS),
-            "delivery": one_of(*DELIVERIES),
-        }[key]
-        shareable = key in ("timezone", "schedule") and isinstance(value, str)
+        shareable = key in SHARED_KEYS and isinstance(value, str)
         if shareable and (key, value) in self.shared:
             return True, self.shared[(key, value)]
         try:
-            converted = convert(value)
+            converted = SUBSCRIBER_VALUES[key](value)
         except Invalid as e:
             self.problem((*where, key), str(e))
             return False, None
@@ -492,8 +529,6 @@ class Builder:
         return True, converted
 
     def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
-        from digest.topics.query import parse_query  # imported late: only to validate queries
-
         if not isinstance(value, list):
             self.problem(
                 where, f"expected an array of {{ name, query }} tables, got {describe(value)}"
@@ -503,31 +538,64 @@ class Builder:
         names: set[str] = set()
         ok = True
         for k, raw in enumerate(value):
-            tw: KeyPath = (*where, k)
-            t = self.table(tw, raw, ("name", "query"))
-            name = self.field(t, tw, "name", None, single_line)
-            query = self.field(t, tw, "query", None, non_empty)
-            for key in ("name", "query"):
-                if key not in t and isinstance(raw, dict):
-                    self.problem(tw, f"missing {key}")
-            if name is not None and name in names:
-                self.problem((*tw, "name"), f'duplicate topic name "{name}"')
-                name = None
-            if query is not None and query not in self.valid_queries:
-                try:
-                    parse_query(query)
-                    self.valid_queries.add(query)
-                    self.warn_lowercase_operators((*tw, "query"), query)
-                except QuerySyntaxError as e:
-                    self.problem((*tw, "query"), query_message(e))
-                    query = None
-            if name is None or query is None:
+            topic = self.known_topic(raw)
+            if topic is None or topic.name in names:
+                topic = self.topic((*where, k), raw, names)
+            if topic is None:
                 ok = False
                 continue
-            names.add(name)
-            topic = self.shared.get(("topic", (name, query)))
-            if topic is None:
-                topic = Topic(name=sys.intern(name), query=sys.intern(query))
-                self.shared[("topic", (name, query))] = topic
+            names.add(topic.name)
             out.append(topic)
         return tuple(out) if ok else None
+
+    def known_topic(self, raw: object) -> Topic | None:
+        """The Topic already built from a table equal to `raw` (exactly name and query):
+        100k subscribers share many topics, and each is checked once."""
+        if type(raw) is not dict or len(raw) != 2:
+            return None
+        query = raw.get("query")
+        topic = self.topic_by_query.get(query) if type(query) is str else None
+        return topic if topic is not None and topic.name == raw.get("name") else None
+
+    def name_and_query(self, where: KeyPath, raw: object) -> tuple[str | None, str | None]:
+        """A topic table's name and query, each None if missing or bad (reported)."""
+        if type(raw) is dict and len(raw) == 2:  # the usual table: checked without copies
+            try:
+                return single_line(raw["name"]), non_empty(raw["query"])
+            except (KeyError, Invalid):
+                pass  # not the usual table after all: say what is wrong below
+        t = self.table(where, raw, ("name", "query"))
+        name = self.field(t, where, "name", None, single_line)
+        query = self.field(t, where, "query", None, non_empty)
+        for key in ("name", "query"):
+            if key not in t and isinstance(raw, dict):
+                self.problem(where, f"missing {key}")
+        return name, query
+
+    def topic(self, where: KeyPath, raw: object, names: set[str]) -> Topic | None:
+        """One { name, query } table, checked; None if it has a problem (reported)."""
+        from digest.topics.query import check_query  # imported late: only to validate queries
+
+        name, query = self.name_and_query(where, raw)
+        if name is not None and name in names:
+            self.problem((*where, "name"), f'duplicate topic name "{name}"')
+            name = None
+        first = self.topic_by_query.get(query) if query is not None else None
+        if query is not None and first is None:
+            try:
+                check_query(query)
+                self.warn_lowercase_operators((*where, "query"), query)
+            except QuerySyntaxError as e:
+                self.problem((*where, "query"), query_message(e))
+                query = None
+        if name is None or query is None:
+            return None
+        if first is None:  # the common case: a query met for the first time
+            topic = self.topic_by_query[query] = Topic(name=sys.intern(name), query=query)
+            return topic
+        if first.name == name:
+            return first
+        shared = self.shared.get(("topic", (name, query)))  # one query, several names
+        if shared is None:
+            shared = self.shared[("topic", (name, query))] = Topic(sys.intern(name), query)
+        return cast(Topic, shared)

@@ -62,7 +62,7 @@ def non_empty(value: object) -> str:
 
 def single_line(value: object) -> str:
     text = non_empty(value)
-    if any(c in text for c in "\r\n\0"):
+    if "\n" in text or "\r" in text or "\0" in text:
         raise Invalid("must be one line (no line breaks)")
     return text
 
