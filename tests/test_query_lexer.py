@@ -121,15 +121,16 @@ def test_parser_answers_as_with_the_reference_tokens(text: str) -> None:
             assert got == node
 
 
-@settings(max_examples=3000, deadline=None)
-@given(
-    st.lists(st.sampled_from([*PIECES, "-", "(", ")", "OR", "AND", "NOT"]), max_size=14).map(
-        "".join
-    )
-)
+# and what check_query's plain lane (a regex instead of the lexer) must tell apart
+PLAIN = ["-", "(", ")", "OR", "AND", "NOT", "a*", '"a b"', '"a b*"', "-a", "ANDx", "9", "org:"]
+
+
+@settings(max_examples=4000, deadline=None)
+@given(st.lists(st.sampled_from([*PIECES, *PLAIN]), max_size=14).map("".join))
 def test_check_query_says_what_parse_query_says(text: str) -> None:
-    """check_query (the config's check: token shapes, no tree) refuses exactly what
-    parse_query refuses, with the same message and column."""
+    """check_query (the config's check: a regex or the lexer for the tokens, their
+    shapes for the rest, no tree) refuses exactly what parse_query refuses, with the
+    same message and column."""
 
     def verdict(check: object) -> object:
         try:
