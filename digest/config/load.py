@@ -118,11 +118,15 @@ def summarize_config(config: Config) -> list[str]:
         else "alerts: off (no [alerts] email)"
     )
     lines.append(f"{count(len(config.subscribers), 'subscriber')}:")
+    tails: dict[tuple[object, ...], str] = {}  # a few dozen distinct ones at 100k
     for sub in config.subscribers:
-        lines.append(
-            f"  {sub.email}: {sub.timezone}, {sub.schedule.text}, "
-            f"{count(len(sub.topics), 'topic')}, window {count(sub.effective_window_days, 'day')}"
-        )
+        key = (sub.timezone, sub.schedule, len(sub.topics), sub.window_days)
+        if (tail := tails.get(key)) is None:
+            tail = tails[key] = (
+                f"{sub.timezone}, {sub.schedule.text}, {count(len(sub.topics), 'topic')}, "
+                f"window {count(sub.effective_window_days, 'day')}"
+            )
+        lines.append(f"  {sub.email}: {tail}")
     return lines
 
 
