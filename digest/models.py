@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import relationship
 from sqlmodel import Field, Relationship, SQLModel
 
@@ -190,7 +199,14 @@ class DigestRow(SQLModel, table=True):
     """
 
     __tablename__ = "digests"
-    __table_args__ = (UniqueConstraint("subscriber", "slot"),)
+    __table_args__ = (
+        UniqueConstraint("subscriber", "slot"),
+        # the pending ones in id order, what a claim walks (migration 5)
+        Index(
+            "ix_digests_pending", "id",
+            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'"),
+        ),
+    )  # fmt: skip
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber: str = Field(index=True)  # the email address, lower-cased

@@ -34,7 +34,7 @@ STATUS_WORDS = {"feed": "to feeds only (never mailed)"}
 # The schema version these reads were written against (digest/store/migrations.py's
 # SCHEMA_VERSION; a test keeps the two equal). A database at any other version is read
 # through the full store instead, after `migrate`.
-KNOWN_SCHEMA = 4
+KNOWN_SCHEMA = 5
 MAIL_TROUBLE_WINDOW = dt.timedelta(days=1)  # a digest refused longer ago is history
 
 
