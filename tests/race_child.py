@@ -7,6 +7,7 @@ not a second apart as their start-up would have them.
     python -m tests.race_child URL migrate
     python -m tests.race_child URL upsert DAY       (the real corpus list of DAY)
     python -m tests.race_child URL handled EMAIL... (add_digests with no digests)
+    python -m tests.race_child URL drain PORT       (the daemon's Drainer, SMTP on PORT)
     python -m tests.race_child cli ARGS...          (the command line: digest ARGS...)
 """
 
@@ -15,6 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from sqlalchemy import Engine
 
 from digest import store
 from digest.errors import DigestError
@@ -48,6 +53,8 @@ def main(argv: list[str]) -> int:
         elif action == "handled":
             outbox.add_digests(engine, [], now=NOW, handled=[(email, NOW) for email in rest])
             result["handled"] = len(rest)
+        elif action == "drain":
+            result["sent"] = drain(engine, int(rest[0]))
         else:
             result["error"] = f"unknown action {action}"
     except DigestError as e:
@@ -56,6 +63,34 @@ def main(argv: list[str]) -> int:
         engine.dispose()
     print(json.dumps(result), flush=True)  # noqa: T201  # the parent reads this line
     return 1 if "error" in result else 0
+
+
+def drain(engine: Engine, port: int) -> int:
+    """Drain the outbox as `digest run` does (its Drainer, the real clock) into the SMTP
+    server on `port`, 2 connections; how many this process sent."""
+    import asyncio
+
+    from digest.config import MailConfig, SmtpConfig
+    from digest.daemon.drainer import Drainer
+    from digest.daemon.service import utcnow
+
+    smtp = SmtpConfig(host="127.0.0.1", port=port, security="none", max_connections=2,
+                      rate_per_second=1e6, retries=0)  # fmt: skip
+    mail = MailConfig(from_addr="Digest <digest@example.org>", transport="smtp", smtp=smtp)
+
+    async def run() -> int:
+        tasks: list[asyncio.Task[None]] = []
+
+        def spawn(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+            tasks.append(asyncio.create_task(work))
+            return tasks[-1]
+
+        drainer = Drainer(engine, lambda: mail, clock=utcnow, stop=asyncio.Event(), spawn=spawn)
+        drainer.kick()
+        await asyncio.gather(*tasks)
+        return drainer.sent
+
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

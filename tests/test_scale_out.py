@@ -10,6 +10,7 @@ twice, and then with the same Message-ID. Every process that was not killed exit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,13 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from digest.store import outbox
 from tests.backends import Backend
 from tests.configs import write_config
 from tests.daemons import MATCH_ALL, Daemon, digests_in, subscriber
 from tests.daemons import write_config as write_daemon_config
 from tests.hfserver import HFServer
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
+from tests.store_helpers import NOW
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +117,55 @@ def test_three_sends_at_once_on_an_empty_database(
     rows = digests_in(backend.url(migrated=False))
     assert sorted(r.subscriber for r in rows) == readers  # one digest each, all three runs
     assert {r.status for r in rows} == {"sent"}
+
+
+def test_two_drainers_share_a_large_outbox_and_send_each_digest_once(
+    postgresql_backend: Backend,
+) -> None:
+    """Two processes running the daemon's drainer at once on 300 pending digests (many
+    claim batches each: the claims walk ix_digests_pending, FOR UPDATE SKIP LOCKED):
+    every digest sent exactly once, by one of them, its papers delivered once."""
+    readers = [f"reader{i:03d}@example.org" for i in range(300)]
+    url = postgresql_backend.url()
+    engine = postgresql_backend.engine()
+    papers = ("2401.00001", "2401.00002", "2401.00003")
+    outbox.add_digests(engine, [
+        outbox.NewDigest(who, NOW, who, "digest@example.org", f"<{i}.{who}>", "Digest", papers,
+                         f"To: {who}\r\nMessage-ID: <{i}.{who}>\r\n\r\nPapers\r\n".encode())
+        for i, who in enumerate(readers)
+    ], now=NOW, handled=[(who, NOW) for who in readers])  # fmt: skip
+    with SmtpServer(RecordingHandler(data_delay=0.005)) as smtp:
+        drainers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.race_child", url, "drain", str(smtp.port)],
+                cwd=REPO, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+            )
+            for _ in range(2)
+        ]  # fmt: skip
+        try:
+            for drainer in drainers:
+                assert drainer.stdout is not None and drainer.stdout.readline() == "ready\n"
+            for drainer in drainers:
+                assert drainer.stdin is not None
+                drainer.stdin.write("go\n")
+                drainer.stdin.flush()
+            outcomes = [(d.communicate(timeout=WAIT), d.returncode) for d in drainers]
+        finally:
+            for drainer in drainers:
+                if drainer.poll() is None:
+                    drainer.kill()
+                    drainer.wait(10)
+        received = message_ids(smtp.handler)
+    for (out, err), code in outcomes:
+        assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
+    sent = [json.loads(out.splitlines()[-1])["sent"] for (out, _), _ in outcomes]
+    assert sum(sent) == len(readers) and min(sent) > 0, sent  # shared, none twice
+    assert received == {who: [f"<{i}.{who}>"] for i, who in enumerate(readers)}
+    assert {r.status for r in digests_in(url)} == {"sent"}
+    with engine.connect() as conn:
+        delivered = conn.execute(text("SELECT subscriber, paper_id FROM deliveries")).all()
+    assert sorted(delivered) == sorted((who, p) for who in readers for p in papers)
 
 
 def start_daemons(count: int, config: Path) -> list[Daemon]:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 from digest.errors import StoreError
@@ -212,14 +213,31 @@ def _v4_recipients_and_suppressions(conn: Connection) -> None:
     v4.create_all(conn, checkfirst=False)
 
 
-def _v5_pending_index(conn: Connection) -> None:
-    """Issue 12 (100k on PostgreSQL): an index of the pending digests alone, in id order.
+_LZ4_MESSAGES = "ALTER TABLE digest_messages ALTER COLUMN message SET COMPRESSION lz4"
+
+
+def _v5_outbox_at_scale(conn: Connection) -> None:
+    """Issue 12 (100k on PostgreSQL): an index of the pending digests alone, in id order,
+    and the rendered messages compressed with lz4 where the server has it.
+
     A claim takes the oldest due digests (ORDER BY id LIMIT n); on PostgreSQL the only
     index in id order was the primary key, so every claim walked past every digest
     already sent: a drain of 100k cost O(n^2) (a claim took ~5 ms with 40k sent, 0.1 ms
     with this index). SQLite orders equal keys of ix_digests_status by rowid and needs
-    none, but gets the same index: one schema for both."""
+    none, but gets the same index: one schema for both.
+
+    A message (~27 KB) is compressed when written and decompressed when claimed;
+    PostgreSQL's default pglz wrote 28k messages in 7.7 s of server CPU (~100 MB/s),
+    lz4 in 1.4 s. lz4 needs PostgreSQL 14 built with it: elsewhere (an error, in a
+    savepoint of its own) the column keeps pglz. Rows written before keep theirs."""
     conn.execute(text("CREATE INDEX ix_digests_pending ON digests (id) WHERE status = 'pending'"))
+    if conn.dialect.name != "postgresql":
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(text(_LZ4_MESSAGES))
+    except DBAPIError:
+        pass  # before PostgreSQL 14, or built without lz4: pglz, as before
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -227,7 +245,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v2_leases_coverage,
     _v3_counts_bigint,
     _v4_recipients_and_suppressions,
-    _v5_pending_index,
+    _v5_outbox_at_scale,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # pg_advisory_xact_lock's key for migrate: any fixed 64-bit number, ours alone
