@@ -42,7 +42,6 @@ import json
 import os
 import random
 import resource
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cycle_pg
+from executemany import plain_executemany
 from match import Clock, Vocabulary, load_days, random_query
 from pg_drain import drop_database, make_database
 from send import find_tools, free_port, run_smtp_source, wait_listening
@@ -67,7 +67,6 @@ NOW = dt.datetime(2026, 3, 13, 9, 0, tzinfo=dt.UTC)  # a Friday
 ZONES = ("UTC", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Tokyo",
          "Asia/Kolkata", "America/Los_Angeles", "Australia/Sydney")  # fmt: skip
 SCHEDULES = ("daily 08:00", "daily 07:00", "weekdays 07:30", "daily 06:30")
-TABLES = ("digests", "digest_messages", "subscribers")  # what add_digests writes
 
 
 def peak_rss_mb() -> float:
@@ -172,58 +171,6 @@ def smtp_sink(sink: str, port: int) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.wait()
-
-
-def plain_executemany(db: Path, batch: int) -> tuple[float, float, int]:
-    """Wall and CPU seconds for sqlite3 executemany of the rows add_digests wrote, into an
-    empty copy of their tables with the same pragmas, committing every `batch` digests
-    (as planning does); reading them back is not timed."""
-    src = sqlite3.connect(db)
-    copy = db.with_name("executemany.db")
-    dst = sqlite3.connect(copy, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
-        dst.execute(f"PRAGMA {pragma}")
-    for (sql,) in src.execute(
-        f"SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
-        f"AND tbl_name IN ({','.join('?' * len(TABLES))})",
-        TABLES,
-    ):
-        dst.execute(sql)
-    columns = {t: [r[1] for r in src.execute(f"PRAGMA table_info({t})")] for t in TABLES}
-    inserts = {
-        t: f"INSERT INTO {t} ({','.join(c)}) VALUES ({','.join('?' * len(c))})"
-        for t, c in columns.items()
-    }
-    wall = cpu = 0.0
-    rows = 0
-    last = 0
-    while True:
-        ids = [r[0] for r in src.execute(
-            "SELECT id FROM digests WHERE id > ? ORDER BY id LIMIT ?", (last, batch))]  # fmt: skip
-        if not ids:
-            break
-        last = ids[-1]
-        marks = ",".join("?" * len(ids))
-        digests = src.execute(f"SELECT {','.join(columns['digests'])} FROM digests "
-                              f"WHERE id IN ({marks})", ids).fetchall()  # fmt: skip
-        messages = src.execute(
-            f"SELECT {','.join(columns['digest_messages'])} FROM digest_messages "
-            f"WHERE digest_id IN ({marks})", ids).fetchall()  # fmt: skip
-        subs = src.execute(
-            f"SELECT {','.join(columns['subscribers'])} FROM subscribers WHERE email IN "
-            f"(SELECT subscriber FROM digests WHERE id IN ({marks}))", ids).fetchall()  # fmt: skip
-        started, cpu0 = time.perf_counter(), time.process_time()
-        dst.execute("BEGIN IMMEDIATE")
-        dst.executemany(inserts["digests"], digests)
-        dst.executemany(inserts["digest_messages"], messages)
-        dst.executemany(inserts["subscribers"], subs)
-        dst.execute("COMMIT")
-        wall += time.perf_counter() - started
-        cpu += time.process_time() - cpu0
-        rows += len(digests)
-    src.close()
-    dst.close()
-    return wall, cpu, rows
 
 
 def run_one(subscribers: Path, sessions: int, url: str | None, drainers: list[int]) -> None:
