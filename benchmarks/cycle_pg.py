@@ -1,9 +1,10 @@
 """benchmarks/cycle.py on PostgreSQL: its database, and the send stage by 1 or more processes.
 
-Owns what the cycle needs only on PostgreSQL: a fresh database per size on the server
-named by --url (dropped after), the outbox made pending again between drains, the
-server's CPU seconds, and the send stage run by separate drainer processes that share
-one outbox. Does not own the cycle's other stages or its table (cycle.py).
+Owns what the cycle needs only on PostgreSQL: the outbox made pending again between
+drains, the server's CPU seconds, the send stage run by separate drainer processes that
+share one outbox, and that stage's table (and the table printer cycle.py uses). Does
+not own the cycle's other stages or its main table (cycle.py), nor the database per
+size (pg_drain.py's make_database and drop_database, called by cycle.py).
 
 A drainer process is the daemon's own outbox worker: `digest.daemon.drainer.Drainer`
 (what `digest run` kicks after each plan) on an engine from `store.open_engine`, with

@@ -95,7 +95,8 @@ _NOT_HELD = (
     "SELECT id FROM digests WHERE id IN ({ids}) AND (status <> 'pending' "
     "OR lease_pid IS NULL OR lease_host <> ? OR lease_pid <> ?)"
 )
-# OutboxItem's fields, in order; the status index walks pending rows in id order
+# OutboxItem's fields, in order; ix_digests_pending walks the pending rows in id order
+# (SQLite's status index does too: equal keys in rowid order)
 _DUE = (
     "SELECT d.id, d.recipient, d.sender, m.message, d.attempts, d.message_id, "
     "d.maybe_sent_at IS NOT NULL FROM digests d JOIN digest_messages m ON m.digest_id = d.id "

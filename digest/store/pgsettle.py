@@ -64,7 +64,8 @@ _NOT_HELD = (
     f"SELECT id FROM digests WHERE id = ANY(%s::integer[]) AND (status <> '{PENDING}' "
     "OR lease_pid IS NULL OR lease_host <> %s OR lease_pid <> %s)"
 )
-# OutboxItem's fields, in order; the status index walks pending rows in id order, and
+# OutboxItem's fields, in order; ix_digests_pending walks the pending rows alone in id
+# order (the primary key walked past every digest sent before: O(n^2) over a drain), and
 # only a digest with its message is claimed
 _CLAIM = (
     "WITH due AS (SELECT d.id FROM digests d JOIN digest_messages m ON m.digest_id = d.id "
