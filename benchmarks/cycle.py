@@ -97,7 +97,12 @@ def write_subscribers(path: Path, n: int) -> None:
 
 
 def write_config(
-    path: Path, subscribers: Path | None, base_url: str, port: int, sessions: int, url: str
+    path: Path,
+    subscribers: Path | None,
+    base_url: str,
+    port: int,
+    sessions: int,
+    url: str = "sqlite:///cycle.db",
 ) -> None:
     """The subscription file: the fixture server, the database, smtp-sink, uncapped."""
     with path.open("w", encoding="utf-8") as out:
