@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from digest.config.chunks import Piece
 from digest.config.dburl import BadURL, parse_db_url
 from digest.config.lines import Path as KeyPath
 from digest.config.lines import key_lines, line_of
@@ -103,15 +104,17 @@ def build_config(
     path: Path,
     text: str,
     env: Mapping[str, str],
-    subscribers: Iterable[list[Any]] | None = None,
+    subscribers: Iterable[Piece] | None = None,
+    head_end: int | None = None,
 ) -> Config:
     """Validate `data` (the TOML reading of `text`, the content of `path`) into a Config.
 
-    `subscribers`: the [[subscribers]] tables, in order and in lists, when they were
-    parsed apart from `data` (load.py reads a big file a chunk at a time); each list
-    is turned into Subscribers before the next is taken. Default: data["subscribers"].
+    `subscribers`: the [[subscribers]] tables, in order, in Pieces of the text, when
+    they were parsed apart from `data`, which is then `text[:head_end]` (load.py reads
+    a big file a chunk at a time); each Piece is turned into Subscribers before the
+    next is taken. Default: data["subscribers"].
     """
-    b = Builder(path, text, env)
+    b = Builder(path, text, env, head_end)
     top = b.table((), data, TOP_KEYS)
     source = b.source(b.table(("source",), top.get("source", {}), SOURCE_KEYS))
     storage = b.storage(b.table(("storage",), top.get("storage", {}), ("url",)))
@@ -146,11 +149,19 @@ def build_config(
 
 
 class Builder:
-    def __init__(self, path: Path, text: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, path: Path, text: str, env: Mapping[str, str], head_end: int | None = None
+    ) -> None:
         self.path = path
         self.base = path.absolute().parent  # relative paths in the file resolve against it
         self.text = text
         self._lines: dict[KeyPath, int] | None = None
+        # a file read in pieces: a problem's line is found in its own piece, or in the
+        # head, never by scanning all of a 100k-subscriber file (~12 s)
+        self.head_end = head_end
+        self._head_lines: dict[KeyPath, int] | None = None
+        self.piece: tuple[int, int, int] | None = None  # first subscriber, start, end
+        self._piece_lines: dict[KeyPath, int] | None = None
         # the first Topic of each query: the query is checked (and warned about) once
         self.topic_by_query: dict[str, Topic] = {}
         # equal values shared by every subscriber that has them: one Schedule per distinct
@@ -165,19 +176,31 @@ class Builder:
 
     # -- reporting
 
-    @property
-    def lines(self) -> dict[KeyPath, int]:
-        """Key path -> line, scanned on the first problem only (a valid file never pays)."""
-        if self._lines is None:
+    def line(self, where: KeyPath) -> int:
+        """The line of `where` in the file, scanned on the first problem only (a valid
+        file never pays): in the piece of the subscriber being read, or in the head."""
+        if self.piece is not None and where[:1] == ("subscribers",) and len(where) > 1:
+            first, start, end = self.piece
+            index = where[1]
+            if isinstance(index, int) and index >= first:
+                if self._piece_lines is None:
+                    self._piece_lines = key_lines(self.text[start:end])
+                local = ("subscribers", index - first, *where[2:])
+                return line_of(self._piece_lines, local) + self.text.count("\n", 0, start)
+        if self.head_end is not None and where[:1] != ("subscribers",):
+            if self._head_lines is None:
+                self._head_lines = key_lines(self.text[: self.head_end])
+            return line_of(self._head_lines, where)
+        if self._lines is None:  # the whole file: it was read whole, or an earlier piece
             self._lines = key_lines(self.text)
-        return self._lines
+        return line_of(self._lines, where)
 
     def problem(self, where: KeyPath, message: str) -> None:
-        line = line_of(self.lines, where)
+        line = self.line(where)
         self.problems.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))
 
     def warning(self, where: KeyPath, message: str) -> None:
-        line = line_of(self.lines, where)
+        line = self.line(where)
         self.warnings.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))
 
     def warn_lowercase_operators(self, where: KeyPath, query: str) -> None:
@@ -434,7 +457,8 @@ class Builder:
     def subscribers(
         self, defaults_raw: object, chunks: Iterable[object], *, web: bool
     ) -> tuple[Subscriber, ...]:
-        """Every valid subscriber of `chunks` (lists of [[subscribers]] tables, in order)."""
+        """Every valid subscriber of `chunks` ([[subscribers]] tables in lists, or in the
+        Pieces of the text they were read from, in order)."""
         defaults_t = self.table(("defaults",), defaults_raw, DEFAULT_KEYS)
         defaults: dict[str, Any] = {}
         for key, value in defaults_t.items():
@@ -450,6 +474,9 @@ class Builder:
         seen: dict[str, int] = {}
         i = 0
         for chunk in chunks:
+            if isinstance(chunk, Piece):
+                self.piece, self._piece_lines = (i, chunk.start, chunk.end), None
+                chunk = chunk.tables
             if not isinstance(chunk, list):
                 self.problem(
                     ("subscribers",), f"expected [[subscribers]] tables, got {describe(chunk)}"
@@ -460,7 +487,7 @@ class Builder:
                 if sub is not None:
                     out.append(sub)
                 i += 1
-        self.current = None
+        self.current = self.piece = self._piece_lines = None
         return tuple(out)
 
     def subscriber(
@@ -493,7 +520,7 @@ class Builder:
                 (*where, "email"),
                 f'duplicate email "{email}" (also '
                 f"subscribers[{first + 1}] at line "
-                f"{line_of(self.lines, ('subscribers', first, 'email'))})",
+                f"{self.line(('subscribers', first, 'email'))})",
             )
             ok = False
         elif email is not None:

@@ -7,7 +7,7 @@ parsed dict of a 34 MB file (~250 MB of small objects, fragmenting the heap for
 good) is never whole in memory. Does not own what the keys mean (`build.py`) nor
 the error messages (`load.py` asks tomllib, the reference, for those).
 
-    head, chunks = split_subscribers(text)   # None: read the file whole instead
+    head, head_end, pieces = split_subscribers(text)   # None: read it whole instead
 
 The split is only made where it cannot change the meaning. A piece is cut only
 before a line that is exactly ``[[subscribers]]`` (a comment after it allowed), and
@@ -24,12 +24,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 CHUNK = 1000  # subscribers parsed at a time: ~2.5 MB of dict, freed before the next
 
 _HEADER = re.compile(r"^\[\[subscribers\]\][ \t]*(?:#[^\n]*)?\r?$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Subscriber tables parsed from ``text[start:end]`` of the file: where their line
+    numbers are found, without scanning the whole file (`build.py`)."""
+
+    tables: list[Any]
+    start: int
+    end: int
 
 
 class Unsplittable(Exception):
@@ -46,9 +57,10 @@ def fast_loads(text: str) -> dict[str, Any] | None:
         return None
 
 
-def split_subscribers(text: str) -> tuple[dict[str, Any], Iterator[list[Any]]] | None:
-    """The file's head (everything before the first ``[[subscribers]]``), parsed, and
-    an iterator over lists of up to CHUNK subscriber tables, parsed as they are taken.
+def split_subscribers(text: str) -> tuple[dict[str, Any], int, Iterator[Piece]] | None:
+    """The file's head (everything before the first ``[[subscribers]]``), parsed, where
+    it ends, and an iterator over Pieces of up to CHUNK subscriber tables, parsed as
+    they are taken.
 
     None when the file cannot be split safely. The iterator raises Unsplittable when
     a chunk does not parse or holds more than subscribers; the caller then starts
@@ -62,10 +74,10 @@ def split_subscribers(text: str) -> tuple[dict[str, Any], Iterator[list[Any]]] |
     if head is None or "subscribers" in head:
         return None
     cuts = [*starts[::CHUNK], len(text)]
-    return head, _chunks(text, cuts)
+    return head, starts[0], _chunks(text, cuts)
 
 
-def _chunks(text: str, cuts: list[int]) -> Iterator[list[Any]]:
+def _chunks(text: str, cuts: list[int]) -> Iterator[Piece]:
     for begin, end in pairwise(cuts):
         piece = fast_loads(text[begin:end])
         if piece is None or piece.keys() != {"subscribers"}:
@@ -73,4 +85,4 @@ def _chunks(text: str, cuts: list[int]) -> Iterator[list[Any]]:
         subscribers = piece["subscribers"]
         if not isinstance(subscribers, list):
             raise Unsplittable
-        yield subscribers
+        yield Piece(subscribers, begin, end)

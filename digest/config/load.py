@@ -53,9 +53,11 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     with _collector_paused():
         split = split_subscribers(text)
         if split is not None:
-            head, chunks = split
+            head, head_end, pieces = split
             try:
-                return build_config(head, path=path, text=text, env=env, subscribers=chunks)
+                return build_config(
+                    head, path=path, text=text, env=env, subscribers=pieces, head_end=head_end
+                )
             except Unsplittable:
                 pass  # read it whole: tomllib says what is wrong, and where
         data = fast_loads(text)
