@@ -17,8 +17,9 @@ from digest.config import (
     load_config,
     summarize_config,
 )
-from digest.config.build import MAIL_KEYS, SMTP_KEYS, SOURCE_KEYS, SUBSCRIBER_KEYS
+from digest.config.build import MAIL_KEYS, SMTP_KEYS, SOURCE_KEYS
 from digest.config.lines import key_lines
+from digest.config.subscribers import SUBSCRIBER_KEYS
 from digest.errors import ConfigError
 from digest.schedule import parse_schedule
 
@@ -107,7 +108,7 @@ def test_example_loads_and_mentions_every_option(tmp_path: Path) -> None:
 
 
 def test_the_file_keys_are_the_ones_the_loader_reads() -> None:
-    """The key lists derive from the dataclasses: a new field must be read by config_build."""
+    """The key lists derive from the dataclasses: a new field must be read by the builder."""
     assert set(SOURCE_KEYS) == {
         "base_url",
         "mode",

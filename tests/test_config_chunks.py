@@ -207,21 +207,21 @@ def test_lines_are_found_in_the_piece_without_scanning_the_whole_file(
 ) -> None:
     """A problem's line comes from scanning its own piece (or the head): a 100k file's
     one lower-case "or" cost a 12 s scan of all 34 MB. The same line as read whole."""
-    import digest.config.build as build_module
+    import digest.config.reader as reader_module
 
     scanned: list[str] = []
-    real = build_module.key_lines
+    real = reader_module.key_lines
 
     def spy(text: str) -> object:
         scanned.append(text)
         return real(text)
 
-    monkeypatch.setattr(build_module, "key_lines", spy)
+    monkeypatch.setattr(reader_module, "key_lines", spy)
     path = write(tmp_path, text)
     got = chunked(path)
     assert scanned and text not in scanned  # parts were scanned, never the whole text
     assert all(len(part) < len(text) / 2 for part in scanned)
-    monkeypatch.setattr(build_module, "key_lines", real)
+    monkeypatch.setattr(reader_module, "key_lines", real)
     expected = whole(path)
     if isinstance(got, Config):
         assert isinstance(expected, Config) and got.warnings == expected.warnings

@@ -1,11 +1,13 @@
 """The subscription file (TOML) and the environment, turned into a validated, frozen `Config`.
 
 Owns: the types every other stage codes against (`schema.py`), reading the file and
-TOML syntax errors (`load.py`), the rules of every key with errors that name the
-file, line, subscriber and field (`build.py`), the key -> line scanner (`lines.py`),
-the value parsers (`values.py`) and the example file `digest init` writes
-(`example.toml`). Does not own what a schedule means (`digest/schedule.py`) or what a
-query means (`digest/topics/query.py`): their parsers are called only to validate.
+TOML syntax errors (`load.py`; a big file in pieces: `chunks.py`), the rules of every
+key (`build.py`; [defaults] and [[subscribers]]: `subscribers.py`) with errors that
+name the file, line, subscriber and field (`reader.py`), the key -> line scanner
+(`lines.py`), the value parsers (`values.py`) and the example file `digest init`
+writes (`example.toml`). Does not own what a schedule means (`digest/schedule.py`)
+or what a query means (`digest/topics/query.py`): their parsers are called only to
+validate.
 
     config = load_config(Path("digest.toml"), os.environ)   # ConfigError lists every problem
 """

@@ -2,8 +2,8 @@
 
 Owns: what a duration, an email address, a time zone, a URL or a bounded number
 may look like. Each converter raises `Invalid` with a message that reads after
-"file:line: field: "; `config_build.py` adds the file, line and field. Does not
-own: which key uses which converter (config_build.py).
+"file:line: field: "; `reader.py` adds the file, line and field. Does not own:
+which key uses which converter (`build.py`, `subscribers.py`).
 """
 
 from __future__ import annotations

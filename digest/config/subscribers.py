@@ -1,0 +1,255 @@
+"""The [[subscribers]] tables and [defaults] into Subscribers: the largest part of a file.
+
+Owns: every rule of a subscriber key (email, schedule, topics, ...), the defaults
+table, duplicate emails, "feed" without [web], and the sharing that keeps a
+100,000-subscriber Config small and quick to build: one Schedule per schedule text,
+one Topic per (name, query), each distinct query checked once. Does not own the
+other tables (`build.py`), reporting (`reader.py`), nor what a query means
+(`digest/topics/query.py`: `check_query` is called to validate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from digest.config.chunks import Piece
+from digest.config.lines import Path as KeyPath
+from digest.config.reader import Reader
+from digest.config.schema import (
+    DELIVERIES,
+    THUMBNAILS,
+    Subscriber,
+    Topic,
+)
+from digest.config.values import (
+    Invalid,
+    at_least,
+    boolean,
+    describe,
+    lowercase_operators,
+    non_empty,
+    one_of,
+    parse_email,
+    parse_schedule_value,
+    parse_timezone,
+    query_message,
+    single_line,
+)
+from digest.errors import QuerySyntaxError
+from digest.schedule import parse_schedule
+
+SUBSCRIBER_KEYS = tuple(f.name for f in dataclasses.fields(Subscriber))
+DEFAULT_KEYS = tuple(k for k in SUBSCRIBER_KEYS if k not in ("email", "name"))
+SHARED_KEYS = ("timezone", "schedule")  # one value object per distinct text, for everyone
+SUBSCRIBER_VALUES: dict[str, Callable[[Any], Any]] = {  # the checks of the keys but topics
+    "email": parse_email,
+    "name": single_line,
+    "timezone": parse_timezone,
+    "schedule": parse_schedule_value,
+    "max_papers": at_least(1),
+    "min_upvotes": at_least(0),
+    "send_empty": boolean,
+    "window_days": at_least(1),
+    "thumbnails": one_of(*THUMBNAILS),
+    "delivery": one_of(*DELIVERIES),
+}
+FEED_NEEDS_WEB = '"feed" needs a [web] table: the feed is served at /f/TOKEN.atom'
+DEFAULT_SCHEDULE = "daily 08:00"  # when neither the subscriber nor [defaults] gives one
+
+
+class SubscriberRules(Reader):
+    """The Reader with the rules of [defaults] and [[subscribers]]."""
+
+    def warn_lowercase_operators(self, where: KeyPath, query: str) -> None:
+        """`diffusion or gan` is three words ANDed (0 papers on a day `diffusion OR gan`
+        matches 341): say so, with the upper-case form when that parses."""
+        words, fixed = lowercase_operators(query)
+        if not words:
+            return
+        from digest.topics.query import parse_query  # imported late: the rare case
+
+        shown = ", ".join(f'"{w}"' for w in dict.fromkeys(words))
+        try:
+            parse_query(fixed)
+            hint = f"; for the operator write it in upper case: {fixed}"
+        except QuerySyntaxError:
+            hint = "; AND, OR and NOT are operators only in upper case"
+        self.warning(where, f"{shown} is matched as a plain word here{hint}")
+
+    # -- subscribers
+
+    def subscribers(
+        self, defaults_raw: object, chunks: Iterable[object], *, web: bool
+    ) -> tuple[Subscriber, ...]:
+        """Every valid subscriber of `chunks` ([[subscribers]] tables in lists, or in the
+        Pieces of the text they were read from, in order)."""
+        defaults_t = self.table(("defaults",), defaults_raw, DEFAULT_KEYS)
+        defaults: dict[str, Any] = {}
+        for key, value in defaults_t.items():
+            ok, converted = self.subscriber_key(("defaults",), key, value)
+            if ok:
+                defaults[key] = converted
+        if not web and defaults.get("delivery") == "feed":
+            self.problem(("defaults", "delivery"), FEED_NEEDS_WEB)
+            web = True  # said once for the table, not again for every subscriber
+        # a subscriber that does not set a key whose default is bad is not valid either
+        bad_defaults = defaults_t.keys() - defaults.keys()
+        out: list[Subscriber] = []
+        seen: dict[str, int] = {}
+        i = 0
+        for chunk in chunks:
+            if isinstance(chunk, Piece):
+                self.piece, self._piece_lines = (i, chunk.start, chunk.end), None
+                chunk = chunk.tables
+            if not isinstance(chunk, list):
+                self.problem(
+                    ("subscribers",), f"expected [[subscribers]] tables, got {describe(chunk)}"
+                )
+                return ()
+            for raw in chunk:
+                sub = self.subscriber(i, raw, defaults, bad_defaults, seen, web)
+                if sub is not None:
+                    out.append(sub)
+                i += 1
+        self.current = self.piece = self._piece_lines = None
+        return tuple(out)
+
+    def subscriber(
+        self,
+        i: int,
+        raw: object,
+        defaults: dict[str, Any],
+        bad_defaults: set[str],
+        seen: dict[str, int],
+        web: bool,
+    ) -> Subscriber | None:
+        """The i-th [[subscribers]] table as a Subscriber; None if it has a problem."""
+        where: KeyPath = ("subscribers", i)
+        self.current = (i, raw)
+        t = self.table(where, raw, SUBSCRIBER_KEYS)
+        values = dict(defaults)  # the subscriber's own keys override them
+        ok = isinstance(raw, dict)
+        for key, value in t.items():
+            good, values[key] = self.subscriber_key(where, key, value)
+            ok = ok and good
+        if bad_defaults and not bad_defaults <= t.keys():
+            ok = False
+        email = values.get("email")
+        if isinstance(raw, dict) and "email" not in t:
+            self.problem(where, "missing email")
+            ok = False
+        elif email is not None and email in seen:
+            first = seen[email]
+            self.problem(
+                (*where, "email"),
+                f'duplicate email "{email}" (also '
+                f"subscribers[{first + 1}] at line "
+                f"{self.line(('subscribers', first, 'email'))})",
+            )
+            ok = False
+        elif email is not None:
+            seen[email] = i
+        if isinstance(raw, dict) and (
+            values.get("topics") == () or ("topics" not in values and "topics" not in bad_defaults)
+        ):
+            self.problem(where, "no topics; add topics = [{ name = ..., query = ... }]")
+            ok = False
+        if not web and t.get("delivery") == "feed":
+            self.problem((*where, "delivery"), FEED_NEEDS_WEB)
+            ok = False
+        if not ok:
+            return None
+        values.setdefault("schedule", parse_schedule(DEFAULT_SCHEDULE))
+        return Subscriber(**values)
+
+    def subscriber_key(self, where: KeyPath, key: str, value: object) -> tuple[bool, Any]:
+        """Validate one subscriber (or [defaults]) key; (False, None) if reported bad."""
+        if key == "topics":
+            topics = self.topics((*where, key), value)
+            return topics is not None, topics
+        shareable = key in SHARED_KEYS and isinstance(value, str)
+        if shareable and (key, value) in self.shared:
+            return True, self.shared[(key, value)]
+        try:
+            converted = SUBSCRIBER_VALUES[key](value)
+        except Invalid as e:
+            self.problem((*where, key), str(e))
+            return False, None
+        if shareable:
+            self.shared[(key, value)] = converted
+        return True, converted
+
+    def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
+        if not isinstance(value, list):
+            self.problem(
+                where, f"expected an array of {{ name, query }} tables, got {describe(value)}"
+            )
+            return None
+        out: list[Topic] = []
+        names: set[str] = set()
+        ok = True
+        for k, raw in enumerate(value):
+            topic = self.known_topic(raw)
+            if topic is None or topic.name in names:
+                topic = self.topic((*where, k), raw, names)
+            if topic is None:
+                ok = False
+                continue
+            names.add(topic.name)
+            out.append(topic)
+        return tuple(out) if ok else None
+
+    def known_topic(self, raw: object) -> Topic | None:
+        """The Topic already built from a table equal to `raw` (exactly name and query):
+        100k subscribers share many topics, and each is checked once."""
+        if type(raw) is not dict or len(raw) != 2:
+            return None
+        query = raw.get("query")
+        topic = self.topic_by_query.get(query) if type(query) is str else None
+        return topic if topic is not None and topic.name == raw.get("name") else None
+
+    def name_and_query(self, where: KeyPath, raw: object) -> tuple[str | None, str | None]:
+        """A topic table's name and query, each None if missing or bad (reported)."""
+        if type(raw) is dict and len(raw) == 2:  # the usual table: checked without copies
+            try:
+                return single_line(raw["name"]), non_empty(raw["query"])
+            except (KeyError, Invalid):
+                pass  # not the usual table after all: say what is wrong below
+        t = self.table(where, raw, ("name", "query"))
+        name = self.field(t, where, "name", None, single_line)
+        query = self.field(t, where, "query", None, non_empty)
+        for key in ("name", "query"):
+            if key not in t and isinstance(raw, dict):
+                self.problem(where, f"missing {key}")
+        return name, query
+
+    def topic(self, where: KeyPath, raw: object, names: set[str]) -> Topic | None:
+        """One { name, query } table, checked; None if it has a problem (reported)."""
+        from digest.topics.query import check_query  # imported late: only to validate queries
+
+        name, query = self.name_and_query(where, raw)
+        if name is not None and name in names:
+            self.problem((*where, "name"), f'duplicate topic name "{name}"')
+            name = None
+        first = self.topic_by_query.get(query) if query is not None else None
+        if query is not None and first is None:
+            try:
+                check_query(query)
+                self.warn_lowercase_operators((*where, "query"), query)
+            except QuerySyntaxError as e:
+                self.problem((*where, "query"), query_message(e))
+                query = None
+        if name is None or query is None:
+            return None
+        if first is None:  # the common case: a query met for the first time
+            topic = self.topic_by_query[query] = Topic(name=sys.intern(name), query=query)
+            return topic
+        if first.name == name:
+            return first
+        shared = self.shared.get(("topic", (name, query)))  # one query, several names
+        if shared is None:
+            shared = self.shared[("topic", (name, query))] = Topic(sys.intern(name), query)
+        return cast(Topic, shared)
