@@ -307,6 +307,7 @@ def test_html_stays_under_the_cap_with_200_long_papers(
     msg = render(renderer, [Match(p, (RL, VLM)) for p in many])
     text, html = parts(msg)
     assert len(html.encode()) < HTML_CAP_BYTES  # as sent: CRLF line ends
+    assert msg.get_payload()[1]["Content-Transfer-Encoding"] == "7bit"  # a link a line
     hrefs = Html(html).hrefs()
     full = [p for p in many if p.arxiv_url in hrefs]
     linked_only = [p for p in many if p.url in hrefs and p.arxiv_url not in hrefs]
@@ -362,8 +363,12 @@ def test_matches_past_the_cut_are_title_links_and_the_rest_a_count(
     renderer: Renderer, papers: list[Paper]
 ) -> None:
     shown, more = papers[:3], papers[3:8]
-    text, html = parts(render(renderer, [Match(p, (RL,)) for p in shown],
-                              more=[Match(p, (RL,)) for p in more], total_matches=20))  # fmt: skip
+    msg = render(renderer, [Match(p, (RL,)) for p in shown],
+                 more=[Match(p, (RL,)) for p in more], total_matches=20)  # fmt: skip
+    text, html = parts(msg)
+    # the title links take a line each (packed), so the HTML stays 7bit: on one line
+    # they would pass 998 characters and turn the whole part quoted-printable
+    assert msg.get_payload()[1]["Content-Transfer-Encoding"] == "7bit"
     assert "the best 3 of 20 matches" in text
     page = Html(html)
     assert "And 17 more matches past the 3 shown:" in page.all_text()
