@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from digest.config import Topic
 from digest.models import Match, Paper
@@ -15,6 +17,7 @@ from digest.render.text import highlight
 from digest.topics.match import PaperIndex, compile_topics, match_subscriber
 from digest.topics.query import Leaf
 from digest.topics.spans import leaf_spans, merged_spans
+from digest.topics.words import word_spans
 from tests.render_helpers import Html, parts, render
 
 DAY = dt.date(2025, 10, 1)
@@ -134,6 +137,34 @@ def test_spans_and_merging_directly() -> None:
         (0, 1),
         (2, 3),
     ]
+
+
+def walked_spans(text: str, leaf: Leaf) -> tuple[tuple[int, int], ...]:
+    """`leaf_spans` the slow way: the leaf tried at every word of the text."""
+    if leaf.field == "id":
+        return ()
+    spans, n, found = word_spans(text), len(leaf.words), []
+    for i in range(len(spans) - n + 1):
+        words = [spans[i + k][2] for k in range(n)]
+        last = words[-1] == leaf.words[-1] or (leaf.prefix and words[-1].startswith(leaf.words[-1]))
+        if tuple(words[:-1]) == leaf.words[:-1] and last:
+            found.append((spans[i][0], spans[i + n - 1][1]))
+    return tuple(found)
+
+
+@given(
+    text=st.lists(st.sampled_from(["a", "ab", "abc", "abd", "b", "ba", "a-b", "½", "x"]),
+                  max_size=14).map(" ".join),
+    words=st.lists(st.sampled_from(["a", "ab", "abc", "b", "x", "1", "2", "zz"]),
+                   min_size=1, max_size=3),
+    prefix=st.booleans(),
+    field=st.sampled_from([None, "title", "id"]),
+)  # fmt: skip
+def test_leaf_spans_equal_a_walk_over_every_word(
+    text: str, words: list[str], prefix: bool, field: str | None
+) -> None:
+    leaf = Leaf(field, tuple(words), prefix)  # type: ignore[arg-type]
+    assert leaf_spans(text, leaf) == walked_spans(text, leaf)
 
 
 def test_the_digest_marks_what_the_matcher_explained() -> None:

@@ -14,7 +14,7 @@ subscriber has their own) fill in that paper's skeleton, rendered once per batch
 them, itself rendered once per shape of page and filled per digest (`pages.py`). A
 Match's highlights depend only on (text, its explaining leaves that apply to that
 text): `text.highlight` memoises that, and `topics.spans` memoises each text's words
-(and a prefix's places), so a paper shown with different leaves costs a few lookups,
+(sorted too: a prefix is a bisection), so a paper shown with different leaves costs a few lookups,
 a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
 path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
 
@@ -243,7 +243,7 @@ class _InliningLoader(jinja2.BaseLoader):
 # module-level caches keyed by a paper's text or fields (see Renderer.forget)
 _PAPER_CACHES: tuple[Any, ...] = (
     _paper_values, text_module._applicable, text_module._escaped, text_module._marked,
-    text_module.wrap, text_module.text_entry, spans._words_of, spans._prefix_starts,
+    text_module.wrap, text_module.text_entry, spans._words_of,
 )  # fmt: skip
 
 
