@@ -8,9 +8,9 @@ row shows ours through `render_digest` + EmailMessage.as_bytes() (the CLI previe
 path, same bytes). One process, one core, one run.
 
 Each path renders the 5 digests over and over, so papers repeat across digests as
-they do across subscribers at a slot: the per-paper fragment cache is warm, as it is
-in a real batch (many subscribers, the few dozen papers of the day). The last row
-empties that cache before every digest: no paper shared at all.
+they do across subscribers at a slot: the per-paper skeletons and caches are warm, as
+they are in a real batch (many subscribers, the few dozen papers of the day). The last
+row empties them before every digest (`Renderer.forget`): no paper shared at all.
 
     .venv/bin/python benchmarks/render.py [--digests N]
 """
@@ -93,12 +93,12 @@ def ours(renderer: Renderer) -> Callable[[list[Match], dt.datetime], bytes]:
 
 
 def ours_cold(renderer: Renderer) -> Callable[[list[Match], dt.datetime], bytes]:
-    """Ours with the fragment cache emptied before every digest: the worst case, where
-    no two subscribers share a (paper, topic hits)."""
+    """Ours with every paper cache emptied before every digest (`Renderer.forget`):
+    the worst case, where no two subscribers share a paper."""
     warm = ours(renderer)
 
     def run(matches: list[Match], slot: dt.datetime) -> bytes:
-        renderer.render_paper.cache_clear()
+        renderer.forget()
         return warm(matches, slot)
 
     return run
@@ -170,7 +170,7 @@ def main() -> None:
         ("ours: CSS inlined once at template load", ours_renderer, ours),
         ("baseline: <style> + css_inline per message", base_renderer, baseline),
         ("ours via EmailMessage.as_bytes() (preview)", ours_renderer, ours_email_message),
-        ("ours, cold fragment cache (worst case)", ours_renderer, ours_cold),
+        ("ours, cold paper caches (worst case)", ours_renderer, ours_cold),
     ):
         load = load_ours if renderer is ours_renderer else load_base
         cpu_s, wall_s, size = measure(make(renderer), digests, args.digests)

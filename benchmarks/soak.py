@@ -86,7 +86,8 @@ def dump(signum, frame):
                     f.write(f"  cache {name}.{attr}: {value.cache_info()}\\n")
         for obj in gc.get_objects():
             if type(obj).__name__ == "Renderer":
-                f.write(f"  cache Renderer.render_paper: {obj.render_paper.cache_info()}\\n")
+                skeletons = obj._skeletons._cache if obj._skeletons else {}
+                f.write(f"  Renderer skeletons: {len(skeletons)}\\n")
 signal.signal(signal.SIGUSR1, dump)
 sys.argv = ["digest.cli", *sys.argv[1:]]
 runpy.run_module("digest.cli", run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Tests of the fast paths of rendering: `render_digest_bytes` (the outbox's bytes,
 written without the EmailMessage tree) against `render_digest(...).as_bytes()`, and
-the per-paper fragment cache shared by the digests of one Renderer."""
+the per-paper skeletons shared by the digests of one Renderer."""
 
 from __future__ import annotations
 
@@ -161,19 +161,19 @@ def test_a_lone_surrogate_from_json_does_not_break_rendering(
 
 
 # ---------------------------------------------------------------------------
-# The per-paper fragment cache
+# The per-paper skeletons
 
 
 def test_shared_papers_are_rendered_once_and_render_the_same(papers: list[Paper]) -> None:
     warm = Renderer()
     shared = [Match(p, (RL,)) for p in papers[:10]]
     render(warm, shared)
-    before = warm.render_paper.cache_info()
+    assert warm._skeletons is not None
+    made = dict(warm._skeletons._cache)
+    assert len(made) == 10  # one paper, one skeleton (one topic each, small thumbnails)
     bob = make_subscriber(email="bob@example.org", name="Bob")
     _, warm_bytes = both_ways(warm, shared[::-1], subscriber=bob)
-    after = warm.render_paper.cache_info()
-    assert after.hits - before.hits == 2 * 10  # both calls of both_ways hit every paper
-    assert after.misses == before.misses
+    assert warm._skeletons._cache == made  # no paper's templates rendered again
     _, fresh_bytes = both_ways(Renderer(), shared[::-1], subscriber=bob)
     assert warm_bytes == fresh_bytes
 

@@ -21,7 +21,7 @@ def test_forget_empties_every_paper_cache_and_changes_no_byte() -> None:
             "matches": matches}  # fmt: skip
 
     def sizes() -> list[int]:
-        caches = (renderer.render_paper, *renderer_module._PAPER_CACHES)
+        caches = renderer_module._PAPER_CACHES
         return [cache.cache_info().currsize for cache in caches]
 
     first = render_digest_bytes(renderer, **args)  # type: ignore[arg-type]

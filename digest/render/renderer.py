@@ -6,16 +6,15 @@ view of a `Match`, and the 100 KB cap on the HTML. The words (summaries, authors
 highlighting, subject) come from `render_text.py`; `render_message.py` turns the
 bodies into the message (headers, MIME).
 
-Speed: each Match's HTML and text entry is made once per Renderer and reused
-(`Renderer.render_paper`, an LRU keyed by the Match and the thumbnail choice), and
-distinct matches of the same paper (other topics, other leaves: the usual case, each
-subscriber has their own) fill in that paper's skeleton, rendered once per batch
-(`fragments.py`), so a digest's own work is a few joins per paper and the page around
-them, itself rendered once per shape of page and filled per digest (`pages.py`). A
-Match's highlights depend only on (text, its explaining leaves that apply to that
-text): `text.highlight` memoises that, and `topics.spans` memoises each text's words
-(sorted too: a prefix is a bisection), so a paper shown with different leaves costs a few lookups,
-a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
+Speed: the matches of one paper (each with its own topics and leaves: every
+subscriber has their own, so two equal Matches are rare, under 1% in a 10k cycle)
+fill in that paper's skeleton, rendered once per batch (`fragments.py`), so a
+digest's own work is a few joins per paper and the page around them, itself rendered
+once per shape of page and filled per digest (`pages.py`). A Match's highlights
+depend only on (text, its explaining leaves that apply to that text): `text.highlight`
+memoises the marking per spans, and `topics.spans` memoises each text's words (sorted
+too: a prefix is a bisection), so a paper shown with different leaves costs a few
+lookups, a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
 path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
 
 Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
@@ -93,7 +92,6 @@ __all__ = [
     "render_plain_message",
 ]
 
-FRAGMENT_CACHE_SIZE = 1024  # rendered (paper, topic hits) per Renderer, ~3 KB each
 HTML_CAP_BYTES = 100_000  # Gmail clips a message's HTML at about 102 KB
 LISTING_URL = "https://huggingface.co/papers"
 
@@ -254,7 +252,7 @@ class Renderer:
     by name: digest.html.j2, _paper.html.j2, _paper_link.html.j2, digest.txt.j2,
     _paper.txt.j2, digest.css. The page templates get each paper's view (`views`)
     and its rendered _paper.html.j2 and _paper.txt.j2 (`paper_html`, `paper_text`),
-    which `render_paper` renders once per Match and caches. `inline_css=False` keeps
+    which `render_paper` renders for each Match. `inline_css=False` keeps
     the classes and puts the whole stylesheet in <head> (the benchmark's baseline,
     which then inlines per message). `skeletons=False` renders the paper templates for
     every new match and the page for every digest (the fast paths' reference in the
@@ -292,10 +290,6 @@ class Renderer:
             self.paper_link = self.env.get_template("_paper_link.html.j2")
             self.paper_text = self.env.get_template("_paper.txt.j2")
             self.text = self.env.get_template("digest.txt.j2")
-        # A paper's view, HTML and text depend only on its Match: at a slot many
-        # subscribers' digests share the few dozen papers of the day, so each
-        # (paper, topic hits) is rendered once and reused.
-        self.render_paper = functools.lru_cache(maxsize=FRAGMENT_CACHE_SIZE)(self._render_paper)
         # Distinct matches of the same paper (other topics, other leaves) share its
         # skeletons (`fragments.py`), for the shipped paper templates: an overridden
         # one may use a match's leaves or topics in ways a skeleton cannot hold.
@@ -313,14 +307,13 @@ class Renderer:
         self._pages = None if plain_page else PageSkeletons(self.page.render)
 
     def forget(self) -> None:
-        """Drop everything cached for the papers rendered so far: the fragments, the
-        skeletons and the module-level caches keyed by a paper's text.
+        """Drop everything cached for the papers rendered so far: the skeletons and
+        the module-level caches keyed by a paper's text.
 
         Those caches pay off inside one planning run, where thousands of digests share a
         few dozen papers; across runs the papers change, so a long-running daemon would
         otherwise fill every cache to its bound with papers long gone (the soak's RSS
         grew for 25 minutes that way). The daemon calls this after each planning run."""
-        self.render_paper.cache_clear()
         if self._skeletons is not None:
             self._skeletons.clear()
         for cache in _PAPER_CACHES:
@@ -332,7 +325,9 @@ class Renderer:
             return placeholder(leaves, text, where)
         return highlight(text, leaves, where, self._mark_open)
 
-    def _render_paper(self, match: Match, thumbnails: Thumbnails = "small") -> RenderedPaper:
+    def render_paper(self, match: Match, thumbnails: Thumbnails = "small") -> RenderedPaper:
+        """One match's view, packed HTML and text entry: its paper's skeletons filled
+        in, or the paper templates rendered (overridden ones, `skeletons=False`)."""
         view = view_match(match, thumbnails)
         skeletons = self._skeletons.get(match, view) if self._skeletons is not None else None
         if skeletons is None:
