@@ -4,9 +4,12 @@ Owns: `Skeleton` (one paper's `_paper.html.j2` or `_paper.txt.j2` output with a
 placeholder wherever a match's own parts go: each `hl` call, each topic) and
 `Skeletons` (the batch's skeletons, one per (paper, thumbnail choice, number of
 topics), rendered once). Filling a skeleton puts that match's highlights
-(`text.highlight`, memoised per (text, leaves)) and topic names into the places: the
-same string the template would render for that match, for a few joins instead of a
-template render.
+(`text.highlight`'s marking, memoised per (text, spans)) and topic names into the
+places: the same string the template would render for that match, for a few joins
+instead of a template render. A match marks only some places (usually the title and
+the summary, rarely an author or the organisation): each skeleton keeps, per set of
+places marked, its pieces with the unmarked places already joined in, so a fill visits
+only the places its match marks and the topics.
 
 Why it is exact: in the shipped paper templates, what a match changes (its leaves, its
 topics) reaches the output only through `hl` and through each topic's own `{{ }}`;
@@ -29,7 +32,7 @@ from typing import Any, NamedTuple
 from markupsafe import Markup, escape
 
 from digest.models import Match, Paper
-from digest.render.text import applicable_leaves, highlight_applicable
+from digest.render.text import highlight_applicable, where_bits
 from digest.topics.query import Leaf
 
 MARK = "\x00"
@@ -56,42 +59,66 @@ def placeholder(leaves: frozenset[Leaf], text: str, where: str) -> Markup:
 
 
 Slot = tuple[str, str, str] | int  # (text, where, text unmarked) for `hl`; a topic's index
+_Variant = tuple[tuple[str, ...], tuple[tuple[str, str] | int, ...]]  # consts, the slots between
 
 
 class Skeleton(NamedTuple):
     """A rendered template cut at its placeholders: pieces[0], slot, pieces[1], slot, ...
     A slot is (text, where, the text escaped and unmarked) for an `hl` call, or the
-    index of a topic."""
+    index of a topic. `variants` (filled as matches come): for each set of places that
+    a match marks (a bit per `where`, `where_bits`), the skeleton with every other
+    `hl` slot joined into the pieces around it, as it shows unmarked."""
 
     pieces: tuple[str, ...]
     slots: tuple[Slot, ...]
     html: bool  # HTML: pieces `as_ascii`, topics escaped, every value `as_ascii`
+    variants: dict[int, _Variant]
 
-    def fill(self, topics: tuple[str, ...], leaves: frozenset[Leaf], open_tag: str) -> str:
-        """The template's output for a match with these (cleaned) topics and leaves,
-        as `text.highlight` marks them; for HTML with every non-ASCII character as an
-        entity, as `pack_html` would write it."""
-        pieces, html = self.pieces, self.html
-        out = [pieces[0]]
+    def fill(
+        self, topics: tuple[str, ...], marks: dict[str, list[Leaf]], mask: int, open_tag: str
+    ) -> str:
+        """The template's output for a match with these (cleaned) topics and marks
+        (`leaves_by_where` of its leaves: the leaves marked at each place, and the
+        places as bits), as `text.highlight` marks them; for HTML with every
+        non-ASCII character as an entity, as `pack_html` would write it."""
+        variant = self.variants.get(mask)
+        if variant is None:
+            variant = self.variants[mask] = self._variant(mask)
+        consts, slots = variant
+        if not slots:
+            return consts[0]
+        html = self.html
+        out = [consts[0]]
         shown: tuple[str, ...] | None = None  # the topics as this skeleton writes them
-        marks: dict[str, frozenset[Leaf]] = {}  # where -> the leaves marked there
-        for slot, piece in zip(self.slots, pieces[1:], strict=True):
+        for slot, const in zip(slots, consts[1:], strict=True):
             if type(slot) is int:
                 if shown is None:
                     shown = tuple(as_ascii(str(escape(t))) for t in topics) if html else topics
                 out.append(shown[slot])
             else:
-                text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
-                marked = marks.get(where)
-                if marked is None:
-                    marked = marks[where] = applicable_leaves(leaves, where)
-                if not marked:
-                    out.append(plain)
-                else:
-                    value = str(highlight_applicable(text, marked, open_tag))
-                    out.append(as_ascii(value) if html else value)
-            out.append(piece)
+                text, where = slot  # type: ignore[misc]  # not an int: an hl call
+                value = str(highlight_applicable(text, marks[where], open_tag))
+                out.append(as_ascii(value) if html else value)
+            out.append(const)
         return "".join(out)
+
+    def _variant(self, mask: int) -> _Variant:
+        """The pieces and slots for matches that mark the places in `mask`: an `hl` slot
+        of a place not marked shows its text unmarked, a constant."""
+        consts = [self.pieces[0]]
+        slots: list[tuple[str, str] | int] = []
+        for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
+            if type(slot) is int:
+                slots.append(slot)
+                consts.append(piece)
+                continue
+            text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
+            if where_bits(where) & mask:
+                slots.append((text, where))
+                consts.append(piece)
+            else:
+                consts[-1] += plain + piece
+        return tuple(consts), tuple(slots)
 
 
 def as_ascii(html: str) -> str:
@@ -119,7 +146,7 @@ def _cut(rendered: str, calls: list[tuple[str, str] | int], *, html: bool) -> Sk
             plain = str(escape(text))
             order.append((text, where, as_ascii(plain) if html else plain))
     pieces = parts[0::2]
-    return Skeleton(tuple(map(as_ascii, pieces) if html else pieces), tuple(order), html)
+    return Skeleton(tuple(map(as_ascii, pieces) if html else pieces), tuple(order), html, {})
 
 
 class Skeletons:

@@ -68,6 +68,7 @@ from digest.render.text import (
     format_day,
     format_subject,
     highlight,
+    leaves_by_where,
     link_entry,
     numbered_entries,
     safe_url,
@@ -333,8 +334,9 @@ class Renderer:
         if skeletons is None:
             html, text = self.paper.render(p=view), self.paper_text.render(p=view)
         else:
-            html = skeletons[0].fill(view.topics, view.leaves, self._mark_open)
-            text = skeletons[1].fill(view.topics, view.leaves, self._mark_open)
+            marks, mask = leaves_by_where(view.leaves)
+            html = skeletons[0].fill(view.topics, marks, mask, self._mark_open)
+            text = skeletons[1].fill(view.topics, marks, mask, self._mark_open)
         return RenderedPaper(view=view, html=Markup(pack_html(html)), text=text)
 
 

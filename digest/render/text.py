@@ -15,7 +15,7 @@ import functools
 import re
 import textwrap
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from markupsafe import Markup, escape
@@ -66,6 +66,38 @@ MARKED_FIELDS: dict[str, frozenset[str | None]] = {
 }
 
 
+_WHERE_BIT = {where: 1 << i for i, where in enumerate(MARKED_FIELDS)}
+# a leaf's field -> the places its leaves are marked in (the inverse of MARKED_FIELDS)
+_WHERES_OF: dict[str | None, tuple[str, ...]] = {
+    field: tuple(where for where, fields in MARKED_FIELDS.items() if field in fields)
+    for fields in MARKED_FIELDS.values()
+    for field in fields
+}
+
+
+def where_bits(where: str) -> int:
+    """The bit of a place (a key of MARKED_FIELDS) in `leaves_by_where`'s mask."""
+    return _WHERE_BIT[where]
+
+
+def leaves_by_where(leaves: Iterable[Leaf]) -> tuple[dict[str, list[Leaf]], int]:
+    """`applicable_leaves(leaves, where)` for every place at once: the places where
+    some leaf is marked, each with its leaves, and those places as bits (`where_bits`).
+    One pass over a match's few leaves, nothing memoised."""
+    marks: dict[str, list[Leaf]] = {}
+    for leaf in leaves:
+        for where in _WHERES_OF.get(leaf.field, ()):
+            got = marks.get(where)
+            if got is None:
+                marks[where] = [leaf]
+            else:
+                got.append(leaf)
+    mask = 0
+    for where in marks:
+        mask |= _WHERE_BIT[where]
+    return marks, mask
+
+
 def highlight(text: str, leaves: frozenset[Leaf], where: str, open_tag: str) -> Markup:
     """`text` HTML-escaped, with each occurrence of a leaf that applies to `where` (a
     key of MARKED_FIELDS) wrapped in `open_tag` ... `</mark>`: a phrase as one mark, a
@@ -82,8 +114,9 @@ def applicable_leaves(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
     return _applicable(leaves, where)
 
 
-def highlight_applicable(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
-    """`highlight` given `applicable_leaves(leaves, where)` instead of (leaves, where)."""
+def highlight_applicable(text: str, leaves: Collection[Leaf], open_tag: str) -> Markup:
+    """`highlight` given `applicable_leaves(leaves, where)` (or `leaves_by_where`'s
+    leaves of that place) instead of (leaves, where)."""
     return _highlight(text, leaves, open_tag)
 
 
@@ -93,7 +126,7 @@ def _applicable(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
     return frozenset(leaf for leaf in leaves if leaf.field in fields)
 
 
-def _highlight(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
+def _highlight(text: str, leaves: Collection[Leaf], open_tag: str) -> Markup:
     # not memoised on the leaves: in a real batch four in five (text, leaves) are new,
     # while the spans they mark mostly are not
     if not leaves:
