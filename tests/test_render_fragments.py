@@ -153,6 +153,11 @@ LINKS = RecipientLinks(
     unsubscribe="https://d.example/u/T<1>&x", preferences="https://d.example/p/T1"
 )
 WEB = dataclasses.replace(LINKS, web_copy="https://d.example/d/T1?a=1&b=<2>")
+LONG = RecipientLinks(  # URLs longer than a text line: `wrap` gives each a line of its own
+    unsubscribe="https://d.example/u/" + "T" * 90,
+    preferences="https://d.example/p/" + "P" * 80,
+    web_copy="https://d.example/d/" + "W" * 75,
+)
 
 
 def both_pages(matches: list[Match], more: list[Match], total: int, **changes: object) -> bytes:
@@ -171,7 +176,7 @@ def both_pages(matches: list[Match], more: list[Match], total: int, **changes: o
     shown=st.integers(0, 6),
     listed=st.integers(0, 4),
     uncounted=st.integers(0, 3),
-    links=st.sampled_from([None, LINKS, WEB]),
+    links=st.sampled_from([None, LINKS, WEB, LONG]),
     names=st.lists(NAMES, max_size=3),
     person=st.sampled_from(["", "Ada", "Ünal <&>"]),
 )
@@ -184,8 +189,9 @@ def test_page_skeletons_equal_plain_jinja(
     person: str,
 ) -> None:
     """Every shape of page: no papers or some, the "more" list or none, matches only
-    counted past it, with and without signed links and a web copy, with no topics or
-    topics that need escaping: the bytes equal a plain Jinja render of the page."""
+    counted past it, with and without signed links and a web copy (their lines wrapped
+    in the text part, long URLs on lines of their own), with no topics or topics that
+    need escaping: the bytes equal a plain Jinja render of both pages."""
     topics = [Topic(f"{name} {i}", QUERIES[i]) for i, name in enumerate(names)]
     matches = matches_for(list(corpus_papers()), [Topic("All", "a* OR e* OR i* OR o*")])
     shown_matches, more = matches[:shown], matches[shown : shown + listed]
@@ -206,6 +212,22 @@ def test_page_skeleton_serves_many_digests_and_keeps_each_ones_values() -> None:
         seen.add(message)
     assert len(seen) == 6
     assert FAST._pages is not None and FAST._pages._cache  # the skeletons were used
+    assert FAST._text_pages is not None and FAST._text_pages._cache
+    assert None not in FAST._text_pages._cache.values()
+
+
+def test_overridden_text_page_renders_plainly_and_wrap_still_works(tmp_path: Path) -> None:
+    """A custom digest.txt.j2 gets no text skeleton; its `wrap` is the plain filter."""
+    (tmp_path / "digest.txt.j2").write_text(
+        "{{ (recipient ~ ' ' ~ topics | join(' ')) | wrap(width=10, indent=2) }}\n"
+        "{{ intro | upper }}\n"
+    )
+    custom = Renderer(tmp_path)
+    assert custom._text_pages is None and custom._pages is not None
+    sub = make_subscriber(topics=(Topic("Bb", "x"), Topic("Aa", "y")))
+    _, message = render_digest_bytes(custom, subscriber=sub, slot=SLOT, mail=MAIL, now=NOW,
+                                     matches=[])  # fmt: skip
+    assert b"  ada@example.org\r\n  Bb Aa\r\nWEDNESDAY, 1 OCTOBER 2025\r\n" in message
 
 
 def test_overridden_page_template_renders_plainly(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ from digest.render.message import (
     shorten,
     unsubscribe_url,
 )
-from digest.render.pages import PageSkeletons
+from digest.render.pages import PageSkeletons, page_shape, wrap_filter
 from digest.render.text import (
     SUMMARY_CAP_CHARS,
     authors_rest,
@@ -73,7 +73,6 @@ from digest.render.text import (
     numbered_entries,
     safe_url,
     shown_authors,
-    wrap,
 )
 from digest.topics import spans
 from digest.topics.query import Leaf
@@ -285,7 +284,7 @@ class Renderer:
             mark_attrs = sheet.attrs_for("hl") if inline_css else ' class="hl"'
             self._mark_open = f"<mark{mark_attrs}>"
             self.env.filters["hl"] = self._highlight
-            self.env.filters["wrap"] = wrap
+            self.env.filters["wrap"] = wrap_filter
             self.page = self.env.get_template("digest.html.j2")
             self.paper = self.env.get_template("_paper.html.j2")
             self.paper_link = self.env.get_template("_paper_link.html.j2")
@@ -306,6 +305,10 @@ class Renderer:
             (templates_dir / name).exists() for name in ("digest.html.j2", "_paper_link.html.j2")
         ))  # fmt: skip
         self._pages = None if plain_page else PageSkeletons(self.page.render)
+        plain_text = not skeletons or (
+            templates_dir is not None and (templates_dir / "digest.txt.j2").exists()
+        )
+        self._text_pages = None if plain_text else PageSkeletons(self.text.render, text=True)
 
     def forget(self) -> None:
         """Drop everything cached for the papers rendered so far: the skeletons and
@@ -463,13 +466,21 @@ def render_digest_bodies(
         "more_text": [link_entry(v.title, v.url) for v in more_views],
     }
     with _template_errors():
-        html = _render_capped_html(renderer, papers, context)
-        text = renderer.text.render(context).rstrip("\n") + "\n"  # ends with a line end
+        shape = page_shape(context)
+        html = _render_capped_html(renderer, papers, context, shape)
+        text_pages = renderer._text_pages
+        filled = text_pages.page(context, shape) if text_pages is not None else None
+        if filled is None:
+            filled = renderer.text.render(context)
+        text = filled.rstrip("\n") + "\n"  # ends with a line end
     return DigestBodies(subject=subject, text=text, html=html)
 
 
 def _render_capped_html(
-    renderer: Renderer, papers: list[RenderedPaper], context: dict[str, Any]
+    renderer: Renderer,
+    papers: list[RenderedPaper],
+    context: dict[str, Any],
+    shape: tuple[Any, ...] | None,
 ) -> str:
     """The HTML part. Past HTML_CAP_BYTES the last papers become title links, and past
     that a count: one render when it fits, measured blocks and a few more when not."""
@@ -480,7 +491,7 @@ def _render_capped_html(
         return pack_html(html)
 
     n = len(papers)
-    filled = renderer._pages.page(context) if renderer._pages is not None else None
+    filled = renderer._pages.page(context, shape) if renderer._pages is not None else None
     if filled is None:
         filled = renderer.page.render(full=n, linked=n, omitted=0, **context)
     html, line_ends = _pack(filled)
