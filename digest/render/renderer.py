@@ -9,12 +9,12 @@ bodies into the message (headers, MIME).
 Speed: the matches of one paper (each with its own topics and leaves: every
 subscriber has their own, so two equal Matches are rare, under 1% in a 10k cycle)
 fill in that paper's skeleton, rendered once per batch (`fragments.py`), so a
-digest's own work is a few joins per paper and the page around them, itself rendered
-once per shape of page and filled per digest (`pages.py`). A Match's highlights
-depend only on (text, its explaining leaves that apply to that text): `text.highlight`
-memoises the marking per spans, and `topics.spans` memoises each text's words (sorted
-too: a prefix is a bisection), so a paper shown with different leaves costs a few
-lookups, a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
+digest's own work is a few joins per paper and the pages around them (HTML and
+text), each rendered once per shape of page and filled per digest (`pages.py`). A
+Match's highlights depend only on (text, its explaining leaves that apply to that
+text): `text.highlight` memoises the marking per spans, and `topics.spans` memoises
+each text's words (sorted too: a prefix is a bisection), so a paper shown with
+different leaves costs a few lookups, a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
 path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
 
 Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
