@@ -146,6 +146,20 @@ def test_wrap_equals_textwrap(text: str, indent: int) -> None:
     assert wrap.__wrapped__(text, 72, indent) == ("\n".join(lines) if lines else pad)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(st.text(st.sampled_from("ab/:.é"), min_size=1, max_size=80), max_size=12),
+    width=st.sampled_from([8, 20, 72]),
+    indent=st.integers(0, 8),
+)
+def test_wrap_of_long_words_equals_textwrap(words: list[str], width: int, indent: int) -> None:
+    """Words and URLs longer than a line, single spaces between: wrap's own loop."""
+    text, pad = " ".join(words), " " * indent
+    lines = textwrap.wrap(text, width, initial_indent=pad, subsequent_indent=pad,
+                          break_long_words=False, break_on_hyphens=False)  # fmt: skip
+    assert wrap.__wrapped__(text, width, indent) == ("\n".join(lines) if lines else pad)
+
+
 # ---------------------------------------------------------------------------
 # The page skeleton (`pages.py`): the page around the papers, filled per digest
 

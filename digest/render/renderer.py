@@ -14,8 +14,9 @@ text), each rendered once per shape of page and filled per digest (`pages.py`). 
 Match's highlights depend only on (text, its explaining leaves that apply to that
 text): `text.highlight` memoises the marking per spans, and `topics.spans` memoises
 each text's words (sorted too: a prefix is a bisection), so a paper shown with
-different leaves costs a few lookups, a merge and a join, not a tokenisation. `render_digest_bytes` is the outbox's
-path (bytes, no EmailMessage); `render_digest` gives the same message as an object.
+different leaves costs a few lookups, a merge and a join, not a tokenisation.
+`render_digest_bytes` is the outbox's path (bytes, no EmailMessage); `render_digest`
+gives the same message as an object.
 
 Does not own: choosing or ranking the papers (`match.py`: matches are shown in the
 order given), storing the message (the outbox) or sending it (`delivery.py`). No

@@ -161,13 +161,34 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
     its own even when that is longer than `width`. Memoised: a batch's digests repeat
     the same intro and footer lines."""
     pad = " " * indent
-    if indent + len(text) <= width and text.strip() == text and _fits_one_line(text):
-        return pad + text  # what textwrap gives a line that fits, without its machinery
+    if text.strip() == text and _fits_one_line(text):
+        if indent + len(text) <= width:
+            return pad + text  # what textwrap gives a line that fits, without its machinery
+        if "  " not in text and width > indent:
+            return _wrap_words(text.split(" "), width - indent, pad)
     lines = textwrap.wrap(
         text, width, initial_indent=pad, subsequent_indent=pad,
         break_long_words=False, break_on_hyphens=False,
     )  # fmt: skip
     return "\n".join(lines) if lines else pad
+
+
+def _wrap_words(words: list[str], width: int, pad: str) -> str:
+    """What textwrap makes of words separated by single spaces (no other whitespace):
+    each line takes words while they fit in `width` with a space between, and a word
+    longer than `width` takes a line of its own. (A line that holds a signed URL is
+    new in every digest: no memo helps it, and textwrap costs ~10 us a line.)"""
+    lines: list[str] = []
+    line: list[str] = []
+    length = 0
+    for word in words:
+        if line and length + 1 + len(word) > width:
+            lines.append(pad + " ".join(line))
+            line, length = [], 0
+        length += len(word) + (1 if line else 0)
+        line.append(word)
+    lines.append(pad + " ".join(line))
+    return "\n".join(lines)
 
 
 _TEXTWRAP_SPACE = frozenset("\t\n\x0b\x0c\r")  # what textwrap turns into spaces
