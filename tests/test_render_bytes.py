@@ -18,6 +18,7 @@ from digest.config import Topic
 from digest.models import Match, Paper
 from digest.render import (
     DigestBodies,
+    RecipientLinks,
     Renderer,
     build_digest_bytes,
     build_digest_message,
@@ -133,6 +134,26 @@ def test_bytes_builder_matches_the_email_message_for_any_bodies(
     assert got_subject == str(msg["Subject"])
     assert b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    token=st.text(st.sampled_from("aZ09-_.=?,<> \té") | st.characters(), max_size=120),
+    mailto=st.sampled_from([None, "mailto:unsub@example.org?subject=stop"]),
+)
+def test_bytes_builder_matches_the_email_message_for_any_signed_links(
+    token: str, mailto: str | None
+) -> None:
+    """A recipient's List-Unsubscribe is new in every message: folded from its text when
+    plain, parsed when not (an encoded word, non-ASCII, odd spaces): the same bytes."""
+    links = RecipientLinks(unsubscribe=f"https://d.example/u/{token}",
+                           preferences=f"https://d.example/p/{token}")  # fmt: skip
+    mail = dataclasses.replace(MAIL, unsubscribe=mailto)
+    bodies = DigestBodies(subject="s", text="t\n", html="<p>h</p>\n")
+    args = {"subscriber": make_subscriber(), "slot": SLOT, "mail": mail, "now": NOW,
+            "links": links}  # fmt: skip
+    _, data = build_digest_bytes(bodies, **args)  # type: ignore[arg-type]
+    assert data == build_digest_message(bodies, **args).as_bytes()  # type: ignore[arg-type]
 
 
 def test_a_body_holding_the_boundary_cannot_split_the_message() -> None:

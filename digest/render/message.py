@@ -306,9 +306,17 @@ def _digest_header_bytes(
 
 
 def _unsubscribe_lines(mail: MailConfig, links: RecipientLinks | None) -> list[bytes]:
-    """The folded bytes of `_unsubscribe_headers`."""
+    """The folded bytes of `_unsubscribe_headers`. A recipient's List-Unsubscribe (new
+    in every message) is folded from its text when that is plain printable ASCII: the
+    policy parses such a value to the same text and folds it with `_fold_url_list`."""
     if links is None:
         return [_same_line("List-Unsubscribe", f"<{unsubscribe_url(mail)}>")]
+    value = _unsubscribe_value(mail, links)
+    if _PLAIN_VALUE_RE.fullmatch(value):
+        return [
+            _fold_url_list("List-Unsubscribe", value),
+            _same_line("List-Unsubscribe-Post", ONE_CLICK),
+        ]
     return [_POLICY.fold_binary(name, value) for name, value in _unsubscribe_headers(mail, links)]
 
 
@@ -380,12 +388,17 @@ def _unsubscribe_headers(mail: MailConfig, links: RecipientLinks | None) -> list
     if links is None:
         value = f"<{unsubscribe_url(mail)}>"
         return [("List-Unsubscribe", _same_header("List-Unsubscribe", value))]
-    one_click = clean_header(links.unsubscribe, limit=900)
-    value = f"<{one_click}>, <{mailto_unsubscribe(mail)}>"
+    value = _unsubscribe_value(mail, links)
     return [
         ("List-Unsubscribe", _parse_header("List-Unsubscribe", value)),
         ("List-Unsubscribe-Post", _same_header("List-Unsubscribe-Post", ONE_CLICK)),
     ]
+
+
+def _unsubscribe_value(mail: MailConfig, links: RecipientLinks) -> str:
+    """List-Unsubscribe with a recipient's links: their one-click https link, then the
+    mailto: (RFC 8058)."""
+    return f"<{clean_header(links.unsubscribe, limit=900)}>, <{mailto_unsubscribe(mail)}>"
 
 
 def _parse_header(name: str, value: Any) -> Any:
