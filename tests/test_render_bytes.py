@@ -24,6 +24,7 @@ from digest.render import (
     build_digest_message,
     message_id_for,
     render_digest,
+    render_digest_bodies,
     render_digest_bytes,
 )
 from digest.sources.hf_api import parse_api
@@ -83,6 +84,17 @@ def test_bytes_path_matches_the_email_message_on_corpus_days(renderer: Renderer,
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     html = html_part.get_content()
     assert all(p.arxiv_url in Html(html).hrefs() for p in papers[:20])
+
+
+def test_the_renderer_knows_the_longest_html_line_it_packed(papers: list[Paper]) -> None:
+    """The message trusts `html_longest_line` for the 7bit check: it is the real one."""
+    renderer = Renderer()
+    for matches, more in (([Match(p, (RL,)) for p in papers[:12]], ()),
+                          ([Match(p, (RL, VLM)) for p in papers[:2]], [Match(papers[5], (RL,))]),
+                          ([], ())):  # fmt: skip
+        bodies = render_digest_bodies(renderer, subscriber=make_subscriber(), slot=SLOT,
+                                      matches=matches, mail=MAIL, more=more)  # fmt: skip
+        assert bodies.html_longest_line == max(map(len, bodies.html.split("\n")))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import email.policy
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -75,11 +75,14 @@ ONE_CLICK = "List-Unsubscribe=One-Click"  # the List-Unsubscribe-Post value (RFC
 
 @dataclass(frozen=True)
 class DigestBodies:
-    """A rendered digest before it becomes a message. `html` is ASCII (entities)."""
+    """A rendered digest before it becomes a message. `html` is ASCII (entities).
+    `html_longest_line`: its longest line, when the renderer knows it from packing
+    (spares the message a pass over the HTML); None: the message measures it."""
 
     subject: str
     text: str
     html: str
+    html_longest_line: int | None = field(default=None, compare=False)
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -199,7 +202,7 @@ def build_digest_message(
     for name, value in head.values:
         msg.set_raw(name, value)
     msg.attach(_text_part(bodies.text, "plain", head.boundary))
-    msg.attach(_text_part(bodies.html, "html", head.boundary))
+    msg.attach(_text_part(bodies.html, "html", head.boundary, bodies.html_longest_line))
     return msg
 
 
@@ -221,7 +224,8 @@ def build_digest_bytes(
     )
     dash = f"--{boundary}".encode("ascii")
     out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.text, "plain", boundary)]
-    out += [b"\r\n", dash, b"\r\n", *_part_bytes(bodies.html, "html", boundary)]
+    html = _part_bytes(bodies.html, "html", boundary, bodies.html_longest_line)
+    out += [b"\r\n", dash, b"\r\n", *html]
     out += [b"\r\n", dash, b"--\r\n"]
     return subject, b"".join(out)
 
@@ -425,22 +429,25 @@ def _same_header(name: str, value: str) -> Any:
     return header
 
 
-def _encode_part(text: str, boundary: str) -> tuple[str, str]:
+def _encode_part(text: str, boundary: str, longest: int | None = None) -> tuple[str, str]:
     """(Content-Transfer-Encoding, payload) of a text/* part, encoded in C: 7bit when it
     can travel as is, else quoted-printable (whose `=3D` also keeps `boundary` out).
 
     (EmailMessage.set_content would pick quoted-printable for any line over 78 chars
     and encode it in pure Python: most of the cost of a digest.)
     """
-    if text.isascii() and boundary not in text and _longest_line(text) <= 998:
+    if longest is None:
+        longest = _longest_line(text)
+    if text.isascii() and boundary not in text and longest <= 998:
         return "7bit", text
     data = text.encode("utf-8", "replace")  # a lone surrogate (from JSON) becomes "?"
     return "quoted-printable", binascii.b2a_qp(data, istext=True).decode("ascii")
 
 
-def _text_part(text: str, subtype: str, boundary: str) -> EmailMessage:
-    """A text/* part as an EmailMessage (see `_encode_part`)."""
-    cte, payload = _encode_part(text, boundary)
+def _text_part(text: str, subtype: str, boundary: str, longest: int | None = None) -> EmailMessage:
+    """A text/* part as an EmailMessage (see `_encode_part`; `longest`: its longest
+    line, if known)."""
+    cte, payload = _encode_part(text, boundary, longest)
     part = EmailMessage(policy=_POLICY)
     part.set_raw("Content-Type", _same_header("Content-Type", f'text/{subtype}; charset="utf-8"'))
     part.set_raw("Content-Transfer-Encoding", _same_header("Content-Transfer-Encoding", cte))
@@ -448,10 +455,10 @@ def _text_part(text: str, subtype: str, boundary: str) -> EmailMessage:
     return part
 
 
-def _part_bytes(text: str, subtype: str, boundary: str) -> list[bytes]:
+def _part_bytes(text: str, subtype: str, boundary: str, longest: int | None = None) -> list[bytes]:
     """What `_text_part(...)` becomes in a message's bytes: its folded headers, a blank
     line, and the payload with every line end as CRLF (as `BytesGenerator` writes it)."""
-    cte, payload = _encode_part(text, boundary)
+    cte, payload = _encode_part(text, boundary, longest)
     content_type = _same_header("Content-Type", f'text/{subtype}; charset="utf-8"')
     encoding = _same_header("Content-Transfer-Encoding", cte)
     return [

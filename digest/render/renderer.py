@@ -468,13 +468,13 @@ def render_digest_bodies(
     }
     with _template_errors():
         shape = page_shape(context)
-        html = _render_capped_html(renderer, papers, context, shape)
+        html, longest = _render_capped_html(renderer, papers, context, shape)
         text_pages = renderer._text_pages
         filled = text_pages.page(context, shape) if text_pages is not None else None
         if filled is None:
             filled = renderer.text.render(context)
         text = filled.rstrip("\n") + "\n"  # ends with a line end
-    return DigestBodies(subject=subject, text=text, html=html)
+    return DigestBodies(subject=subject, text=text, html=html, html_longest_line=longest)
 
 
 def _render_capped_html(
@@ -482,9 +482,10 @@ def _render_capped_html(
     papers: list[RenderedPaper],
     context: dict[str, Any],
     shape: tuple[Any, ...] | None,
-) -> str:
-    """The HTML part. Past HTML_CAP_BYTES the last papers become title links, and past
-    that a count: one render when it fits, measured blocks and a few more when not."""
+) -> tuple[str, int | None]:
+    """The HTML part, and its longest line when packing it told (None: not known).
+    Past HTML_CAP_BYTES the last papers become title links, and past that a count: one
+    render when it fits, measured blocks and a few more when not."""
 
     def page(full: int, linked: int) -> str:
         omitted = len(papers) - linked
@@ -495,9 +496,9 @@ def _render_capped_html(
     filled = renderer._pages.page(context, shape) if renderer._pages is not None else None
     if filled is None:
         filled = renderer.page.render(full=n, linked=n, omitted=0, **context)
-    html, line_ends = _pack(filled)
+    html, line_ends, longest = _pack(filled)
     if len(html) + line_ends < HTML_CAP_BYTES:  # _wire_size, without counting again
-        return html
+        return html, longest
     # sizes[i]: bytes of paper i in full, links[i]: as a title link (+ line ends around it)
     sizes = [_wire_size(p.html) + 2 for p in papers]
     links = [_wire_size(_ascii(renderer.paper_link.render(p=p.view))) + 2 for p in papers]
@@ -514,7 +515,7 @@ def _render_capped_html(
     while _wire_size(html) >= HTML_CAP_BYTES and linked > 0:  # the estimate was short
         full, linked = (full - 1, linked) if full > 0 else (0, linked - 1)
         html = page(full, linked)
-    return html
+    return html, None
 
 
 def _wire_size(html: str) -> int:
@@ -538,10 +539,11 @@ def pack_html(html: str, width: int = 800) -> str:
     return _pack(html, width)[0]
 
 
-def _pack(html: str, width: int = 800) -> tuple[str, int]:
-    """`pack_html` and how many line ends it left. Each line is made ASCII on its own
-    (the same characters): a page's few non-ASCII characters sit on a few lines, and a
-    pass over all of a 25 KB page costs more than the rest of packing it."""
+def _pack(html: str, width: int = 800) -> tuple[str, int, int | None]:
+    """`pack_html`, how many line ends it left, and its longest line as the message
+    counts lines (None if it holds a CR: a CR ends a line there too). Each line is made
+    ASCII on its own (the same characters): a page's few non-ASCII characters sit on a
+    few lines, and a pass over all of a 25 KB page costs more than the rest of packing."""
     lines = html.split("\n")
     if not html.isascii():  # O(1) on a str: CPython knows whether it is ASCII
         lines = [line if line.isascii() else as_ascii(line) for line in lines]
@@ -553,7 +555,8 @@ def _pack(html: str, width: int = 800) -> tuple[str, int]:
             start, length = i, 0
         length += size + 1
     out.append(" ".join(lines[start:]))
-    return "\n".join(out), len(out) - 1
+    longest = None if "\r" in html else max(map(len, out))
+    return "\n".join(out), len(out) - 1, longest
 
 
 def _local(instant: dt.datetime, subscriber: Subscriber) -> dt.datetime:
