@@ -14,7 +14,6 @@ import datetime as dt
 import functools
 import re
 import textwrap
-from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from urllib.parse import urlsplit
 
@@ -269,8 +268,13 @@ def format_subject(matches: Sequence[Match], local_day: dt.date) -> str:
     day = f"{_MONTHS[local_day.month - 1][:3]} {local_day.day}"
     if not matches:
         return f"No new papers for your topics ({day})"
-    counts = Counter(t for m in matches for t in dict.fromkeys(m.topics))
-    names = [_subject_topic(t) for t, _ in counts.most_common()]  # ties keep first-seen order
+    counts: dict[str, int] = {}  # how many matches each topic explains, first seen first
+    for m in matches:
+        hits = m.hits
+        for t in (hits[0].topic,) if len(hits) == 1 else dict.fromkeys(h.topic for h in hits):
+            counts[t] = counts.get(t, 0) + 1
+    # most first, ties in first-seen order (a stable sort, as Counter.most_common)
+    names = [_subject_topic(t) for t in sorted(counts, key=counts.__getitem__, reverse=True)]
     names = [n for n in names if n]
     if len(names) > 3:
         names = [*names[:2], f"and {len(names) - 2} more"]
