@@ -23,6 +23,7 @@ from digest.render import (
     build_digest_bytes,
     build_digest_message,
     message_id_for,
+    pack_html,
     render_digest,
     render_digest_bodies,
     render_digest_bytes,
@@ -84,6 +85,28 @@ def test_bytes_path_matches_the_email_message_on_corpus_days(renderer: Renderer,
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     html = html_part.get_content()
     assert all(p.arxiv_url in Html(html).hrefs() for p in papers[:20])
+
+
+def packed_one_line_at_a_time(html: str, width: int) -> str:
+    """pack_html's rule walked line by line: every non-ASCII character as an entity,
+    then the next line joined while the output line stays under `width`."""
+    out: list[str] = []
+    for line in html.encode("ascii", "xmlcharrefreplace").decode("ascii").split("\n"):
+        if out and len(out[-1]) + 1 + len(line) < width:
+            out[-1] += " " + line
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.text(st.sampled_from("<p>é x"), max_size=40), max_size=30),
+    width=st.sampled_from([1, 5, 20, 80]),
+)
+def test_pack_html_joins_lines_greedily_under_the_width(lines: list[str], width: int) -> None:
+    html = "\n".join(lines)
+    assert pack_html(html, width) == packed_one_line_at_a_time(html, width)
 
 
 def test_the_renderer_knows_the_longest_html_line_it_packed(papers: list[Paper]) -> None:

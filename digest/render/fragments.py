@@ -32,8 +32,9 @@ from typing import Any, NamedTuple
 from markupsafe import Markup, escape
 
 from digest.models import Match, Paper
-from digest.render.text import highlight_applicable, where_bits
+from digest.render.text import mark_spans, where_bits
 from digest.topics.query import Leaf
+from digest.topics.spans import merged_spans
 
 MARK = "\x00"
 SKELETON_CACHE_SIZE = 4096  # (paper, thumbnails, topic count) skeletons kept per Renderer
@@ -59,7 +60,7 @@ def placeholder(leaves: frozenset[Leaf], text: str, where: str) -> Markup:
 
 
 Slot = tuple[str, str, str] | int  # (text, where, text unmarked) for `hl`; a topic's index
-_Variant = tuple[tuple[str, ...], tuple[tuple[str, str] | int, ...]]  # consts, the slots between
+_Variant = tuple[tuple[str, ...], tuple[Slot, ...]]  # consts, and the slots between
 
 
 class Skeleton(NamedTuple):
@@ -96,9 +97,13 @@ class Skeleton(NamedTuple):
                     shown = tuple(as_ascii(str(escape(t))) for t in topics) if html else topics
                 out.append(shown[slot])
             else:
-                text, where = slot  # type: ignore[misc]  # not an int: an hl call
-                value = str(highlight_applicable(text, marks[where], open_tag))
-                out.append(as_ascii(value) if html else value)
+                text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
+                spans = merged_spans(text, marks[where])
+                if spans:
+                    value = mark_spans(text, spans, open_tag)
+                    out.append(as_ascii(value) if html else value)
+                else:  # the usual case (6 in 7): this place's leaves occur elsewhere
+                    out.append(plain)
             out.append(const)
         return "".join(out)
 
@@ -106,15 +111,15 @@ class Skeleton(NamedTuple):
         """The pieces and slots for matches that mark the places in `mask`: an `hl` slot
         of a place not marked shows its text unmarked, a constant."""
         consts = [self.pieces[0]]
-        slots: list[tuple[str, str] | int] = []
+        slots: list[Slot] = []
         for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
             if type(slot) is int:
                 slots.append(slot)
                 consts.append(piece)
                 continue
-            text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
+            _, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
             if where_bits(where) & mask:
-                slots.append((text, where))
+                slots.append(slot)
                 consts.append(piece)
             else:
                 consts[-1] += plain + piece

@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 import re
 import textwrap
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from markupsafe import Markup, escape
@@ -80,9 +80,9 @@ def where_bits(where: str) -> int:
 
 
 def leaves_by_where(leaves: Iterable[Leaf]) -> tuple[dict[str, list[Leaf]], int]:
-    """`applicable_leaves(leaves, where)` for every place at once: the places where
-    some leaf is marked, each with its leaves, and those places as bits (`where_bits`).
-    One pass over a match's few leaves, nothing memoised."""
+    """The leaves `highlight` marks at each place, for every place at once: the places
+    where some leaf is marked, each with its leaves, and those places as bits
+    (`where_bits`). One pass over a match's few leaves, nothing memoised."""
     marks: dict[str, list[Leaf]] = {}
     for leaf in leaves:
         for where in _WHERES_OF.get(leaf.field, ()):
@@ -108,15 +108,10 @@ def highlight(text: str, leaves: frozenset[Leaf], where: str, open_tag: str) -> 
     return _highlight(text, _applicable(leaves, where), open_tag)
 
 
-def applicable_leaves(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
-    """The `leaves` that `highlight(..., where, ...)` marks (memoised)."""
-    return _applicable(leaves, where)
-
-
-def highlight_applicable(text: str, leaves: Collection[Leaf], open_tag: str) -> Markup:
-    """`highlight` given `applicable_leaves(leaves, where)` (or `leaves_by_where`'s
-    leaves of that place) instead of (leaves, where)."""
-    return _highlight(text, leaves, open_tag)
+def mark_spans(text: str, spans: Sequence[tuple[int, int]], open_tag: str) -> Markup:
+    """`text` escaped with `spans` (from `merged_spans`) marked: what `highlight`
+    gives for leaves that occur at those spans (memoised per spans)."""
+    return _marked(text, tuple(spans), open_tag)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -125,7 +120,7 @@ def _applicable(leaves: frozenset[Leaf], where: str) -> frozenset[Leaf]:
     return frozenset(leaf for leaf in leaves if leaf.field in fields)
 
 
-def _highlight(text: str, leaves: Collection[Leaf], open_tag: str) -> Markup:
+def _highlight(text: str, leaves: frozenset[Leaf], open_tag: str) -> Markup:
     # not memoised on the leaves: in a real batch four in five (text, leaves) are new,
     # while the spans they mark mostly are not
     if not leaves:
