@@ -4,6 +4,7 @@ the per-paper skeletons shared by the digests of one Renderer."""
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import datetime as dt
 import email
@@ -28,6 +29,7 @@ from digest.render import (
     render_digest_bodies,
     render_digest_bytes,
 )
+from digest.render import message as message_module
 from digest.sources.hf_api import parse_api
 from tests.render_helpers import (
     MAIL,
@@ -171,9 +173,12 @@ def test_bytes_builder_matches_the_email_message_for_any_bodies(
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
 
+TOKEN_CHARS = st.sampled_from("aZ09-_.=?,<> \té") | st.characters(exclude_categories=["Cs"])
+
+
 @settings(max_examples=100, deadline=None)
 @given(
-    token=st.text(st.sampled_from("aZ09-_.=?,<> \té") | st.characters(), max_size=120),
+    token=st.text(TOKEN_CHARS, max_size=120),
     mailto=st.sampled_from([None, "mailto:unsub@example.org?subject=stop"]),
 )
 def test_bytes_builder_matches_the_email_message_for_any_signed_links(
@@ -189,6 +194,20 @@ def test_bytes_builder_matches_the_email_message_for_any_signed_links(
             "links": links}  # fmt: skip
     _, data = build_digest_bytes(bodies, **args)  # type: ignore[arg-type]
     assert data == build_digest_message(bodies, **args).as_bytes()  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(st.sampled_from("ab .=\t é日\x00") | st.characters(), max_size=100), max_size=8
+    ),
+    end=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_quoted_printable_by_lines_equals_b2a_qp_of_the_whole(lines: list[str], end: str) -> None:
+    """Trailing spaces, a lone dot, "=", lines past 76, non-ASCII, surrogates, CRs."""
+    for text in (end.join(lines), end.join(lines) + end, "\n".join(lines) + "\n"):
+        whole = binascii.b2a_qp(text.encode("utf-8", "replace"), istext=True).decode("ascii")
+        assert message_module._quoted_printable(text) == whole
 
 
 def test_a_body_holding_the_boundary_cannot_split_the_message() -> None:

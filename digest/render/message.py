@@ -436,12 +436,34 @@ def _encode_part(text: str, boundary: str, longest: int | None = None) -> tuple[
     (EmailMessage.set_content would pick quoted-printable for any line over 78 chars
     and encode it in pure Python: most of the cost of a digest.)
     """
-    if longest is None:
-        longest = _longest_line(text)
-    if text.isascii() and boundary not in text and longest <= 998:
+    seven_bit = text.isascii() and boundary not in text  # the longest line last: a pass
+    if seven_bit and (_longest_line(text) if longest is None else longest) <= 998:
         return "7bit", text
-    data = text.encode("utf-8", "replace")  # a lone surrogate (from JSON) becomes "?"
-    return "quoted-printable", binascii.b2a_qp(data, istext=True).decode("ascii")
+    return "quoted-printable", _quoted_printable(text)
+
+
+def _quoted_printable(text: str) -> str:
+    """`binascii.b2a_qp` of `text` as UTF-8 (istext: line ends kept), line by line:
+    b2a_qp keeps no state across a line end (its length count restarts, and it looks
+    only one character ahead and back), so each line with its line end encodes the same
+    alone, and the lines of a batch's text parts (the same papers' entries) are encoded
+    once (`_qp_line`). A text with a CR is encoded whole (b2a_qp picks its line ends
+    from the first one). A lone surrogate (from JSON) becomes "?"."""
+    if "\r" in text:
+        return _b2a_qp(text)
+    lines = text.split("\n")
+    last = lines.pop()  # no line end after it ("" when the text ends with one)
+    return "".join(map(_qp_line, lines)) + (_b2a_qp(last) if last else "")
+
+
+@functools.lru_cache(maxsize=16384)
+def _qp_line(line: str) -> str:
+    """One line and its line end, quoted-printable (see `_quoted_printable`)."""
+    return _b2a_qp(line + "\n")
+
+
+def _b2a_qp(text: str) -> str:
+    return binascii.b2a_qp(text.encode("utf-8", "replace"), istext=True).decode("ascii")
 
 
 def _text_part(text: str, subtype: str, boundary: str, longest: int | None = None) -> EmailMessage:

@@ -46,6 +46,7 @@ from digest.config import MailConfig, Subscriber
 from digest.config.schema import Thumbnails
 from digest.errors import ConfigError
 from digest.models import Match, Paper
+from digest.render import message as message_module
 from digest.render import text as text_module
 from digest.render.css import Stylesheet, inline_template, parse_stylesheet
 from digest.render.fragments import Skeletons, as_ascii, is_recorder, placeholder
@@ -242,7 +243,7 @@ class _InliningLoader(jinja2.BaseLoader):
 # module-level caches keyed by a paper's text or fields (see Renderer.forget)
 _PAPER_CACHES: tuple[Any, ...] = (
     _paper_values, text_module._applicable, text_module._escaped, text_module._marked,
-    text_module.wrap, text_module.text_entry, spans._words_of,
+    text_module.wrap, text_module.text_entry, spans._words_of, message_module._qp_line,
 )  # fmt: skip
 
 
