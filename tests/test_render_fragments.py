@@ -146,9 +146,12 @@ def test_wrap_equals_textwrap(text: str, indent: int) -> None:
     assert wrap.__wrapped__(text, 72, indent) == ("\n".join(lines) if lines else pad)
 
 
+WORD_CHARS = st.sampled_from("ab/:.é\xa0\u3000\x1c")  # and spaces textwrap does not split at
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    words=st.lists(st.text(st.sampled_from("ab/:.é"), min_size=1, max_size=80), max_size=12),
+    words=st.lists(st.text(WORD_CHARS, min_size=1, max_size=80), max_size=12),
     width=st.sampled_from([8, 20, 72]),
     indent=st.integers(0, 8),
 )

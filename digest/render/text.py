@@ -158,7 +158,7 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
     if text.strip() == text and _fits_one_line(text):
         if indent + len(text) <= width:
             return pad + text  # what textwrap gives a line that fits, without its machinery
-        if "  " not in text and width > indent:
+        if "  " not in text and width > indent and text.isprintable():
             return _wrap_words(text.split(" "), width - indent, pad)
     lines = textwrap.wrap(
         text, width, initial_indent=pad, subsequent_indent=pad,
@@ -168,10 +168,11 @@ def wrap(text: str, width: int = TEXT_WIDTH, indent: int = 0) -> str:
 
 
 def _wrap_words(words: list[str], width: int, pad: str) -> str:
-    """What textwrap makes of words separated by single spaces (no other whitespace):
-    each line takes words while they fit in `width` with a space between, and a word
-    longer than `width` takes a line of its own. (A line that holds a signed URL is
-    new in every digest: no memo helps it, and textwrap costs ~10 us a line.)"""
+    """What textwrap makes of words separated by single spaces, printable (so no other
+    whitespace, which textwrap would drop at a line's ends): each line takes words
+    while they fit in `width` with a space between, and a word longer than `width`
+    takes a line of its own. (A line that holds a signed URL is new in every digest:
+    no memo helps it, and textwrap costs ~6 us a line.)"""
     lines: list[str] = []
     line: list[str] = []
     length = 0
