@@ -1,17 +1,29 @@
 """The regex lexer against the per-character one it replaced (tests/query_reference.py):
 the same tokens, columns and error messages for any text, and shared term nodes;
-the lower-case operator warning's fast path against its full substitution."""
+the lower-case operator warning's fast path against its full substitution; and the
+plain-query lanes (check_query, compile_text) against the parser they skip."""
 
 from __future__ import annotations
 
+import random
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest.config.values import _OPERATOR_WORD, lowercase_operators
 from digest.errors import QuerySyntaxError
-from digest.topics.query import _lex, _matches_empty_paper, _Parser, check_query, parse_query
+from digest.topics.query import (
+    CompiledQuery,
+    _lex,
+    _matches_empty_paper,
+    _Parser,
+    check_query,
+    compile_query,
+    compile_text,
+    parse_query,
+)
 from tests.query_reference import reference_lex
 
 PIECES = [
@@ -140,3 +152,42 @@ def test_check_query_says_what_parse_query_says(text: str) -> None:
         return "ok"
 
     assert verdict(check_query) == verdict(parse_query)
+
+
+class Bits:
+    """A LeafResolver over 8 papers, each leaf matching a random set of them."""
+
+    def __init__(self, keys: set[str], rnd: random.Random) -> None:
+        self.all_bits = 0xFF
+        self.leaf_bits = {key: rnd.getrandbits(8) for key in keys}
+
+
+def explained(query: CompiledQuery, bits: Bits, pos: int) -> set[str]:
+    """The leaves that explain why `query` matched paper `pos` (what the digest marks)."""
+    if query.fixed_leaves is not None:
+        return {leaf.key for leaf in query.fixed_leaves}
+    return {key for key in query.positive if (bits.leaf_bits[key] >> pos) & 1}
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([*PIECES, *PLAIN]), max_size=14).map("".join), st.randoms())
+def test_compile_text_means_what_the_parsed_query_means(text: str, rnd: random.Random) -> None:
+    """compile_text (a plain query compiled from its shape, stand-ins replaced) matches the
+    same papers as compile_query(parse_query(...)) and explains each match by the same
+    leaves, or refuses the query with the same message."""
+    try:
+        reference = compile_query(parse_query(text))
+    except QuerySyntaxError as e:
+        with pytest.raises(QuerySyntaxError) as refused:
+            compile_text(text)
+        assert str(refused.value) == str(e)
+        return
+    fast = compile_text(text)
+    assert set(fast.keys) == set(reference.keys)
+    assert set(fast.positive) == set(reference.positive)
+    bits = Bits(set(reference.keys), rnd)
+    matched = reference.evaluate(bits)
+    assert fast.evaluate(bits) == matched
+    for pos in range(8):
+        if (matched >> pos) & 1:
+            assert explained(fast, bits, pos) == explained(reference, bits, pos)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from digest.config import Topic
 from digest.models import Match
 from digest.topics.index import PaperIndex, iter_bits
-from digest.topics.query import CompiledQuery, compile_query, parse_query
+from digest.topics.query import CompiledQuery, compile_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class CompiledTopic:
 
 def compile_topics(topics: Sequence[Topic]) -> list[CompiledTopic]:
     """Parse and compile each topic's query; raises QuerySyntaxError on a bad one."""
-    return [CompiledTopic(t.name, compile_query(parse_query(t.query))) for t in topics]
+    return [CompiledTopic(t.name, compile_text(t.query)) for t in topics]
 
 
 def match_subscriber(

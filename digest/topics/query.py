@@ -533,12 +533,86 @@ def compile_query(q: Query) -> CompiledQuery:
     return CompiledQuery(_shape_function(expression), tuple(keys), tuple(leaves), fixed)
 
 
+def compile_text(text: str) -> CompiledQuery:
+    """`compile_query(parse_query(text))`, without the parse for a plain query (the one
+    check_query reads by regex): its terms and its shape are all there is to know, and
+    each shape ("(T|T)&!T") is compiled once with stand-in leaves, which the query's
+    own leaves then replace. Raises QuerySyntaxError as parse_query does."""
+    if not _PLAIN_QUERY.fullmatch(text):
+        return compile_query(parse_query(text))
+    shape: list[str] = []
+    keys: list[str] = []
+    leaves: list[Leaf] = []
+    for m in _PLAIN_TOKEN.finditer(text):
+        op, paren, minus, field, phrase, word = m.groups()
+        if op is not None:
+            shape.append(_SHAPE[_OPERATORS[op]])
+        elif paren is not None or minus is not None:
+            shape.append(paren or "!")
+        else:
+            name = _FIELD_BY_NAME[field.lower()] if field else None
+            node = _term_node(word if phrase is None else phrase, name, phrase is not None)
+            if isinstance(node, tuple):  # never for a plain term; the parser says why
+                return compile_query(parse_query(text))
+            leaf = _leaf_of(node)
+            shape.append("T")
+            keys.append(sys.intern(leaf.key))
+            leaves.append(leaf)
+    compiled = _compiled_shape("".join(shape))
+    if compiled is None:
+        return compile_query(parse_query(text))  # raises, with the column in `text`
+    function, key_terms, positive_terms, fixed = compiled
+    return CompiledQuery(
+        function,
+        tuple(keys[i] for i in key_terms),
+        tuple(keys[i] for i in positive_terms),
+        leaf_set(tuple(leaves[i] for i in positive_terms)) if fixed else None,
+    )
+
+
+# A plain query's tokens (`_PLAIN_QUERY` matched it whole): an operator, a parenthesis,
+# a '-', or a term with its field and its phrase or word.
+_PLAIN_TOKEN = re.compile(
+    rf"(AND|OR|NOT){_END}|([()])|(-)"
+    rf'|(?:((?i:title|abstract|author|org|keyword)):)?(?:"([^"]*)"|([A-Za-z0-9]+\*?){_END})'
+)
+
+
+_ShapeCode = tuple[ShapeFunction, tuple[int, ...], tuple[int, ...], bool]
+
+
+@lru_cache(maxsize=4096)
+def _compiled_shape(shape: str) -> _ShapeCode | None:
+    """A shape compiled with the n-th term standing for the n-th leaf: the function, which
+    terms its keys and its positive keys are, and whether every match has all the
+    positive leaves; None if tokens of this shape do not make a query."""
+    stand_ins: list[_Tok] = []
+    for i, c in enumerate(shape):
+        node = Term(f"t{shape.count('T', 0, i)}") if c == "T" else None
+        stand_ins.append(_Tok(_KIND[c], i + 1, node))
+    try:
+        compiled = compile_query(_parse_tokens(shape, stand_ins))
+    except QuerySyntaxError:
+        return None
+
+    def term(key: str) -> int:
+        return int(key.rpartition("|t")[2])  # the stand-in's key: "*|x|t<n>"
+
+    return (
+        compiled.function,
+        tuple(term(k) for k in compiled.keys),
+        tuple(term(k) for k in compiled.positive),
+        compiled.fixed_leaves is not None,
+    )
+
+
 __all__ = [
     "FIELDS",
     "CompiledQuery",
     "Leaf",
     "check_query",
     "compile_query",
+    "compile_text",
     "leaf_set",
     "parse_query",
     "tokenize",
