@@ -364,17 +364,13 @@ class Planner:
                     self._everyone[key] = store.papers_taken(session, ids)
             exclude = self._everyone[key].get(subscriber.email, set())
         index = self.index_for(first, last)
-        best = match.match_subscriber(
+        return match.match_and_count(
             index,
             compiled,
             min_upvotes=subscriber.min_upvotes,
             max_papers=subscriber.max_papers + more,
             exclude=exclude,
         )
-        total = match.count_matches(
-            index, compiled, min_upvotes=subscriber.min_upvotes, exclude=exclude
-        )
-        return best, total
 
     def plan(
         self,

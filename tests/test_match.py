@@ -20,6 +20,7 @@ from digest.topics.match import (
     compile_topics,
     count_matches,
     iter_bits,
+    match_and_count,
     match_subscriber,
 )
 from digest.topics.query import Leaf, compile_query, parse_query, tokenize
@@ -265,6 +266,10 @@ def test_count_matches_agrees_with_an_uncut_match() -> None:
         )
         counted = count_matches(index, compiled, min_upvotes=min_upvotes, exclude=exclude)
         assert counted == len(full) == len({m.paper.id for m in full})
+        for cut in (0, 3, 100):  # both at once, as the planner asks: the same answers
+            assert match_and_count(
+                index, compiled, min_upvotes=min_upvotes, max_papers=cut, exclude=exclude
+            ) == (full[:cut], counted)
     assert count_matches(index, compiled, min_upvotes=0) == 6
 
 

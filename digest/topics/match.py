@@ -1,10 +1,10 @@
 """Batch matching: match each subscriber against one indexed batch of papers.
 
-Owns: `compile_topics`, `match_subscriber` (evaluate, rank, cut, explain) and
-`count_matches`. Does not own: the index (`index.py`, re-exported here with
-`iter_bits`), the query language (`query.py`), which papers are candidates or
-already delivered (the store and the daemon pass them in), nor rendering. Pure: no
-I/O, no clock.
+Owns: `compile_topics`, `match_subscriber` (evaluate, rank, cut, explain),
+`count_matches`, and `match_and_count` (both, the queries run once). Does not own:
+the index (`index.py`, re-exported here with `iter_bits`), the query language
+(`query.py`), which papers are candidates or already delivered (the store and the
+daemon pass them in), nor rendering. Pure: no I/O, no clock.
 
 Cost: a subscriber costs a few bitset operations per query node (the index memoises
 every leaf), then a little work per paper kept: its explanation (which of the query's leaves match
@@ -53,12 +53,27 @@ def match_subscriber(
 
     `exclude` holds the ids already delivered to this subscriber.
     """
-    if max_papers <= 0 or not topics:
-        return []
+    return match_and_count(
+        index, topics, min_upvotes=min_upvotes, max_papers=max_papers, exclude=exclude
+    )[0]
+
+
+def match_and_count(
+    index: PaperIndex,
+    topics: Sequence[CompiledTopic],
+    *,
+    min_upvotes: int,
+    max_papers: int,
+    exclude: AbstractSet[str] = frozenset(),
+) -> tuple[list[Match], int]:
+    """`match_subscriber`'s matches and `count_matches`' count, the queries run once."""
+    if not topics:
+        return [], 0
     results = _evaluate(index, topics, min_upvotes)
     union, several = _union_and_overlap(results)
-    if not union:
-        return []
+    total = _count(index, union, exclude)
+    if max_papers <= 0 or not union:
+        return [], total
     papers, query_leaves, topic_hit = index.papers, index.query_leaves, index.topic_hit
     named = [
         (t.name, t.query, t.query.fixed_leaves, bits)
@@ -80,7 +95,7 @@ def match_subscriber(
                 leaves = query_leaves(query, pos) if fixed is None else fixed
                 matches.append(Match(papers[pos], (topic_hit(name, leaves),)))
                 break
-    return matches
+    return matches, total
 
 
 def count_matches(
@@ -94,6 +109,10 @@ def count_matches(
     union = 0
     for bits in _evaluate(index, topics, min_upvotes):
         union |= bits
+    return _count(index, union, exclude)
+
+
+def _count(index: PaperIndex, union: int, exclude: AbstractSet[str]) -> int:
     if exclude:
         return sum(1 for pos in iter_bits(union) if index.ids[pos] not in exclude)
     return union.bit_count()
@@ -164,5 +183,6 @@ __all__ = [
     "compile_topics",
     "count_matches",
     "iter_bits",
+    "match_and_count",
     "match_subscriber",
 ]
