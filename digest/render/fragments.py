@@ -26,6 +26,7 @@ packing depends on line lengths) or the highlighting itself (`text.py`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -94,7 +95,7 @@ class Skeleton(NamedTuple):
         for slot, const in zip(slots, consts[1:], strict=True):
             if type(slot) is int:
                 if shown is None:
-                    shown = tuple(as_ascii(str(escape(t))) for t in topics) if html else topics
+                    shown = _html_topics(topics) if html else topics
                 out.append(shown[slot])
             else:
                 text, where, plain = slot  # type: ignore[misc]  # not an int: an hl call
@@ -124,6 +125,13 @@ class Skeleton(NamedTuple):
             else:
                 consts[-1] += plain + piece
         return tuple(consts), tuple(slots)
+
+
+@functools.lru_cache(maxsize=4096)
+def _html_topics(topics: tuple[str, ...]) -> tuple[str, ...]:
+    """A match's (cleaned) topic names as the HTML skeleton writes them: escaped, ASCII
+    (memoised: a subscriber's few topics, in every paper of their digest)."""
+    return tuple(as_ascii(str(escape(t))) for t in topics)
 
 
 def as_ascii(html: str) -> str:

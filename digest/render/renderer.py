@@ -148,9 +148,13 @@ class RenderedPaper(NamedTuple):
 
 def view_match(match: Match, thumbnails: Thumbnails = "small") -> PaperView:
     """The view of one match: what `_paper.html.j2` and `digest.txt.j2` show."""
-    return PaperView._make(
-        (*_paper_values(match.paper), _clean_topics(match.topics), match.leaves, thumbnails)
-    )
+    hits = match.hits
+    topics: tuple[str, ...]
+    if len(hits) == 1:  # the usual case: Match.topics and .leaves, without building them
+        topics, leaves = (hits[0].topic,), hits[0].leaves
+    else:
+        topics, leaves = match.topics, match.leaves
+    return PaperView._make((*_paper_values(match.paper), _clean_topics(topics), leaves, thumbnails))
 
 
 _PAPER_FIELDS = PaperView._fields[:-3]  # all but the match's
