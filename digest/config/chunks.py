@@ -4,8 +4,8 @@ Owns: splitting the text at its ``[[subscribers]]`` headers and parsing the piec
 with toml-rs, a TOML 1.0 parser in Rust (~5x tomllib at 100,000 subscribers), so
 that `build_config` turns each chunk into Subscribers before the next is read: the
 parsed dict of a 34 MB file (~250 MB of small objects, fragmenting the heap for
-good) is never whole in memory. Does not own what the keys mean (`build.py`) nor
-the error messages (`load.py` asks tomllib, the reference, for those).
+good) is never whole in memory. Does not own what the keys mean (`build.py`,
+`subscribers.py`) nor the error messages (`load.py` asks tomllib, the reference).
 
     head, head_end, pieces = split_subscribers(text)   # None: read it whole instead
 
@@ -36,7 +36,7 @@ _HEADER = re.compile(r"^\[\[subscribers\]\][ \t]*(?:#[^\n]*)?\r?$", re.MULTILINE
 @dataclass(frozen=True)
 class Piece:
     """Subscriber tables parsed from ``text[start:end]`` of the file: where their line
-    numbers are found, without scanning the whole file (`build.py`)."""
+    numbers are found, without scanning the whole file (`reader.py`)."""
 
     tables: list[Any]
     start: int
