@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pg_drain import reset_outbox as reset_rows
 
+from tests.race_child import send_go, wait_ready
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -113,16 +115,10 @@ def drain_in_processes(url: str, config: Path, digests: int, drainers: int) -> d
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for _ in range(drainers)
     ]  # fmt: skip
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdin is not None
-        if proc.stdout.readline().strip() != "ready":
-            sys.exit("a drainer process did not start")
+    wait_ready(procs)  # the handshake of tests/race_child.py
     server = server_cpu(server_pid)
     started = time.perf_counter()
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
+    send_go(procs)
     reports = []
     for proc in procs:
         out, _ = proc.communicate()

@@ -1,5 +1,6 @@
 """One process of a race (tests/test_races.py): imports everything, says `ready`, waits
-for `go` on stdin, does one store call and prints its outcome as one JSON line.
+for `go` on stdin, does one store call and prints its outcome as one JSON line; and the
+parent's side of that handshake (`wait_ready`, `send_go`).
 
 So the calls of several processes start within a millisecond or two of one another,
 not a second apart as their start-up would have them.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,6 +27,23 @@ from digest import store
 from digest.errors import DigestError
 from digest.store import outbox
 from tests.store_helpers import NOW, corpus_day
+
+
+def wait_ready(children: Sequence[subprocess.Popen[str]]) -> None:
+    """The parent's side: wait until every child has said `ready` (an AssertionError
+    shows what one said instead, and its stderr)."""
+    for child in children:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line == "ready\n", (line, child.stderr.read() if child.stderr else "")
+
+
+def send_go(children: Sequence[subprocess.Popen[str]]) -> None:
+    """Tell every child `go`, as close together as a loop of writes gets."""
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
 
 
 def main(argv: list[str]) -> int:

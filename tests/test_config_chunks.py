@@ -62,19 +62,24 @@ def chunked(path: Path) -> Config | list[str]:
         return e.problems
 
 
-@pytest.fixture
-def pieces(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Chunks of 2 subscribers, and the texts toml-rs was given, in order."""
-    monkeypatch.setattr(chunks_module, "CHUNK", 2)
+def texts_given(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[str]:
+    """The texts module.name (a function of one text) is called with, from now on."""
     seen: list[str] = []
-    real = chunks_module.fast_loads
+    real = getattr(module, name)
 
     def spy(text: str) -> object:
         seen.append(text)
         return real(text)
 
-    monkeypatch.setattr(chunks_module, "fast_loads", spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
+
+
+@pytest.fixture
+def pieces(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Chunks of 2 subscribers, and the texts toml-rs was given, in order."""
+    monkeypatch.setattr(chunks_module, "CHUNK", 2)
+    return texts_given(monkeypatch, chunks_module, "fast_loads")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -209,19 +214,12 @@ def test_lines_are_found_in_the_piece_without_scanning_the_whole_file(
     one lower-case "or" cost a 12 s scan of all 34 MB. The same line as read whole."""
     import digest.config.reader as reader_module
 
-    scanned: list[str] = []
-    real = reader_module.key_lines
-
-    def spy(text: str) -> object:
-        scanned.append(text)
-        return real(text)
-
-    monkeypatch.setattr(reader_module, "key_lines", spy)
+    scanned = texts_given(monkeypatch, reader_module, "key_lines")
     path = write(tmp_path, text)
     got = chunked(path)
     assert scanned and text not in scanned  # parts were scanned, never the whole text
     assert all(len(part) < len(text) / 2 for part in scanned)
-    monkeypatch.setattr(reader_module, "key_lines", real)
+    monkeypatch.undo()
     expected = whole(path)
     if isinstance(got, Config):
         assert isinstance(expected, Config) and got.warnings == expected.warnings

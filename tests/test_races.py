@@ -22,6 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from digest import store
 from digest.models import SubscriberRow, as_utc
 from tests.backends import Backend
+from tests.race_child import send_go, wait_ready
 from tests.store_helpers import D1, corpus_day
 
 pytestmark = pytest.mark.slow
@@ -47,14 +48,8 @@ def race(url: str, action: str, *args: str, processes: int) -> list[tuple[int, d
         for _ in range(processes)
     ]
     try:
-        for child in children:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            assert line == "ready\n", (line, child.stderr.read() if child.stderr else "")
-        for child in children:  # as close together as a loop of writes gets
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
+        wait_ready(children)
+        send_go(children)
         results = []
         for child in children:
             out, err = child.communicate(timeout=WAIT)

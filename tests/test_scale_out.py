@@ -30,6 +30,7 @@ from tests.configs import write_config
 from tests.daemons import MATCH_ALL, Daemon, digests_in, subscriber
 from tests.daemons import write_config as write_daemon_config
 from tests.hfserver import HFServer
+from tests.race_child import send_go, wait_ready
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
 from tests.store_helpers import NOW
 
@@ -94,12 +95,8 @@ def test_three_sends_at_once_on_an_empty_database(
             for _ in range(3)
         ]
         try:
-            for send in sends:
-                assert send.stdout is not None and send.stdout.readline() == "ready\n"
-            for send in sends:
-                assert send.stdin is not None
-                send.stdin.write("go\n")
-                send.stdin.flush()
+            wait_ready(sends)
+            send_go(sends)
             outcomes = []
             for send in sends:
                 out, err = send.communicate(timeout=WAIT)
@@ -144,12 +141,8 @@ def test_two_drainers_share_a_large_outbox_and_send_each_digest_once(
             for _ in range(2)
         ]  # fmt: skip
         try:
-            for drainer in drainers:
-                assert drainer.stdout is not None and drainer.stdout.readline() == "ready\n"
-            for drainer in drainers:
-                assert drainer.stdin is not None
-                drainer.stdin.write("go\n")
-                drainer.stdin.flush()
+            wait_ready(drainers)
+            send_go(drainers)
             outcomes = [(d.communicate(timeout=WAIT), d.returncode) for d in drainers]
         finally:
             for drainer in drainers:
