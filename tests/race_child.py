@@ -1,6 +1,6 @@
 """One process of a race (tests/test_races.py): imports everything, says `ready`, waits
 for `go` on stdin, does one store call and prints its outcome as one JSON line; and the
-parent's side of that handshake (`wait_ready`, `send_go`).
+parent's side of that handshake (`run_together`; `wait_ready` and `send_go` apart).
 
 So the calls of several processes start within a millisecond or two of one another,
 not a second apart as their start-up would have them.
@@ -44,6 +44,26 @@ def send_go(children: Sequence[subprocess.Popen[str]]) -> None:
         assert child.stdin is not None
         child.stdin.write("go\n")
         child.stdin.flush()
+
+
+def run_together(
+    children: Sequence[subprocess.Popen[str]], timeout: float
+) -> list[tuple[int, str, str]]:
+    """Release started children at once and collect each one's (exit code, stdout,
+    stderr), at most `timeout` seconds each; any still running after that is killed."""
+    try:
+        wait_ready(children)
+        send_go(children)
+        results = []
+        for child in children:
+            out, err = child.communicate(timeout=timeout)
+            results.append((child.returncode, out, err))
+        return results
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from digest import store
 from digest.models import SubscriberRow, as_utc
 from tests.backends import Backend
-from tests.race_child import send_go, wait_ready
+from tests.race_child import run_together
 from tests.store_helpers import D1, corpus_day
 
 pytestmark = pytest.mark.slow
@@ -47,21 +47,12 @@ def race(url: str, action: str, *args: str, processes: int) -> list[tuple[int, d
         )
         for _ in range(processes)
     ]
-    try:
-        wait_ready(children)
-        send_go(children)
-        results = []
-        for child in children:
-            out, err = child.communicate(timeout=WAIT)
-            lines = out.strip().splitlines()
-            assert lines, err
-            results.append((child.returncode, json.loads(lines[-1])))
-        return results
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait(10)
+    results = []
+    for code, out, err in run_together(children, WAIT):
+        lines = out.strip().splitlines()
+        assert lines, err
+        results.append((code, json.loads(lines[-1])))
+    return results
 
 
 def test_processes_migrating_an_empty_database_at_once_all_succeed(backend: Backend) -> None:

@@ -30,7 +30,7 @@ from tests.configs import write_config
 from tests.daemons import MATCH_ALL, Daemon, digests_in, subscriber
 from tests.daemons import write_config as write_daemon_config
 from tests.hfserver import HFServer
-from tests.race_child import send_go, wait_ready
+from tests.race_child import run_together
 from tests.smtpd_helpers import RecordingHandler, SmtpServer
 from tests.store_helpers import NOW
 
@@ -94,18 +94,7 @@ def test_three_sends_at_once_on_an_empty_database(
             )
             for _ in range(3)
         ]
-        try:
-            wait_ready(sends)
-            send_go(sends)
-            outcomes = []
-            for send in sends:
-                out, err = send.communicate(timeout=WAIT)
-                outcomes.append((send.returncode, out, err))
-        finally:
-            for send in sends:
-                if send.poll() is None:
-                    send.kill()
-                    send.wait(10)
+        outcomes = run_together(sends, WAIT)
         received = message_ids(smtp.handler)
     for code, out, err in outcomes:
         assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
@@ -140,19 +129,11 @@ def test_two_drainers_share_a_large_outbox_and_send_each_digest_once(
             )
             for _ in range(2)
         ]  # fmt: skip
-        try:
-            wait_ready(drainers)
-            send_go(drainers)
-            outcomes = [(d.communicate(timeout=WAIT), d.returncode) for d in drainers]
-        finally:
-            for drainer in drainers:
-                if drainer.poll() is None:
-                    drainer.kill()
-                    drainer.wait(10)
+        outcomes = run_together(drainers, WAIT)
         received = message_ids(smtp.handler)
-    for (out, err), code in outcomes:
+    for code, out, err in outcomes:
         assert code == 0, f"exit {code}\nstdout: {out}\nstderr: {err}"
-    sent = [json.loads(out.splitlines()[-1])["sent"] for (out, _), _ in outcomes]
+    sent = [json.loads(out.splitlines()[-1])["sent"] for _, out, _ in outcomes]
     assert sum(sent) == len(readers) and min(sent) > 0, sent  # shared, none twice
     assert received == {who: [f"<{i}.{who}>"] for i, who in enumerate(readers)}
     assert {r.status for r in digests_in(url)} == {"sent"}
