@@ -297,9 +297,10 @@ class PlanReport:
 
 class Planner:
     """Matches and renders digests, caching what many subscribers share: the candidate
-    index per window. Nothing per subscriber: their topics are compiled when they are
-    matched (once per run; a cache of them cost ~2 KB a subscriber, 200 MB at 100k), and
-    the papers each already has are read per chunk of subscribers (`taken_by`).
+    index per window (windows with the same candidates share one). Nothing per
+    subscriber: their topics are compiled when they are matched (once per run; a cache
+    of them cost ~2 KB a subscriber, 200 MB at 100k), and the papers each already has
+    are read per chunk of subscribers (`taken_by`).
 
     One Planner serves one planning run: its index of a window is a snapshot of the
     store's papers (a poll after it is not seen)."""
@@ -310,6 +311,9 @@ class Planner:
         self._renderer = renderer
         self._windows: dict[tuple[dt.date, dt.date], tuple[match.PaperIndex, tuple[str, ...]]]
         self._windows = {}
+        # windows with the very same candidates (a daily and a weekly one ending on the
+        # same day, before a week of lists exists) share one index and its memos
+        self._indexes: dict[tuple[Paper, ...], match.PaperIndex] = {}
         self._everyone: dict[tuple[dt.date, dt.date], dict[str, set[str]]] = {}
         self._links: Links | None = None
 
@@ -319,6 +323,11 @@ class Planner:
         if self._renderer is None:
             self._renderer = Renderer(self.config.mail.templates)
         return self._renderer
+
+    def forget_chunk(self) -> None:
+        """What only the chunk just planned needed: the indexes' shared explanations."""
+        for index in self._indexes.values():
+            index.forget_explanations()
 
     def index_for(self, first: dt.date, last: dt.date) -> match.PaperIndex:
         return self._window(first, last)[0]
@@ -331,7 +340,10 @@ class Planner:
         if key not in self._windows:
             with Session(self.engine) as session:
                 papers = store.candidate_papers(session, first, last)
-            self._windows[key] = (match.PaperIndex.build(papers), tuple(p.id for p in papers))
+            index = self._indexes.get(tuple(papers))
+            if index is None:
+                index = self._indexes[tuple(papers)] = match.PaperIndex.build(papers)
+            self._windows[key] = (index, tuple(p.id for p in papers))
         return self._windows[key]
 
     def taken_by(
@@ -626,6 +638,7 @@ def _plan_chunk(
             save()
     if planned or (seen and write):
         save()
+    planner.forget_chunk()
 
 
 # --------------------------------------------------------------------------- cancel

@@ -222,6 +222,26 @@ def test_hits_are_shared_by_subscribers_with_the_same_explanation() -> None:
     assert all(x.hits[0] is y.hits[0] for x, y in zip(a, b, strict=True))
 
 
+def test_forgetting_the_explanations_changes_no_match() -> None:
+    index = small_index()
+    compiled = compile_topics(topics('"consistency model*" OR diffusion', "keyword:rlhf"))
+    before = match_subscriber(index, compiled, min_upvotes=0, max_papers=5)
+    index.forget_explanations()  # what planning does after each chunk of subscribers
+    after = match_subscriber(index, compiled, min_upvotes=0, max_papers=5)
+    assert before and after == before
+    assert all(x.hits[0] is not y.hits[0] for x, y in zip(before, after, strict=True))
+
+
+def test_a_phrase_after_an_earlier_use_of_its_first_word() -> None:
+    papers = [
+        paper("2601.00001", "Reward hacking and reward signals in RLHF"),
+        paper("2601.00002", "Signals of reward", "signals of reward"),  # never across the two
+    ]
+    assert run(papers, ['"reward signals"']) == [("2601.00001", ("T0",))]
+    assert run(papers, ['"reward sig*"']) == [("2601.00001", ("T0",))]
+    assert run(papers, ['title:"reward hacking"']) == [("2601.00001", ("T0",))]
+
+
 def test_ranking_by_topics_then_upvotes_then_newest_then_id() -> None:
     d = dt.date(2025, 10, 1)
     papers = [

@@ -137,6 +137,17 @@ def planner(tmp_path: Path, backend: Backend) -> pipeline.Planner:
     return pipeline.Planner(config, engine)
 
 
+def test_windows_with_the_same_candidates_share_one_index(planner: pipeline.Planner) -> None:
+    d = dt.date
+    # both lists hold the same papers: as of their latest listing, 13 March either way
+    two_days = planner.index_for(d(2026, 3, 12), d(2026, 3, 13))
+    assert planner.index_for(d(2026, 3, 7), d(2026, 3, 13)) is two_days
+    assert planner.index_for(d(2026, 3, 13), d(2026, 3, 13)) is two_days
+    only_12th = planner.index_for(d(2026, 3, 12), d(2026, 3, 12))  # listed on the 12th
+    assert only_12th is not two_days and len(only_12th) == len(two_days)
+    assert {p.listed_on for p in only_12th.papers} == {d(2026, 3, 12)}
+
+
 def sent_ids(planner: pipeline.Planner, digest_id: int, now: dt.datetime) -> list[str]:
     """Mark a digest sent (as the outbox does) and return its paper ids."""
     (item,) = [i for i in claims.claim_due(planner.engine, now, 100) if i.id == digest_id]

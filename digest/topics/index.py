@@ -11,10 +11,13 @@ Cost: building is linear in the batch's text. A leaf (a word, a prefix, a phrase
 in a field) is resolved once per batch and memoised. A match is explained by the
 query's positive leaves that also match the paper (one bit test each, none for a
 plain conjunction); where they occur in the shown text is the renderer's business
-(`spans.leaf_spans`). `TopicHit`s are memoised per index: these frozen records are
-shared by every subscriber whose topic of that name is explained by the same leaves
-(a day's 100k subscribers get ~525k hits, far fewer distinct ones). Matches are
-not shared: on a week's batch most are distinct and the memo cost more than it saved.
+(`spans.leaf_spans`). `TopicHit`s are memoised per index until `forget_explanations`
+(planning calls it after each chunk of subscribers): these frozen records are shared
+by every subscriber whose topic of that name is explained by the same leaves (a
+day's 100k subscribers get ~525k hits, far fewer distinct ones). Matches are not
+shared: on a week's batch most are distinct and the memo cost more than it saved.
+A phrase is found by scanning the candidate paper's words (`list.index`, in C), not
+through a per-paper position memo: that memo was ~3 MB per index, kept for the run.
 
 Papers get their bit positions in ranking order (upvotes desc, newest listing desc,
 id asc) when the index is built; `match.py` relies on it.
@@ -63,12 +66,16 @@ def _phrase_starts(
     return found
 
 
-def _word_positions(tokens: list[str]) -> dict[str, list[int]]:
-    """Word -> where it occurs in `tokens`."""
-    where: dict[str, list[int]] = {}
-    for k, word in enumerate(tokens):
-        where.setdefault(word, []).append(k)
-    return where
+def _positions(tokens: list[str], word: str) -> list[int]:
+    """Where `word` occurs in `tokens` (list.index: a C scan, no per-paper memo to keep)."""
+    found: list[int] = []
+    k = -1
+    try:
+        while True:
+            k = tokens.index(word, k + 1)
+            found.append(k)
+    except ValueError:
+        return found
 
 
 def _bitset(positions: list[int]) -> int:
@@ -112,11 +119,7 @@ class PaperIndex:
         self.papers = papers
         self.ids = tuple(p.id for p in papers)
         self.all_bits = (1 << len(papers)) - 1
-        self._tokens = tokens
-        # word -> positions, per paper, built the first time a phrase needs that paper
-        self._where: dict[Column, list[dict[str, list[int]] | None]] = {
-            column: [None] * len(papers) for column in tokens
-        }
+        self._tokens = tokens  # for phrases: each paper's words in order, per column
         self._postings: dict[Column, dict[str, int]] = {}
         self._vocab: dict[Column, list[str]] = {}
         for column, per_paper in tokens.items():
@@ -135,7 +138,7 @@ class PaperIndex:
         self._prefix_words: dict[tuple[Column, str], list[str]] = {}
         # One shared object per distinct value: the leaf sets that explain matches (so
         # equal sets are one object with a cached hash) and TopicHits. Sharing is safe:
-        # both are frozen. They live as long as the index (one batch).
+        # both are frozen. They live until `forget_explanations` (planning: per chunk).
         self._leaf_sets: dict[tuple[str, ...], frozenset[Leaf]] = {}
         self._hits: dict[tuple[str, frozenset[Leaf]], TopicHit] = {}
         self._upvote_masks: dict[int, int] = {}
@@ -158,6 +161,11 @@ class PaperIndex:
             ],
             "keyword": [_segments_tokens(p.ai_keywords) for p in batch],
         }
+        # One str object per distinct word: a batch's ~100k words are ~10k distinct ones.
+        canon: dict[str, str] = {}
+        for per_paper in tokens.values():
+            for words in per_paper:
+                words[:] = [canon.setdefault(w, w) for w in words]
         # A bare term searches title and abstract: one more field, never spanning the two.
         tokens["text"] = [
             [*t, _GAP, *a] for t, a in zip(tokens["title"], tokens["abstract"], strict=True)
@@ -197,11 +205,8 @@ class PaperIndex:
     def _phrase_starts(
         self, column: Column, pos: int, words: tuple[str, ...], prefix: bool
     ) -> list[int]:
-        where = self._where[column][pos]
-        if where is None:
-            where = self._where[column][pos] = _word_positions(self._tokens[column][pos])
-        starts = where.get(words[0], ())
-        return _phrase_starts(self._tokens[column][pos], starts, words, prefix)
+        tokens = self._tokens[column][pos]
+        return _phrase_starts(tokens, _positions(tokens, words[0]), words, prefix)
 
     def _words_with_prefix(self, column: Column, prefix: str) -> list[str]:
         """The vocabulary words of `column` that start with `prefix` (bisect, memoised)."""
@@ -255,6 +260,14 @@ class PaperIndex:
         if leaves is None:
             leaves = self._leaf_sets[found] = leaf_set(tuple(self._leaf(k) for k in found))
         return leaves
+
+    def forget_explanations(self) -> None:
+        """Drop the shared leaf sets and TopicHits (matches made so far keep theirs). At
+        100k subscribers they would grow to ~50k of each; planning calls this after
+        each chunk, so that they hold one chunk's, and memory stops growing with the
+        subscriber count. The leaves' bitsets stay: they are bounded by the vocabulary."""
+        self._leaf_sets.clear()
+        self._hits.clear()
 
     def topic_hit(self, topic: str, leaves: frozenset[Leaf]) -> TopicHit:
         """The one shared TopicHit(topic, leaves) of this batch."""

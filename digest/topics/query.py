@@ -328,13 +328,13 @@ def _matches_empty_paper(node: Query) -> bool:
     return any(_matches_empty_paper(p) for p in node.parts)
 
 
-@lru_cache(maxsize=8192)  # the AST is immutable: a query many subscribers share parses once
+@lru_cache(maxsize=1024)  # the AST is immutable: a query many subscribers share parses once
 def parse_query(text: str) -> Query:
     """Parse a topic query; raise QuerySyntaxError (message, query, 1-based column).
 
     Validating the file and compiling for a run both parse; the bounded cache makes
     that one parse for a query shared by many subscribers (or met again within the
-    last 8,192), without keeping an AST per subscriber (~1-2 KB each at 100k)."""
+    last 1,024), without keeping an AST per subscriber (~1-2 KB each at 100k)."""
     return _parse_tokens(text, _lex(text))
 
 
@@ -503,7 +503,7 @@ def _positive_leaves(node: Query, negated: bool, out: dict[str, Leaf]) -> None:
             _positive_leaves(p, negated, out)
 
 
-@lru_cache(maxsize=65536)  # one shared set per distinct value: compiled queries stay small
+@lru_cache(maxsize=4096)  # one shared set per recent value: compiled queries stay small
 def leaf_set(leaves: tuple[Leaf, ...]) -> frozenset[Leaf]:
     """The one shared frozenset of `leaves` (equal sets are then one object, hashed once)."""
     return frozenset(leaves)
