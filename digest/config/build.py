@@ -75,19 +75,20 @@ def build_config(
     data: dict[str, Any],
     *,
     path: Path,
-    text: str,
+    text: str | None,
     env: Mapping[str, str],
     subscribers: Iterable[Piece] | None = None,
-    head_end: int | None = None,
+    head_text: str | None = None,
 ) -> Config:
     """Validate `data` (the TOML reading of `text`, the content of `path`) into a Config.
 
-    `subscribers`: the [[subscribers]] tables, in order, in Pieces of the text, when
-    they were parsed apart from `data`, which is then `text[:head_end]` (load.py reads
-    a big file a chunk at a time); each Piece is turned into Subscribers before the
-    next is taken. Default: data["subscribers"].
+    `subscribers`: the [[subscribers]] tables, in order, in Pieces of the file, when
+    they were parsed apart from `data`, which is then the reading of `head_text`, the
+    file up to them (load.py reads a big file a chunk at a time; `text` is then None);
+    each Piece is turned into Subscribers before the next is taken. Default:
+    data["subscribers"].
     """
-    b = Builder(path, text, env, head_end)
+    b = Builder(path, text, env, head_text)
     top = b.table((), data, TOP_KEYS)
     source = b.source(b.table(("source",), top.get("source", {}), SOURCE_KEYS))
     storage = b.storage(b.table(("storage",), top.get("storage", {}), ("url",)))

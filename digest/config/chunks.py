@@ -1,46 +1,49 @@
 """The subscription file's TOML, a big one read a chunk of subscribers at a time.
 
-Owns: splitting the text at its ``[[subscribers]]`` headers and parsing the pieces
-with toml-rs, a TOML 1.0 parser in Rust (~5x tomllib at 100,000 subscribers), so
-that `build_config` turns each chunk into Subscribers before the next is read: the
-parsed dict of a 34 MB file (~250 MB of small objects, fragmenting the heap for
-good) is never whole in memory. Does not own what the keys mean (`build.py`,
-`subscribers.py`) nor the error messages (`load.py` asks tomllib, the reference).
+Owns: reading the file's lines, cutting them at the ``[[subscribers]]`` headers, and
+parsing the pieces with toml-rs, a TOML 1.0 parser in Rust (~5x tomllib at 100,000
+subscribers), so that `build_config` turns each chunk into Subscribers before the
+next is read. Neither the file's text (34 MB at 100k subscribers) nor its parsed
+dict (~250 MB of small objects, fragmenting the heap for good) is ever whole in
+memory: a piece is ~1,000 subscribers' lines. Does not own what the keys mean
+(`build.py`, `subscribers.py`) nor the error messages (`load.py` asks tomllib, the
+reference, reading the file whole).
 
-    head, head_end, pieces = split_subscribers(text)   # None: read it whole instead
+    head, head_text, pieces = split_subscribers(binary_file)   # None: read it whole
 
 The split is only made where it cannot change the meaning. A piece is cut only
 before a line that is exactly ``[[subscribers]]`` (a comment after it allowed), and
-not at all in a file with a multi-line string (whose text could hold such a line).
-Each piece must then parse on its own, the head must not touch ``subscribers``
-and each chunk must hold nothing but ``subscribers``: otherwise (an array spread
-over a cut, a ``[source]`` table after the subscribers, a syntax error) the caller
-reads the whole file with tomllib instead, which also gives the error message and
-line. A valid TOML file that passes these checks parses to the same data as a
-whole: every table a chunk defines is a subscriber, or inside one, of that chunk.
+no piece (nor the head) may hold a multi-line string (whose text could hold such a
+line). Each piece must decode as UTF-8 and parse on its own, the head must not
+touch ``subscribers`` and each chunk must hold nothing but ``subscribers``:
+otherwise (an array spread over a cut, a ``[source]`` table after the subscribers,
+a syntax error, a read error) the caller reads the whole file with tomllib instead,
+which also gives the error message and line. A valid TOML file that passes these
+checks parses to the same data as a whole: every table a chunk defines is a
+subscriber, or inside one, of that chunk.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 CHUNK = 1000  # subscribers parsed at a time: ~2.5 MB of dict, freed before the next
 
-_HEADER = re.compile(r"^\[\[subscribers\]\][ \t]*(?:#[^\n]*)?\r?$", re.MULTILINE)
+_HEADER = re.compile(rb"\[\[subscribers\]\][ \t]*(?:#[^\n]*)?\r?\n?")  # one whole line
 
 
 @dataclass(frozen=True)
 class Piece:
-    """Subscriber tables parsed from ``text[start:end]`` of the file: where their line
-    numbers are found, without scanning the whole file (`reader.py`)."""
+    """Subscriber tables parsed from `text`, a piece of the file after `lines_before`
+    lines: where their line numbers are found, without the rest of the file
+    (`reader.py`)."""
 
     tables: list[Any]
-    start: int
-    end: int
+    text: str
+    lines_before: int
 
 
 class Unsplittable(Exception):
@@ -57,32 +60,78 @@ def fast_loads(text: str) -> dict[str, Any] | None:
         return None
 
 
-def split_subscribers(text: str) -> tuple[dict[str, Any], int, Iterator[Piece]] | None:
-    """The file's head (everything before the first ``[[subscribers]]``), parsed, where
-    it ends, and an iterator over Pieces of up to CHUNK subscriber tables, parsed as
-    they are taken.
+def split_subscribers(
+    lines: Iterable[bytes],
+) -> tuple[dict[str, Any], str, Iterator[Piece]] | None:
+    """The head of the file whose `lines` are given (everything before the first
+    ``[[subscribers]]``), parsed, its text, and an iterator over Pieces of up to CHUNK
+    subscriber tables, read and parsed as they are taken.
 
     None when the file cannot be split safely. The iterator raises Unsplittable when
-    a chunk does not parse or holds more than subscribers; the caller then starts
-    over with the whole file."""
-    if '"""' in text or "'''" in text:
+    a chunk does not decode or parse, or holds more than subscribers; the caller then
+    starts over with the whole file."""
+    it = iter(lines)
+    head: list[bytes] = []
+    try:
+        for line in it:
+            if _is_header(line):
+                break
+            head.append(line)
+        else:
+            return None  # no [[subscribers]] header: nothing to split
+    except OSError:  # reading it whole says why
         return None
-    starts = [m.start() for m in _HEADER.finditer(text)]
-    if not starts:
+    raw = b"".join(head)
+    if _has_multiline_string(raw):
         return None
-    head = fast_loads(text[: starts[0]])
-    if head is None or "subscribers" in head:
+    try:
+        head_text = raw.decode("utf-8-sig")  # a byte-order mark is not text
+    except UnicodeDecodeError:
         return None
-    cuts = [*starts[::CHUNK], len(text)]
-    return head, starts[0], _chunks(text, cuts)
+    data = fast_loads(head_text)
+    if data is None or "subscribers" in data:
+        return None
+    return data, head_text, _pieces(line, it, raw.count(b"\n"))
 
 
-def _chunks(text: str, cuts: list[int]) -> Iterator[Piece]:
-    for begin, end in pairwise(cuts):
-        piece = fast_loads(text[begin:end])
-        if piece is None or piece.keys() != {"subscribers"}:
-            raise Unsplittable
-        subscribers = piece["subscribers"]
-        if not isinstance(subscribers, list):
-            raise Unsplittable
-        yield Piece(subscribers, begin, end)
+def _is_header(line: bytes) -> bool:
+    return line.startswith(b"[[subscribers]]") and _HEADER.fullmatch(line) is not None
+
+
+def _has_multiline_string(raw: bytes) -> bool:
+    return b'"""' in raw or b"'''" in raw
+
+
+def _pieces(first: bytes, lines: Iterator[bytes], lines_before: int) -> Iterator[Piece]:
+    """Pieces of CHUNK subscribers: `first` (a header line), then the rest of `lines`."""
+    buffer, headers = [first], 1
+    try:
+        for line in lines:
+            if _is_header(line):
+                if headers % CHUNK == 0:
+                    piece = _piece(buffer, lines_before)
+                    lines_before += piece.text.count("\n")
+                    yield piece
+                    buffer = []
+                headers += 1
+            buffer.append(line)
+    except OSError:  # the file could not be read to its end: reading it whole says why
+        raise Unsplittable from None
+    yield _piece(buffer, lines_before)
+
+
+def _piece(lines: list[bytes], lines_before: int) -> Piece:
+    raw = b"".join(lines)
+    if _has_multiline_string(raw):
+        raise Unsplittable
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unsplittable from None
+    piece = fast_loads(text)
+    if piece is None or piece.keys() != {"subscribers"}:
+        raise Unsplittable
+    subscribers = piece["subscribers"]
+    if not isinstance(subscribers, list):
+        raise Unsplittable
+    return Piece(subscribers, text, lines_before)

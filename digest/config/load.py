@@ -1,6 +1,6 @@
 """Read the subscription file: bytes -> TOML -> `build_config`; the summary `digest check` prints.
 
-    bytes -> text -> head + chunks of [[subscribers]] (chunks.py, toml-rs)
+    lines -> head + chunks of [[subscribers]] (chunks.py, toml-rs)
           -> build_config, chunk by chunk -> Config
     (a file that cannot be split: parsed whole; one that does not parse: tomllib's
     error, as "file:LINE: invalid TOML: ...")
@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from digest.config.build import build_config
 from digest.config.chunks import Unsplittable, fast_loads, split_subscribers
@@ -33,33 +34,21 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
 
     `env` is where secrets come from (mail.smtp.password_env names a variable in it).
     """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such config file; run `digest init` to write an example"
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from e
-    try:
-        # utf-8-sig: a byte-order mark at the start (Windows editors write one) is not text
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from e
-    del raw  # the bytes are a second copy of the file: not held while the TOML is parsed
     # Nothing here makes reference cycles: a collection would only walk the thousands
     # of objects the parse and the Subscribers create (2.5 s of 9 at 100k subscribers).
     with _collector_paused():
-        split = split_subscribers(text)
-        if split is not None:
-            head, head_end, pieces = split
-            try:
-                return build_config(
-                    head, path=path, text=text, env=env, subscribers=pieces, head_end=head_end
-                )
-            except Unsplittable:
-                pass  # read it whole: tomllib says what is wrong, and where
+        with _opened(path) as lines:
+            split = split_subscribers(lines)
+            if split is not None:
+                head, head_text, pieces = split
+                try:
+                    return build_config(
+                        head, path=path, text=None, env=env, subscribers=pieces,
+                        head_text=head_text,
+                    )  # fmt: skip
+                except Unsplittable:
+                    pass  # read it whole: tomllib says what is wrong, and where
+        text = _read_text(path)
         data = fast_loads(text)
         if data is None:
             try:
@@ -67,6 +56,37 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(_toml_error(path, text, e)) from e
         return build_config(data, path=path, text=text, env=env)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
+    """`path` open for reading its lines, or the ConfigError saying why it cannot be."""
+    try:
+        file = path.open("rb")
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    with file:
+        yield file
+
+
+def _read_text(path: Path) -> str:
+    """The whole file's text (a file that is not split, or did not split cleanly)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    try:
+        # utf-8-sig: a byte-order mark at the start (Windows editors write one) is not text
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from e
+
+
+def _unreadable(path: Path, e: OSError) -> ConfigError:
+    if isinstance(e, FileNotFoundError):
+        return ConfigError(f"{path}: no such config file; run `digest init` to write an example")
+    return ConfigError(f"{path}: cannot read the config file: {e.strerror}")
 
 
 @contextlib.contextmanager

@@ -32,17 +32,17 @@ class Reader:
     """What the builders share: the file, the problems found so far, the line lookup."""
 
     def __init__(
-        self, path: Path, text: str, env: Mapping[str, str], head_end: int | None = None
+        self, path: Path, text: str | None, env: Mapping[str, str], head_text: str | None = None
     ) -> None:
         self.path = path
         self.base = path.absolute().parent  # relative paths in the file resolve against it
-        self.text = text
+        self.text = text  # the whole file's; None: read in pieces, read again if needed
         self._lines: dict[KeyPath, int] | None = None
         # a file read in pieces: a problem's line is found in its own piece, or in the
         # head, never by scanning all of a 100k-subscriber file (~12 s)
-        self.head_end = head_end
+        self.head_text = head_text
         self._head_lines: dict[KeyPath, int] | None = None
-        self.piece: tuple[int, int, int] | None = None  # first subscriber, start, end
+        self.piece: tuple[int, str, int] | None = None  # first subscriber, text, lines before
         self._piece_lines: dict[KeyPath, int] | None = None
         # the first Topic of each query: the query is checked (and warned about) once
         self.topic_by_query: dict[str, Topic] = {}
@@ -62,18 +62,20 @@ class Reader:
         """The line of `where` in the file, scanned on the first problem only (a valid
         file never pays): in the piece of the subscriber being read, or in the head."""
         if self.piece is not None and where[:1] == ("subscribers",) and len(where) > 1:
-            first, start, end = self.piece
+            first, text, lines_before = self.piece
             index = where[1]
             if isinstance(index, int) and index >= first:
                 if self._piece_lines is None:
-                    self._piece_lines = key_lines(self.text[start:end])
+                    self._piece_lines = key_lines(text)
                 local = ("subscribers", index - first, *where[2:])
-                return line_of(self._piece_lines, local) + self.text.count("\n", 0, start)
-        if self.head_end is not None and where[:1] != ("subscribers",):
+                return line_of(self._piece_lines, local) + lines_before
+        if self.head_text is not None and where[:1] != ("subscribers",):
             if self._head_lines is None:
-                self._head_lines = key_lines(self.text[: self.head_end])
+                self._head_lines = key_lines(self.head_text)
             return line_of(self._head_lines, where)
         if self._lines is None:  # the whole file: it was read whole, or an earlier piece
+            if self.text is None:  # rare (a duplicate email pieces apart): read it again
+                self.text = self.path.read_bytes().decode("utf-8-sig", errors="replace")
             self._lines = key_lines(self.text)
         return line_of(self._lines, where)
 

@@ -102,7 +102,7 @@ class SubscriberRules(Reader):
         i = 0
         for chunk in chunks:
             if isinstance(chunk, Piece):
-                self.piece, self._piece_lines = (i, chunk.start, chunk.end), None
+                self.piece, self._piece_lines = (i, chunk.text, chunk.lines_before), None
                 chunk = chunk.tables
             if not isinstance(chunk, list):
                 self.problem(
