@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
+from digest import store
 from digest.config import MailConfig
 from digest.errors import (
     StoreError,
@@ -398,3 +399,43 @@ def test_the_leases_of_claimed_digests_are_renewed_until_each_is_sent(backend: B
     waiting = [s for s in samples[claimed:] if s.count]  # from the claim to the last sent
     assert len(waiting) > 20  # sampled all along the drain
     assert all(s.first_due is not None for s in waiting)  # never one due for another process
+
+
+def test_a_group_commit_that_must_wait_for_another_writer_waits_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """Group commits run inline only when SQLite's write lock is free: while another
+    connection (a planner, a second `digest send`) holds it, the commit waits on the
+    database thread and the loop goes on; then every digest is sent, once."""
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'outbox.db'}")
+    store.migrate(engine)
+    people = recipients(20)
+    add_digests(engine, people)
+    other = engine.raw_connection()
+
+    async def go(server: SmtpServer) -> tuple[DrainReport, float]:
+        loop = asyncio.get_running_loop()
+        async with SmtpTransport(plain(server.port, max_connections=1, rate_per_second=0)) as t:
+            drained = asyncio.create_task(drain_outbox(engine, t, now=clock))
+            while not server.handler.received:  # the drain claimed and is sending
+                await asyncio.sleep(0.001)
+            other.cursor().execute("BEGIN IMMEDIATE")  # between two of its commits
+            assert not drained.done() and len(server.handler.received) < len(people)
+            try:
+                last, gap = loop.time(), 0.0
+                until = last + 1.0
+                while loop.time() < until and not drained.done():
+                    await asyncio.sleep(0.01)
+                    gap, last = max(gap, loop.time() - last), loop.time()
+            finally:
+                other.rollback()
+            return await drained, gap
+
+    try:
+        with SmtpServer() as server:
+            report, gap = asyncio.run(go(server))
+    finally:
+        other.close()
+    assert report.sent == len(people) and report.pending == 0
+    assert sorted(m.rcpt_tos[0] for m in server.handler.received) == people
+    assert gap < 0.5  # the loop was never stopped for the second the lock was held

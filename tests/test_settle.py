@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from digest.models import DeliveryRow, DigestRow
 from digest.store import claims, outbox
+from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS
 from digest.store.owner import Owner
 from tests.backends import Backend
 from tests.smtpd_helpers import T0, add_digests, new_outbox, recipients
@@ -66,3 +68,50 @@ def test_one_settle_records_all_four_outcomes_drops_the_gone_and_claims(backend:
     assert (rows[ids[5]].lease_pid, rows[ids[6]].lease_pid) == (OTHER.pid, ME.pid)
     assert rows[ids[7]].lease_pid == ME.pid and rows[ids[7]].next_attempt_at is not None
     assert rows[ids[7]].next_attempt_at.replace(tzinfo=dt.UTC) == now + 5 * MINUTE
+
+
+def test_try_settle_gives_up_with_nothing_done_while_another_connection_writes(
+    backend: Backend,
+) -> None:
+    """What the drain runs inline: it never waits for a lock (nor for PostgreSQL at all);
+    `settle` then waits, and the pooled connection goes back with its busy timeout."""
+    engine = new_outbox(backend)
+    ids = list(add_digests(engine, recipients(3)).values())
+    settler = claims.Settler(engine, ME)
+    sent = [claims.Outcome(ids[0], outbox.SENT, "250 a")]
+    try:
+        first = settler.try_settle([], T0, claim=2, lease=5 * MINUTE)
+        if not backend.is_sqlite:
+            assert first is None  # every statement would wait for the server
+            first = settler.settle([], T0, claim=2, lease=5 * MINUTE)
+        assert [i.id for i in first.claimed] == ids[:2]
+        if backend.is_sqlite:
+            other = engine.raw_connection()  # another writer holds SQLite's one write lock
+            try:
+                other.cursor().execute("BEGIN IMMEDIATE")
+                assert settler.try_settle(sent, T0, claim=1, held=[ids[1]]) is None
+            finally:
+                other.rollback()
+                other.close()
+            assert rows_by_id(engine)[ids[0]].status == "pending"  # nothing was done
+        settled = settler.settle(sent, T0, claim=1, held=[ids[1]])
+    finally:
+        settler.close()
+    assert [i.id for i in settled.claimed] == [ids[2]]
+    assert rows_by_id(engine)[ids[0]].status == "sent"
+    if backend.is_sqlite:  # a settler that last tried goes back waiting for locks again
+        settler = claims.Settler(engine, ME)
+        assert settler.try_settle([], T0) is not None
+        settler.close()
+        pooled = [engine.raw_connection() for _ in range(3)]  # every idle one, and then some
+        try:
+            timeouts = {raw.cursor().execute("PRAGMA busy_timeout").fetchone()[0] for raw in pooled}
+        finally:
+            for raw in pooled:
+                raw.close()
+        assert timeouts == {SQLITE_BUSY_TIMEOUT_MS}
+
+
+def rows_by_id(engine: Engine) -> dict[int, DigestRow]:
+    with Session(engine) as session:
+        return {r.id: r for r in session.exec(select(DigestRow)).all() if r.id is not None}

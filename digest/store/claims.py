@@ -2,7 +2,7 @@
 
 Owns the sending side of the outbox's state machine (outbox.py): claiming due rows
 (``FOR UPDATE SKIP LOCKED`` plus a lease on PostgreSQL, so several processes can drain
-one outbox; the same SQL without row locks on SQLite, whose writers take turns) and
+one outbox; on SQLite, whose writers take turns, no row locks) and
 recording each outcome: sent (with the DeliveryRows, in the same transaction, so a paper
 counts as delivered only when its digest is sent), retry, maybe sent, failed.
 
@@ -10,8 +10,11 @@ A drain does it in group commits: a `Settler` holds one connection for the whole
 and each `settle` is ONE transaction that records every outcome the drain's workers
 gathered meanwhile, tells which claimed digests it must not send any more (cancelled
 meanwhile, or leased by another process now), and claims the next batch. On SQLite its
-few statements are plain SQL written here and run through the driver, each once per
-transaction with all its rows (executemany): no ORM, no statement compiled per message.
+few statements are plain SQL written here and run through the driver, each ONCE per
+transaction with all its rows in one JSON array (json_each): no ORM, no statement
+compiled per message, no Python loop over rows. `try_settle` is the same transaction
+when it need not wait for SQLite's write lock (None otherwise, and on PostgreSQL): what
+a drain can run on its event loop.
 On PostgreSQL the same transaction is pgsettle.py's array statements, pipelined: three
 round trips (statements, commit, the pipeline's end) where these take eight.
 `claim_due`, `mark_sent`, ... are the same transaction for one call.
@@ -38,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from digest.errors import StoreError
 from digest.models import DigestRow, as_utc
 from digest.store import pgsettle
-from digest.store.engine import describe_error, mask_url
+from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, describe_error, mask_url
 from digest.store.outbox import FAILED, PENDING, SENT, OutboxItem
 from digest.store.owner import Owner, this_process
 
@@ -47,6 +50,7 @@ from digest.store.owner import Owner, this_process
 DEFAULT_LEASE = dt.timedelta(minutes=10)
 RETRY, MAYBE = "retry", "maybe"  # an Outcome's kinds besides SENT and FAILED
 KINDS = (SENT, RETRY, MAYBE, FAILED)
+_SQLITE_BUSY = 5  # the primary result code under SQLITE_BUSY_RECOVERY, _SNAPSHOT, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +75,37 @@ class Settled:
 
 
 _NO_LEASE = "lease_host = NULL, lease_pid = NULL, lease_started = NULL"
-# The statements, in the driver's "?" style (PostgreSQL's "%s" swapped in), {ids} a list
-# of placeholders filled per call. A retry, maybe or failure changes only a pending row
-# (a digest cancelled meanwhile stays cancelled); a sent one is recorded as sent whatever
-# happened meanwhile (it was sent); every outcome clears the row's lease.
-_SENT_ROWS = "SELECT id, subscriber, paper_ids_json FROM digests WHERE id IN ({ids})"
+# The SQLite statements, each run ONCE per settle with all its rows: the ids and rows
+# travel as one JSON array (json_each), so the text never changes with the number of
+# rows (one prepared statement each) and SQLite does the loop, not Python. A retry,
+# maybe or failure changes only a pending row (a digest cancelled meanwhile stays
+# cancelled); a sent one is recorded as sent whatever happened meanwhile (it was sent);
+# every outcome clears the row's lease. `o` is one [id, reply, due] of the JSON array.
+_IDS = "(SELECT value FROM json_each(?))"
+_REPLY, _DUE_AGAIN = "json_extract(o.value, '$[1]')", "json_extract(o.value, '$[2]')"
+_ROW = "FROM json_each(?) AS o WHERE digests.id = json_extract(o.value, '$[0]')"
+# (the unary + keeps SQLite from walking every pending row of the status index for it)
+_ONLY_PENDING = f"AND +status = '{PENDING}'"
 _MARK = {
-    SENT: f"UPDATE digests SET status = '{SENT}', sent_at = ?, last_reply = ?, "
-    f"next_attempt_at = NULL, {_NO_LEASE} WHERE id = ?",
-    RETRY: "UPDATE digests SET attempts = attempts + 1, last_reply = ?, next_attempt_at = ?, "
-    f"{_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
-    MAYBE: "UPDATE digests SET attempts = attempts + 1, last_reply = ?, next_attempt_at = ?, "
-    f"maybe_sent_at = ?, {_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
-    FAILED: f"UPDATE digests SET status = '{FAILED}', attempts = attempts + 1, last_reply = ?, "
-    f"next_attempt_at = NULL, {_NO_LEASE} WHERE id = ? AND status = '{PENDING}'",
+    SENT: f"UPDATE digests SET status = '{SENT}', sent_at = ?, last_reply = {_REPLY}, "
+    f"next_attempt_at = NULL, {_NO_LEASE} {_ROW}",
+    RETRY: f"UPDATE digests SET attempts = attempts + 1, last_reply = {_REPLY}, "
+    f"next_attempt_at = {_DUE_AGAIN}, {_NO_LEASE} {_ROW} {_ONLY_PENDING}",
+    MAYBE: f"UPDATE digests SET attempts = attempts + 1, last_reply = {_REPLY}, "
+    f"next_attempt_at = {_DUE_AGAIN}, maybe_sent_at = ?, {_NO_LEASE} {_ROW} {_ONLY_PENDING}",
+    FAILED: f"UPDATE digests SET status = '{FAILED}', attempts = attempts + 1, "
+    f"last_reply = {_REPLY}, next_attempt_at = NULL, {_NO_LEASE} {_ROW} {_ONLY_PENDING}",
 }
-# keep the first delivery of a paper sent again (elsewhere a repeat is an error)
+# the sent digests' papers, delivered to their subscribers, from the rows themselves
+# (keep the first delivery of a paper sent again: elsewhere a repeat is an error)
 _DELIVER = (
     "INSERT INTO deliveries (subscriber, paper_id, digest_id, delivered_at) "
-    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "SELECT d.subscriber, p.value, d.id, ? FROM digests d, json_each(d.paper_ids_json) p "
+    f"WHERE d.id IN {_IDS} ON CONFLICT DO NOTHING"
 )
+_MISSING = "SELECT value FROM json_each(?) WHERE value NOT IN (SELECT id FROM digests)"
 _NOT_HELD = (
-    "SELECT id FROM digests WHERE id IN ({ids}) AND (status <> 'pending' "
+    f"SELECT id FROM digests WHERE id IN {_IDS} AND (status <> '{PENDING}' "
     "OR lease_pid IS NULL OR lease_host <> ? OR lease_pid <> ?)"
 )
 # OutboxItem's fields, in order; ix_digests_pending walks the pending rows in id order
@@ -100,13 +113,12 @@ _NOT_HELD = (
 _DUE = (
     "SELECT d.id, d.recipient, d.sender, m.message, d.attempts, d.message_id, "
     "d.maybe_sent_at IS NOT NULL FROM digests d JOIN digest_messages m ON m.digest_id = d.id "
-    f"WHERE d.status = '{PENDING}' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
-    "{skip} ORDER BY d.id LIMIT ?"
+    f"WHERE d.status = '{PENDING}' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?) "
+    f"AND d.id NOT IN {_IDS} ORDER BY d.id LIMIT ?"
 )
-_LOCK = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}  # others skip the rows being claimed
 _LEASE = (
     "UPDATE digests SET next_attempt_at = ?, lease_host = ?, lease_pid = ?, lease_started = ? "
-    "WHERE id = ?"
+    f"WHERE id IN {_IDS}"
 )
 
 
@@ -121,20 +133,22 @@ class Settler:
         self.engine = engine
         self.owner = owner or this_process()
         self._begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
-        self._style = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._lock = _LOCK.get(dialect.name, "")
         # a time as the driver takes it for these columns (SQLite: SQLAlchemy's text form)
         column_type = DigestRow.__table__.c.sent_at.type  # type: ignore[attr-defined]  # SQLModel types no __table__
-        self._time: Callable[[Any], Any] = (
-            column_type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
-        )
+        self._time: Callable[[Any], Any] = column_type.dialect_impl(dialect).bind_processor(
+            dialect
+        ) or (lambda value: value)
         self._raw: Any = None  # the pool's DBAPI connection, while open
+        self._waits = True  # SQLite: its busy timeout is the engine's (else 0: try_settle)
 
     def close(self) -> None:
-        """Give the connection back to the pool."""
+        """Give the connection back to the pool (as it came: waiting for locks)."""
         raw, self._raw = self._raw, None
         if raw is not None:
-            raw.close()
+            try:
+                self._wait_for_locks(raw, True)
+            finally:
+                raw.close()
 
     def settle(
         self,
@@ -153,6 +167,41 @@ class Settler:
 
         After the lease, or at once when the owner on this host is gone (leases.py), a
         claimed row is due again."""
+        settled = self._settle(outcomes, now, claim, lease, skip, held, wait=True)
+        assert settled is not None  # only a settle that does not wait gives up
+        return settled
+
+    def try_settle(
+        self,
+        outcomes: Sequence[Outcome],
+        now: dt.datetime,
+        *,
+        claim: int = 0,
+        lease: dt.timedelta = DEFAULT_LEASE,
+        skip: Collection[int] = (),
+        held: Collection[int] = (),
+    ) -> Settled | None:
+        """`settle` if it never has to wait: on SQLite when no other connection holds the
+        write lock (the lock is asked for without a busy timeout: what is left to do
+        is CPU work and the WAL's writes, a fraction of a millisecond), so an event
+        loop can run it inline. None, with nothing done, when another connection holds
+        the lock, and always on PostgreSQL (every statement waits for the server): then
+        `settle`, on a thread."""
+        if self._begin is None:
+            return None
+        return self._settle(outcomes, now, claim, lease, skip, held, wait=False)
+
+    def _settle(
+        self,
+        outcomes: Sequence[Outcome],
+        now: dt.datetime,
+        claim: int,
+        lease: dt.timedelta,
+        skip: Collection[int],
+        held: Collection[int],
+        *,
+        wait: bool,
+    ) -> Settled | None:
         unknown = {o.kind for o in outcomes} - set(KINDS)
         if unknown:
             raise ValueError(f"outbox: no such outcome {sorted(unknown)}")
@@ -160,13 +209,18 @@ class Settler:
         what = _describe(outcomes)
         try:
             if self._raw is None:
-                self._raw = self.engine.raw_connection()
+                self._raw, self._waits = self.engine.raw_connection(), True
             if self._begin is None:  # PostgreSQL: two round trips (pgsettle.py)
                 return self._settle_pg(outcomes, now, claim, lease, skip, held)
+            self._wait_for_locks(self._raw, wait)
             cursor = self._raw.cursor()
             try:
-                if self._begin:
+                try:
                     cursor.execute(self._begin)  # SQLite: the write lock at BEGIN
+                except self.engine.dialect.loaded_dbapi.OperationalError as e:
+                    if not wait and _busy(e):
+                        return None  # another connection writes: nothing began
+                    raise
                 self._record(cursor, outcomes, now)
                 gone: frozenset[int] = frozenset()
                 if held:
@@ -187,6 +241,13 @@ class Settler:
             self._abandon()
             where = mask_url(self.engine.url)
             raise StoreError(f"outbox: cannot {what} on {where}: {describe_error(e)}") from e
+
+    def _wait_for_locks(self, raw: Any, wait: bool) -> None:
+        """SQLite: the connection's busy timeout, the engine's (wait) or none."""
+        if self._begin is not None and wait != self._waits:
+            timeout = SQLITE_BUSY_TIMEOUT_MS if wait else 0
+            raw.cursor().execute(f"PRAGMA busy_timeout = {timeout}")
+            self._waits = wait
 
     def _settle_pg(
         self,
@@ -211,68 +272,48 @@ class Settler:
             return
         try:
             raw.rollback()
+            self._wait_for_locks(raw, True)  # back to the pool as it came
         except self.engine.dialect.loaded_dbapi.Error:
             raw.invalidate()  # unusable: the pool must not hand it out again
         raw.close()
 
-    def _sql(self, text: str, **lists: int) -> str:
-        """`text` in the driver's placeholder style, each {name} a list of n of them."""
-        filled = text.format(**{name: ", ".join("?" * n) for name, n in lists.items()})
-        return filled if self._style == "?" else filled.replace("?", self._style)
-
     def _record(self, cursor: Any, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+        """Each kind of outcome in ONE statement; a sent digest's papers in another."""
         when = self._time(now)
         by_kind: dict[str, list[Outcome]] = {}
         for outcome in outcomes:
             by_kind.setdefault(outcome.kind, []).append(outcome)
-        if sent := by_kind.get(SENT):
-            self._deliver(cursor, sent, when)
-        rows: dict[str, Callable[[Outcome], tuple[Any, ...]]] = {
-            SENT: lambda o: (when, o.reply, o.digest_id),
-            RETRY: lambda o: (o.reply, self._time(now + o.delay), o.digest_id),
-            MAYBE: lambda o: (o.reply, self._time(now + o.delay), when, o.digest_id),
-            FAILED: lambda o: (o.reply, o.digest_id),
-        }
         for kind, group in by_kind.items():
-            cursor.executemany(self._sql(_MARK[kind]), [rows[kind](o) for o in group])
-
-    def _deliver(self, cursor: Any, sent: Sequence[Outcome], when: Any) -> None:
-        """The DeliveryRows of the sent digests: each paper, to its subscriber."""
-        ids = sorted({o.digest_id for o in sent})
-        cursor.execute(self._sql(_SENT_ROWS, ids=len(ids)), ids)
-        found = {digest_id: (subscriber, papers) for digest_id, subscriber, papers in cursor}
-        deliveries = []
-        for o in sent:
-            if o.digest_id not in found:
-                raise StoreError(f"outbox: digest {o.digest_id} does not exist")
-            subscriber, paper_ids_json = found[o.digest_id]
-            deliveries += [
-                (subscriber, paper_id, o.digest_id, when) for paper_id in json.loads(paper_ids_json)
-            ]
-        if deliveries:
-            cursor.executemany(self._sql(_DELIVER), deliveries)
+            if kind in (RETRY, MAYBE):
+                rows = [[o.digest_id, o.reply, self._time(now + o.delay)] for o in group]
+            else:
+                rows = [[o.digest_id, o.reply] for o in group]
+            head = [when] if kind in (SENT, MAYBE) else []
+            cursor.execute(_MARK[kind], [*head, json.dumps(rows)])
+            if kind == SENT:
+                ids = json.dumps(sorted({o.digest_id for o in group}))
+                if cursor.rowcount < len({o.digest_id for o in group}):
+                    missing = cursor.execute(_MISSING, [ids]).fetchone()
+                    raise StoreError(f"outbox: digest {missing[0]} does not exist")
+                cursor.execute(_DELIVER, [when, ids])
 
     def _not_held(self, cursor: Any, held: Collection[int]) -> frozenset[int]:
-        ids = sorted(held)
-        cursor.execute(self._sql(_NOT_HELD, ids=len(ids)), [*ids, self.owner.host, self.owner.pid])
+        ids = json.dumps(sorted(held))
+        cursor.execute(_NOT_HELD, [ids, self.owner.host, self.owner.pid])
         return frozenset(int(digest_id) for (digest_id,) in cursor)
 
     def _claim(
         self, cursor: Any, now: dt.datetime, limit: int, lease: dt.timedelta, skip: Collection[int]
     ) -> list[OutboxItem]:
-        excluded = sorted(skip)
-        where = " AND d.id NOT IN ({ids})" if excluded else ""
-        due = self._sql(_DUE.replace("{skip}", where), ids=len(excluded)) + self._lock
-        cursor.execute(due, [self._time(now), *excluded, limit])
+        cursor.execute(_DUE, [self._time(now), json.dumps(sorted(skip)), limit])
         items = [
             OutboxItem(int(i), r, s, bytes(m), int(a), mid, bool(maybe))
             for i, r, s, m, a, mid, maybe in cursor.fetchall()
         ]
         if items:
             me, until = self.owner, self._time(now + lease)
-            cursor.executemany(
-                self._sql(_LEASE), [(until, me.host, me.pid, me.started, i.id) for i in items]
-            )
+            ids = json.dumps([i.id for i in items])
+            cursor.execute(_LEASE, [until, me.host, me.pid, me.started, ids])
         return items
 
 
@@ -355,6 +396,12 @@ def mark_failed(engine: Engine, digest_id: int, reply: str, now: dt.datetime) ->
 
     `now` is part of the contract (a failed_at column may come); nothing stores it yet."""
     settle(engine, [Outcome(digest_id, FAILED, reply)], now)
+
+
+def _busy(error: Exception) -> bool:
+    """SQLite's SQLITE_BUSY (any of its extended codes): another connection has the lock."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == _SQLITE_BUSY
 
 
 def _describe(outcomes: Sequence[Outcome]) -> str:
