@@ -59,9 +59,10 @@ class Transport(Protocol):
         message: bytes,
         hold: Hold | None = None,
     ) -> str:
-        """`hold`: awaited just before the message is handed over for good (SMTP's final
-        dot, the Maildir file); if it raises, nothing is delivered and its exception
-        propagates (the drain: its previous outcome could not be recorded)."""
+        """`hold`: called just before the message is handed over for good (SMTP's final
+        dot, the Maildir file), and what it returns (None: nothing to wait for) awaited
+        first; if either raises, nothing is delivered and the exception propagates (the
+        drain: its previous outcome could not be recorded)."""
         ...
 
 
@@ -97,8 +98,8 @@ class MaildirTransport:
         message: bytes,
         hold: Hold | None = None,
     ) -> str:
-        if hold is not None:
-            await hold()
+        if hold is not None and (waiting := hold()) is not None:
+            await waiting
         box = self._open()
         try:
             key = box.add(message.replace(b"\r\n", b"\n"))

@@ -20,7 +20,8 @@ lock) or on PostgreSQL (every statement waits for the server).
 
 In flight: a worker starts its next message while its last outcome waits for the group
 commit, but holds back that message's final dot (the point where the server takes it)
-until the commit is done. So at any moment at most `concurrency` digests are accepted by the server and not
+until the commit is done (already done: the dot leaves with the message, one write).
+So at any moment at most `concurrency` digests are accepted by the server and not
 recorded. A drain killed with SIGKILL leaves its batch leased: the
 next drain on this host takes the leases over at once (their owner is gone; from another
 host they run out), sends the digests it never got to, and sends again those accepted
@@ -44,7 +45,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -425,7 +426,7 @@ class _Drain:
     ) -> claims.Outcome:
         """Send one claimed digest, handed over for good only once `previous` (the
         worker's last outcome) committed: what came of it, to be recorded."""
-        hold = None if previous is None else partial(self.wait_for, previous)
+        hold = None if previous is None else partial(self.hold, previous)
         try:
             reply = await self.transport.send(item.sender, item.recipient, item.message, hold)
         except PermanentDeliveryError as e:
@@ -438,6 +439,13 @@ class _Drain:
                 self.error = str(e)  # the others wait, each with its attempts
             return self.transient_outcome(item, str(e))
         return claims.Outcome(item.id, outbox.SENT, reply)
+
+    def hold(self, previous: asyncio.Future[None]) -> Awaitable[None] | None:
+        """What a final dot waits for: the commit of the worker's previous outcome; None
+        when it is committed already (the message then goes in one write)."""
+        if previous.done() and not previous.cancelled() and previous.exception() is None:
+            return None
+        return self.wait_for(previous)
 
     def maybe_outcome(self, item: outbox.OutboxItem, reply: str) -> claims.Outcome:
         """The final reply never came: resend once, an hour later at least; never twice."""

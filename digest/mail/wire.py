@@ -31,8 +31,10 @@ from digest.config import ascii_address
 _BAD_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")  # control chars, spaces, brackets: refuse
 _SUCCESS = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 FINAL_DOT = b".\r\n"  # the line that ends DATA: what to_wire appends
-# awaited just before the final dot (where the server takes the message); raising stops it
-Hold = Callable[[], Awaitable[None]]
+# called just before the final dot (where the server takes the message): None when there
+# is nothing to wait for (the dot leaves with the rest, one write), else what the dot
+# waits for; raising, or an awaitable that raises, stops it
+Hold = Callable[[], Awaitable[None] | None]
 
 
 class Refused(Exception):
@@ -126,9 +128,10 @@ class Wire:
         """Send one message (`to_wire` output) to one recipient; the reply text to the
         final dot. Raises Refused (the envelope is reset) or Dropped (now closed).
 
-        `hold`: awaited before the final dot (where the server takes the message); if it
-        raises, the connection is closed without the dot, so the server keeps nothing, and
-        its exception propagates."""
+        `hold`: called before the final dot (where the server takes the message), and what
+        it returns awaited before the dot goes (None: nothing to wait for, the message
+        goes in one write); if either raises, the connection is closed without the dot, so
+        the server keeps nothing, and the exception propagates."""
         commands = [(b"MAIL FROM:" + sender, "MAIL"), (b"RCPT TO:" + recipient, "RCPT"),
                     (b"DATA", "DATA")]  # fmt: skip
         if self.pipelining:
@@ -153,14 +156,19 @@ class Wire:
         if refusal is not None:
             await self._reset()
             raise refusal
-        if hold is None:
+        try:
+            waiting = None if hold is None else hold()
+        except BaseException:
+            self.close()  # mid-DATA: only closing leaves the server nothing to deliver
+            raise
+        if waiting is None:
             self._transport.write(wire_message)
         else:
-            self._transport.write(wire_message[: -len(FINAL_DOT)])
+            self._transport.write(memoryview(wire_message)[: -len(FINAL_DOT)])
             try:
-                await hold()
+                await waiting
             except BaseException:
-                self.close()  # mid-DATA: only closing leaves the server nothing to deliver
+                self.close()  # as above
                 raise
             self._transport.write(FINAL_DOT)
         try:  # RFC 5321 4.5.3.2.6: the server may take minutes to answer the final dot
