@@ -134,7 +134,8 @@ def test_parser_answers_as_with_the_reference_tokens(text: str) -> None:
 
 
 # and what check_query's plain lane (a regex instead of the lexer) must tell apart
-PLAIN = ["-", "(", ")", "OR", "AND", "NOT", "a*", '"a b"', '"a b*"', "-a", "ANDx", "9", "org:"]
+PLAIN = ["-", "(", ")", "OR", "AND", "NOT", "a*", '"a b"', '"a b*"', "-a", "ANDx", "9", "org:",
+         "a-b", "x.5", "-c", ".", "AND-x", '"y-z w"']  # fmt: skip
 
 
 @settings(max_examples=4000, deadline=None)
