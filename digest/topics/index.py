@@ -26,7 +26,7 @@ id asc) when the index is built; `match.py` relies on it.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from digest.models import Paper, TopicHit
 from digest.topics.query import CompiledQuery, Leaf, leaf_set, tokenize
@@ -237,6 +237,16 @@ class PaperIndex:
             result |= 1 << self._id_pos[ids[i]]
             i += 1
         return result
+
+    def id_bits(self, ids: Iterable[str]) -> int:
+        """The papers of the batch among `ids`, as a bitset (ids not in it are ignored)."""
+        where = self._id_pos
+        bits = 0
+        for paper_id in ids:
+            pos = where.get(paper_id)
+            if pos is not None:
+                bits |= 1 << pos
+        return bits
 
     def upvotes_at_least(self, minimum: int) -> int:
         """The papers with at least `minimum` upvotes, as a bitset (memoised)."""

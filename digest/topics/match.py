@@ -1,10 +1,14 @@
 """Batch matching: match each subscriber against one indexed batch of papers.
 
 Owns: `compile_topics`, `match_subscriber` (evaluate, rank, cut, explain),
-`count_matches`, and `match_and_count` (both, the queries run once). Does not own:
+`count_matches`, `match_and_count` (both, the queries run once) and `ranked_topics`
+(the same ranking with topic names instead of explanations: `digest match`). Does not own:
 the index (`index.py`, re-exported here with `iter_bits`), the query language
 (`query.py`), which papers are candidates or already delivered (the store and the
 daemon pass them in), nor rendering. Pure: no I/O, no clock.
+
+The papers a subscriber already has are one bitset, masked out before counting and
+ranking (`PaperIndex.id_bits`).
 
 Cost: a subscriber costs a few bitset operations per query node (the index memoises
 every leaf), then a little work per paper kept: its explanation (which of the query's leaves match
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from digest.config import Topic
 from digest.models import Match
 from digest.topics.index import PaperIndex, iter_bits
-from digest.topics.query import CompiledQuery, compile_text
+from digest.topics.query import CompiledQuery, compile_text, evaluate_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +71,10 @@ def match_and_count(
     exclude: AbstractSet[str] = frozenset(),
 ) -> tuple[list[Match], int]:
     """`match_subscriber`'s matches and `count_matches`' count, the queries run once."""
-    if not topics:
-        return [], 0
-    results = _evaluate(index, topics, min_upvotes)
-    union, several = _union_and_overlap(results)
-    total = _count(index, union, exclude)
-    if max_papers <= 0 or not union:
+    results, ranked, several, total = _ranked(
+        index, topics, min_upvotes, max_papers, index.id_bits(exclude) if exclude else 0
+    )
+    if not ranked:
         return [], total
     papers, query_leaves, topic_hit = index.papers, index.query_leaves, index.topic_hit
     named = [
@@ -81,7 +83,7 @@ def match_and_count(
         if bits
     ]
     matches: list[Match] = []
-    for pos in _rank(results, union, several, index.ids, max_papers, exclude):
+    for pos in ranked:
         if (several >> pos) & 1:  # a few papers: several topics matched them
             hits = tuple(
                 topic_hit(name, query_leaves(query, pos) if fixed is None else fixed)
@@ -98,6 +100,65 @@ def match_and_count(
     return matches, total
 
 
+def ranked_topics(
+    index: PaperIndex,
+    topics: Sequence[Topic],
+    *,
+    min_upvotes: int,
+    max_papers: int,
+    excluded: int = 0,
+) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
+    """`match_and_count` without the explanations, straight from the topics' text
+    (`evaluate_text`: nothing compiled is built or kept): each chosen paper's position in
+    the index with the names of the topics that matched it (in the subscriber's order),
+    and the count. What `digest match` lists; `excluded` is a bitset (`PaperIndex.id_bits`)."""
+    if not topics:
+        return [], 0
+    everything = index.all_bits
+    mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else everything
+    if excluded:
+        mask &= ~excluded
+    results = [evaluate_text(t.query, index) & mask for t in topics]
+    union, several = _union_and_overlap(results)
+    total = union.bit_count()
+    if max_papers <= 0 or not union:
+        return [], total
+    ranked = _rank(results, union, several, max_papers)
+    named = [(t.name, bits) for t, bits in zip(topics, results, strict=True) if bits]
+    if len(named) == 1:  # every paper matched the one topic
+        only = (named[0][0],)
+        return [(pos, only) for pos in ranked], total
+    chosen: list[tuple[int, tuple[str, ...]]] = []
+    for pos in ranked:
+        if (several >> pos) & 1:
+            chosen.append((pos, tuple([name for name, bits in named if (bits >> pos) & 1])))
+            continue
+        for name, bits in named:
+            if (bits >> pos) & 1:
+                chosen.append((pos, (name,)))
+                break
+    return chosen, total
+
+
+def _ranked(
+    index: PaperIndex,
+    topics: Sequence[CompiledTopic],
+    min_upvotes: int,
+    max_papers: int,
+    excluded: int,
+) -> tuple[list[int], list[int], int, int]:
+    """Each topic's matches (the `excluded` bitset left out), the best `max_papers`
+    positions, the papers several topics matched, and how many matched in all."""
+    if not topics:
+        return [], [], 0, 0
+    results = _evaluate(index, topics, min_upvotes, excluded)
+    union, several = _union_and_overlap(results)
+    total = union.bit_count()
+    if max_papers <= 0 or not union:
+        return results, [], several, total
+    return results, _rank(results, union, several, max_papers), several, total
+
+
 def count_matches(
     index: PaperIndex,
     topics: Sequence[CompiledTopic],
@@ -107,21 +168,20 @@ def count_matches(
 ) -> int:
     """How many papers `match_subscriber` would return with no `max_papers` cut (cheap)."""
     union = 0
-    for bits in _evaluate(index, topics, min_upvotes):
+    for bits in _evaluate(index, topics, min_upvotes, index.id_bits(exclude) if exclude else 0):
         union |= bits
-    return _count(index, union, exclude)
-
-
-def _count(index: PaperIndex, union: int, exclude: AbstractSet[str]) -> int:
-    if exclude:
-        return sum(1 for pos in iter_bits(union) if index.ids[pos] not in exclude)
     return union.bit_count()
 
 
-def _evaluate(index: PaperIndex, topics: Sequence[CompiledTopic], min_upvotes: int) -> list[int]:
-    """Each topic's matches as a bitset, papers under `min_upvotes` removed."""
+def _evaluate(
+    index: PaperIndex, topics: Sequence[CompiledTopic], min_upvotes: int, excluded: int
+) -> list[int]:
+    """Each topic's matches as a bitset, papers under `min_upvotes` and the `excluded`
+    ones removed (an excluded paper is then neither counted nor ranked)."""
     memo, everything = index.leaf_bits, index.all_bits
     mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else everything
+    if excluded:
+        mask &= ~excluded
     return [t.query.function(memo, t.query.keys, everything) & mask for t in topics]
 
 
@@ -134,22 +194,15 @@ def _union_and_overlap(results: list[int]) -> tuple[int, int]:
     return seen, overlap
 
 
-def _rank(
-    results: list[int],
-    union: int,
-    overlap: int,
-    ids: tuple[str, ...],
-    limit: int,
-    exclude: AbstractSet[str],
-) -> list[int]:
-    """The best `limit` positions not excluded: most topics first, then lowest position.
+def _rank(results: list[int], union: int, overlap: int, limit: int) -> list[int]:
+    """The best `limit` positions: most topics first, then lowest position.
 
     `overlap`: the papers several topics matched. Positions are already in
     (upvotes, newest, id) order, so among papers that matched as many topics the
     lowest bit is the best paper.
     """
     chosen: list[int] = []
-    if not overlap and not exclude and union.bit_count() <= limit:  # common: keep them all
+    if not overlap and union.bit_count() <= limit:  # common: keep them all
         while union:
             low = union & -union
             union ^= low
@@ -168,10 +221,7 @@ def _rank(
         while level:
             low = level & -level
             level ^= low
-            pos = low.bit_length() - 1
-            if exclude and ids[pos] in exclude:
-                continue
-            chosen.append(pos)
+            chosen.append(low.bit_length() - 1)
             if len(chosen) == limit:
                 return chosen
     return chosen
@@ -185,4 +235,5 @@ __all__ = [
     "iter_bits",
     "match_and_count",
     "match_subscriber",
+    "ranked_topics",
 ]
