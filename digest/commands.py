@@ -328,45 +328,13 @@ def next_digest(
 
 def cmd_match(args: argparse.Namespace, out: TextIO) -> int:
     from digest import pipeline
+    from digest.listmatches import write_matches
 
     config = load(args)
     planner = pipeline.Planner(config, open_store(config))
     now = utcnow()
     chosen = select_subscribers(config, args.subscriber)
-    states = subscriber_states(planner.engine, chosen)
-    for subscriber in chosen:
-        state = states.get(subscriber.email)
-        slot, matches, total = next_digest(planner, subscriber, state, now, args.since)
-        if args.json:
-            papers = [
-                {
-                    "id": m.paper.id,
-                    "title": m.paper.title,
-                    "topics": list(m.topics),
-                    "score": m.score,
-                    "upvotes": m.paper.upvotes,
-                    "listed_on": m.paper.listed_on.isoformat(),
-                }
-                for m in matches
-            ]
-            record = {
-                "subscriber": subscriber.email,
-                "slot": slot.isoformat(),
-                "total": total,
-                "papers": papers,
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            continue
-        local = slot.astimezone(ZoneInfo(subscriber.timezone))
-        out.write(
-            f"{subscriber.email}: {len(matches)} of {count(total, 'matching paper')} "
-            f"for {local:%a %Y-%m-%d %H:%M %Z}\n"
-        )
-        for m in matches:
-            out.write(
-                f"  {m.paper.id:<12} {m.paper.upvotes:>4}  {m.paper.title[:70]:<70}  "
-                f"[{', '.join(m.topics)}]\n"
-            )
+    write_matches(planner, chosen, now, args.since, out, as_json=args.json)
     return 0
 
 

@@ -313,6 +313,14 @@ def test_match_and_status_read_the_subscribers_state_in_one_batch_not_one_each(
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
         statements.append(statement)
 
+    # every statement, through SQLAlchemy or in plain SQL (store/peek.py's Reader)
+    rows = peek.Reader.rows
+
+    def counted(reader: peek.Reader, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        statements.append(sql)
+        return rows(reader, sql, params)
+
+    monkeypatch.setattr(peek.Reader, "rows", counted)
     event.listen(Engine, "before_cursor_execute", seen)
     try:
         assert main(["match", "--json", "-c", str(config)]) == 0
@@ -322,13 +330,6 @@ def test_match_and_status_read_the_subscribers_state_in_one_batch_not_one_each(
     assert len(reads) == 1, len(reads)
 
     statements.clear()  # status reads with sqlite3 (store/peek.py): every statement it runs
-    rows = peek.Reader.rows
-
-    def counted(reader: peek.Reader, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        statements.append(sql)
-        return rows(reader, sql, params)
-
-    monkeypatch.setattr(peek.Reader, "rows", counted)
     assert main(["status", "-c", str(config)]) == 0
     assert 1 <= len(statements) <= 10, statements  # a handful, whatever the subscribers
     out = capsys.readouterr().out
