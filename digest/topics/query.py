@@ -607,7 +607,7 @@ _Piece = tuple[str, str, Leaf | None]  # its shape character, its leaf's key and
 _PIECES: dict[str, _Piece] = {}  # piece -> what it is; emptied when it grows past the bound
 _SHAPES: dict[str, str] = {}  # piece -> its shape character (the same pieces)
 _KEYS: dict[str, str] = {}  # piece -> its leaf's key, "" for an operator (the same pieces)
-_MAX_PIECES = 1 << 17
+_MAX_PIECES = 1 << 16  # as _term_node's cache: a 100k-subscriber file has ~24k distinct pieces
 
 
 def _forget_pieces() -> None:
