@@ -18,7 +18,12 @@ through json's own encoder.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+import gc
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses
 from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
@@ -33,8 +38,10 @@ if TYPE_CHECKING:
     from digest.topics.match import PaperIndex
 
 WRITE_EVERY = 2000  # subscribers whose lines are joined into one write
+PARALLEL_FROM = 10_000  # subscribers from which two processes match (_in_two)
 
 Window = tuple[dt.date, dt.date]
+_State = tuple[dt.datetime | None, dt.date | None]  # last handled slot, watermark
 _Ranked = list[tuple[int, tuple[str, ...]]]
 
 
@@ -48,35 +55,105 @@ def write_matches(
     as_json: bool,
 ) -> None:
     """Each of `chosen`'s next digest (the due slot if one is waiting, else the next one;
-    with `since`, every paper listed from that day on), in `chosen`'s order."""
+    with `since`, every paper listed from that day on), in `chosen`'s order. Every read
+    comes first; from PARALLEL_FROM subscribers on, two processes match and write
+    (`_in_two`)."""
+    # the config's objects (hundreds of MB at 100k) live until the command ends: the
+    # collector need not walk them again and again while reading and matching, nor a
+    # forked process copy every page it touches doing so
+    gc.freeze()
+    try:
+        _write(planner, chosen, now, since, out, as_json)
+    finally:
+        gc.unfreeze()
+
+
+def _write(
+    planner: pipeline.Planner,
+    chosen: Sequence[Subscriber],
+    now: dt.datetime,
+    since: dt.date | None,
+    out: TextIO,
+    as_json: bool,
+) -> None:
     from digest.topics import match
 
-    states = _slot_states(planner, [s.email for s in chosen])
+    emails = [s.email for s in chosen]
+    states = _slot_states(planner, emails)
     plans = _plans(chosen, states, now, since)
-    windows = {window for _, window in plans.values()}
-    taken = _taken(planner, windows, [s.email for s in chosen])
+    del states
+    windows = {window for _, window in set(plans)}
+    taken = _taken(planner, windows, emails)
     pages = {window: _Page(planner.index_for(*window), as_json) for window in windows}
-    buffer: list[str] = []
-    for subscriber in chosen:
-        slot, window = plans[_plan_key(subscriber, states.get(subscriber.email), since)]
-        page = pages[window]
-        have = taken.get(subscriber.email)
-        ranked, total = match.ranked_topics(
-            page.index,
-            subscriber.topics,
-            min_upvotes=subscriber.min_upvotes,
-            max_papers=subscriber.max_papers,
-            excluded=page.index.id_bits(have) if have else 0,
-        )
-        buffer.append(page.record(subscriber, slot, ranked, total))
-        if len(buffer) >= WRITE_EVERY:
-            out.write("".join(buffer))
-            buffer.clear()
-    out.write("".join(buffer))
+
+    def share(first: int, end: int) -> Iterator[str]:
+        """The lines of chosen[first:end], WRITE_EVERY subscribers to a string."""
+        buffer: list[str] = []
+        for subscriber, (slot, window) in zip(chosen[first:end], plans[first:end], strict=True):
+            page = pages[window]
+            have = taken.get(subscriber.email)
+            ranked, total = match.ranked_topics(
+                page.index,
+                subscriber.topics,
+                min_upvotes=subscriber.min_upvotes,
+                max_papers=subscriber.max_papers,
+                excluded=page.index.id_bits(have) if have else 0,
+            )
+            buffer.append(page.record(subscriber, slot, ranked, total))
+            if len(buffer) >= WRITE_EVERY:
+                yield "".join(buffer)
+                buffer.clear()
+        yield "".join(buffer)
+
+    if not _in_two(share, len(chosen), out):
+        for lines in share(0, len(chosen)):
+            out.write(lines)
 
 
-_State = tuple[dt.datetime | None, dt.date | None]  # last handled slot, watermark
-_PlanKey = tuple[object, ...]
+def _in_two(share: Callable[[int, int], Iterator[str]], n: int, out: TextIO) -> bool:
+    """Write share(0, n) to `out` with a forked child doing the second half into a
+    spool file, copied after the first half: the same bytes in the same order. False
+    (nothing written) where that cannot be done: too few subscribers to pay for it, one
+    core, no fork, an `out` with no binary buffer under it. A child that fails is not
+    trusted: its half is worked out here again, so any error is this process's own."""
+    binary = getattr(out, "buffer", None)
+    encoding = getattr(out, "encoding", None)
+    if n < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        return False
+    if binary is None or encoding is None:
+        return False
+    middle = n // 2
+    out.flush()
+    with tempfile.TemporaryFile() as spool:
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's exit is all the parent sees)
+            code = 1
+            try:
+                with open(spool.fileno(), "w", encoding=encoding, errors=out.errors,
+                          closefd=False) as text:  # fmt: skip
+                    for lines in share(middle, n):
+                        text.write(lines)
+                code = 0
+            finally:
+                os._exit(code)  # no atexit, no buffers of the parent's flushed twice
+        try:
+            for lines in share(0, middle):
+                out.write(lines)
+            _, status = os.waitpid(child, 0)
+            child = 0
+            if os.waitstatus_to_exitcode(status) != 0:
+                for lines in share(middle, n):
+                    out.write(lines)
+                return True
+            out.flush()
+            spool.seek(0)
+            shutil.copyfileobj(spool, binary)
+            binary.flush()
+        finally:
+            if child:  # this process failed (a closed pipe, ^C): the child goes too
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+    return True
 
 
 def _slot_states(planner: pipeline.Planner, emails: list[str]) -> dict[str, _State]:
@@ -94,37 +171,33 @@ def _slot_states(planner: pipeline.Planner, emails: list[str]) -> dict[str, _Sta
         connection.close()
 
 
-def _plan_key(subscriber: Subscriber, state: _State | None, since: dt.date | None) -> _PlanKey:
-    """What a subscriber's slot and window depend on: equal keys, equal answers (at 100k
-    subscribers a few dozen distinct ones)."""
-    last_slot, covered_until = state or (None, None)
-    return (subscriber.schedule, subscriber.timezone, subscriber.window_days, last_slot,
-            covered_until, since)  # fmt: skip
-
-
 def _plans(
     chosen: Sequence[Subscriber],
     states: dict[str, _State],
     now: dt.datetime,
     since: dt.date | None,
-) -> dict[_PlanKey, tuple[dt.datetime, Window]]:
-    """Each distinct plan key's slot and listing days, worked out once."""
+) -> list[tuple[dt.datetime, Window]]:
+    """Each subscriber's slot and listing days, worked out once per distinct (schedule,
+    zone, window_days, last slot, watermark): at 100k subscribers a few dozen."""
     from digest import pipeline
     from digest.schedule import upcoming_slot
 
-    plans: dict[_PlanKey, tuple[dt.datetime, Window]] = {}
+    known: dict[tuple[object, ...], tuple[dt.datetime, Window]] = {}
+    plans = []
     for subscriber in chosen:
         state = states.get(subscriber.email)
-        key = _plan_key(subscriber, state, since)
-        if key in plans:
-            continue
         last_slot, covered_until = state or (None, None)
-        slot, _ = upcoming_slot(subscriber, now, last_slot)
-        if since is not None:
-            window = (since, now.date() + dt.timedelta(days=1))
-        else:
-            window = pipeline.digest_days(subscriber, slot, last_slot, covered_until)
-        plans[key] = slot, window
+        key = (subscriber.schedule, subscriber.timezone, subscriber.window_days, last_slot,
+               covered_until)  # fmt: skip
+        plan = known.get(key)
+        if plan is None:
+            slot, _ = upcoming_slot(subscriber, now, last_slot)
+            if since is not None:
+                window = (since, now.date() + dt.timedelta(days=1))
+            else:
+                window = pipeline.digest_days(subscriber, slot, last_slot, covered_until)
+            plan = known[key] = slot, window
+        plans.append(plan)
     return plans
 
 
@@ -167,10 +240,13 @@ class _Page:
             self.heads = [f"  {p.id:<12} {p.upvotes:>4}  {p.title[:70]:<70}  [" for p in papers]
             self.record = self._text
         self._topics: dict[tuple[str, ...], str] = {}
-        self._slots: dict[tuple[dt.datetime, str], str] = {}
+        self._slots: dict[tuple[dt.datetime, str], str] = {}  # (slot, zone) -> as shown
 
     def _json(self, subscriber: Subscriber, slot: dt.datetime, ranked: _Ranked, total: int) -> str:
         heads, tails, topics = self.heads, self.tails, self._topics
+        when = self._slots.get((slot, ""))
+        if when is None:
+            when = self._slots[slot, ""] = slot.isoformat()
         parts = []
         for pos, names in ranked:
             shown = topics.get(names)
@@ -180,7 +256,7 @@ class _Page:
             parts.append(heads[pos] + shown + tails[pos])
         return (
             f'{{"subscriber": {encode_basestring(subscriber.email)}, '
-            f'"slot": "{slot.isoformat()}", "total": {total}, "papers": [{", ".join(parts)}]}}\n'
+            f'"slot": "{when}", "total": {total}, "papers": [{", ".join(parts)}]}}\n'
         )
 
     def _text(self, subscriber: Subscriber, slot: dt.datetime, ranked: _Ranked, total: int) -> str:

@@ -260,7 +260,16 @@ def slot_states(
     wanted = set(emails)
     with reading(reader, "reading the subscribers' state"):
         rows = reader.rows("SELECT email, last_slot, covered_until FROM subscribers")
-    return {email: (utc(slot), day(until)) for email, slot, until in rows if email in wanted}
+    # everyone handled in one cycle shares a few stored values: each is parsed once
+    known: dict[tuple[object, object], tuple[dt.datetime | None, dt.date | None]] = {}
+    states = {}
+    for email, slot, until in rows:
+        if email in wanted:
+            state = known.get((slot, until))
+            if state is None:
+                state = known[slot, until] = utc(slot), day(until)
+            states[email] = state
+    return states
 
 
 @dataclass(frozen=True, slots=True)
