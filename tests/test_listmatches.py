@@ -19,6 +19,7 @@ from digest.cli import main
 from digest.commands import next_digest, open_store
 from digest.config import load_config
 from digest.humanize import count
+from tests.backends import Backend
 from tests.configs import write_config
 from tests.hfserver import HFServer
 from tests.testdata import HF
@@ -94,14 +95,17 @@ def reference(config_path: Path, now: dt.datetime, since: dt.date | None, as_jso
 
 
 @pytest.fixture
-def stored(tmp_path: Path, hf_server: HFServer) -> tuple[Path, dt.datetime]:
+def stored(tmp_path: Path, hf_server: HFServer, backend: Backend) -> tuple[Path, dt.datetime]:
     """30 subscribers, most with a state and delivered papers (a `digest send`), the
-    last six added after it (no state yet); and the moment both sides run at."""
+    last six added after it (no state yet), on SQLite and PostgreSQL (whose times and
+    dates the plain reads get as datetime objects, not text); and the moment both
+    sides run at."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     body = CAPTURE.read_bytes()
     for day in (now.date(), now.date() - dt.timedelta(days=1)):
         hf_server.set_api_body(day, body)
-    config = write_config(tmp_path, hf_server.base_url, subscribers=subscribers(24))
+    db = backend.url(migrated=False)
+    config = write_config(tmp_path, hf_server.base_url, subscribers=subscribers(24), db=db)
     assert main(["send", "-c", str(config)]) == 0
     text = config.read_text(encoding="utf-8")
     config.write_text(text + subscribers(6, first=24), encoding="utf-8")
