@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from digest.config import Topic
 from digest.models import Match
 from digest.topics.index import PaperIndex, iter_bits
-from digest.topics.query import CompiledQuery, compile_text, evaluate_text
+from digest.topics.query import CompiledQuery, compile_text, evaluate_texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ def ranked_topics(
     excluded: int = 0,
 ) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
     """`match_and_count` without the explanations, straight from the topics' text
-    (`evaluate_text`: nothing compiled is built or kept): each chosen paper's position in
+    (`evaluate_texts`: nothing compiled is built or kept): each chosen paper's position in
     the index with the names of the topics that matched it (in the subscriber's order),
     and the count. What `digest match` lists; `excluded` is a bitset (`PaperIndex.id_bits`)."""
     if not topics:
@@ -118,7 +118,7 @@ def ranked_topics(
     mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else everything
     if excluded:
         mask &= ~excluded
-    results = [evaluate_text(t.query, index) & mask for t in topics]
+    results = [bits & mask for bits in evaluate_texts([t.query for t in topics], index)]
     union, several = _union_and_overlap(results)
     total = union.bit_count()
     if max_papers <= 0 or not union:

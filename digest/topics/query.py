@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, NamedTuple, Protocol
@@ -571,18 +571,28 @@ def evaluate_text(text: str, resolver: LeafResolver) -> int:
     `map` over the pieces), and its shape's function runs on the bitsets of its terms.
     For a listing that needs no explanations (`digest match`: 300,000 queries); raises
     QuerySyntaxError as parse_query does."""
-    if _PLAIN_QUERY.fullmatch(text):
-        pieces = _PLAIN_PIECE.findall(text)
-        try:
-            shape: str | None = "".join(map(_SHAPES.__getitem__, pieces))
-        except KeyError:  # a piece met for the first time
-            shape = _learn_pieces(pieces)
-        compiled = None if shape is None else _compiled_shape(shape)
-        if compiled is not None:
-            keys = filter(None, map(_KEYS.__getitem__, pieces))  # the terms' leaf keys
-            bits = list(map(resolver.leaf_bits.__getitem__, keys))
-            return compiled[0](bits, compiled[1], resolver.all_bits)
-    return compile_text(text).evaluate(resolver)  # raises, with the column in `text`
+    return evaluate_texts((text,), resolver)[0]
+
+
+def evaluate_texts(texts: Iterable[str], resolver: LeafResolver) -> list[int]:
+    """`evaluate_text` of each of `texts` (a subscriber's topics: one call for them all)."""
+    plain, cut, shape_of, key_of = _PLAIN_QUERY.fullmatch, _PLAIN_PIECE.findall, _SHAPES, _KEYS
+    bits_of, everything = resolver.leaf_bits.__getitem__, resolver.all_bits
+    found = []
+    for text in texts:
+        if plain(text):
+            pieces = cut(text)
+            try:
+                shape: str | None = "".join(map(shape_of.__getitem__, pieces))
+            except KeyError:  # a piece met for the first time
+                shape = _learn_pieces(pieces)
+            compiled = None if shape is None else _compiled_shape(shape)
+            if compiled is not None:
+                keys = filter(None, map(key_of.__getitem__, pieces))  # the terms' leaf keys
+                found.append(compiled[0](list(map(bits_of, keys)), compiled[1], everything))
+                continue
+        found.append(compile_text(text).evaluate(resolver))  # raises, with the column
+    return found
 
 
 def _learn_pieces(pieces: list[str]) -> str | None:
@@ -688,6 +698,7 @@ __all__ = [
     "compile_query",
     "compile_text",
     "evaluate_text",
+    "evaluate_texts",
     "leaf_set",
     "parse_query",
     "tokenize",
