@@ -1,14 +1,15 @@
 """`digest match` in bulk: every chosen subscriber's next digest, written as JSON lines or
 text, at 100k subscribers in seconds.
 
-Owns how `cmd_match` gets there: one plain read of the subscribers' state, one read of
-the papers they already have, each distinct (schedule, zone, window, last slot,
-watermark)'s slot and window worked out once, the matches ranked without explanations
-(`match.ranked_topics`), and each paper's constant part of a line written once per
-window. Does not own what a next digest is (`schedule.upcoming_slot`,
+Owns how `cmd_match` gets there: plain reads of the subscribers' state and of the
+papers they already have (`store.peek`; a pending digest's ids decoded only when its
+subscriber is matched), each distinct (schedule, zone, window, last slot,
+watermark)'s slot and window worked out once, the matches ranked without
+explanations (`match.ranked_topics`), each paper's constant part of a line written
+once per window, and from PARALLEL_FROM subscribers two processes doing the matching
+and writing (`_in_two`). Does not own what a next digest is (`schedule.upcoming_slot`,
 `pipeline.digest_days`; `commands.next_digest` is the same recipe for one subscriber,
-which `digest preview` uses), matching (`topics/match.py`), nor the reads themselves
-(`store`).
+which `digest preview` uses), matching (`topics/match.py`), nor the SQL (`store`).
 
 What it writes is byte for byte what one `json.dumps(record, ensure_ascii=False)` per
 subscriber (or the text lines) wrote before: the same keys in the same order, strings
@@ -19,16 +20,21 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import os
 import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from functools import reduce
+from itertools import repeat
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses
-from typing import TYPE_CHECKING, TextIO
+from operator import or_
+from typing import TYPE_CHECKING, TextIO, TypeVar
 from zoneinfo import ZoneInfo
 
 from digest.humanize import count
+from digest.store import peek
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -43,6 +49,7 @@ PARALLEL_FROM = 10_000  # subscribers from which two processes match (_in_two)
 Window = tuple[dt.date, dt.date]
 _State = tuple[dt.datetime | None, dt.date | None]  # last handled slot, watermark
 _Ranked = list[tuple[int, tuple[str, ...]]]
+_T = TypeVar("_T")
 
 
 def write_matches(
@@ -79,11 +86,11 @@ def _write(
     from digest.topics import match
 
     emails = [s.email for s in chosen]
-    states = _slot_states(planner, emails)
+    states = _reading(planner, lambda reader: peek.slot_states(reader, emails))
     plans = _plans(chosen, states, now, since)
     del states
     windows = {window for _, window in set(plans)}
-    taken = _taken(planner, windows, emails)
+    pending, delivered = _held(planner, windows)
     pages = {window: _Page(planner.index_for(*window), as_json) for window in windows}
 
     def share(first: int, end: int) -> Iterator[str]:
@@ -91,13 +98,13 @@ def _write(
         buffer: list[str] = []
         for subscriber, (slot, window) in zip(chosen[first:end], plans[first:end], strict=True):
             page = pages[window]
-            have = taken.get(subscriber.email)
+            email = subscriber.email
             ranked, total = match.ranked_topics(
                 page.index,
                 subscriber.topics,
                 min_upvotes=subscriber.min_upvotes,
                 max_papers=subscriber.max_papers,
-                excluded=page.index.id_bits(have) if have else 0,
+                excluded=page.held_bits(pending.get(email), delivered.get(email)),
             )
             buffer.append(page.record(subscriber, slot, ranked, total))
             if len(buffer) >= WRITE_EVERY:
@@ -156,17 +163,15 @@ def _in_two(share: Callable[[int, int], Iterator[str]], n: int, out: TextIO) -> 
     return True
 
 
-def _slot_states(planner: pipeline.Planner, emails: list[str]) -> dict[str, _State]:
-    """`peek.slot_states` over the planner's engine (any backend, already migrated)."""
+def _reading(planner: pipeline.Planner, read: Callable[[peek.Reader], _T]) -> _T:
+    """`read` with a `peek.Reader` over the planner's engine (any backend, migrated)."""
     from digest.config.dburl import parse_db_url
-    from digest.store import peek
 
     engine: Engine = planner.engine
     connection = engine.raw_connection()
     try:
         where = parse_db_url(planner.config.storage.url).masked()
-        reader = peek.Reader(connection, engine.dialect.paramstyle, where)
-        return peek.slot_states(reader, emails)
+        return read(peek.Reader(connection, engine.dialect.paramstyle, where))
     finally:
         connection.close()
 
@@ -201,20 +206,22 @@ def _plans(
     return plans
 
 
-def _taken(
-    planner: pipeline.Planner, windows: set[Window], emails: list[str]
-) -> dict[str, set[str]]:
-    """Of the papers of every window, the ones each subscriber already has or is about to
-    get: one read for all the windows (each subscriber's share of a window is then a
-    bitset of its index, `PaperIndex.id_bits`)."""
-    from sqlmodel import Session
-
-    from digest import store
-
+def _held(
+    planner: pipeline.Planner, windows: set[Window]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The papers each subscriber already has or is about to get, as read (`peek.papers_held`,
+    over the papers of every window): their pending digests' paper_ids_json, decoded
+    only when the subscriber is matched (by whichever process matches them), and their
+    deliveries. `_Page.held_bits` makes a subscriber's share of a window a bitset."""
     ids = {paper_id for w in windows for paper_id in planner.index_for(*w).ids}
-    few = emails if len(emails) <= 1000 else None  # else everyone's, in one pass
-    with Session(planner.engine) as session:
-        return store.papers_taken(session, ids, few)
+    pending, delivered = _reading(planner, lambda reader: peek.papers_held(reader, ids))
+    texts: dict[str, list[str]] = {}
+    for subscriber, paper_ids_json in pending:
+        texts.setdefault(subscriber, []).append(paper_ids_json)
+    got: dict[str, list[str]] = {}
+    for subscriber, paper_id in delivered:
+        got.setdefault(subscriber, []).append(paper_id)
+    return texts, got
 
 
 class _Page:
@@ -224,6 +231,7 @@ class _Page:
     def __init__(self, index: PaperIndex, as_json: bool) -> None:
         self.index = index
         papers = index.papers
+        self._bit = {paper_id: 1 << pos for pos, paper_id in enumerate(index.ids)}.get
         self.record: Callable[[Subscriber, dt.datetime, _Ranked, int], str]
         if as_json:
             self.heads = [
@@ -241,6 +249,15 @@ class _Page:
             self.record = self._text
         self._topics: dict[tuple[str, ...], str] = {}
         self._slots: dict[tuple[dt.datetime, str], str] = {}  # (slot, zone) -> as shown
+
+    def held_bits(self, pending: list[str] | None, delivered: list[str] | None) -> int:
+        """The papers of this window a subscriber has (`_held`), as a bitset."""
+        bits = 0
+        for paper_ids_json in pending or ():
+            bits |= reduce(or_, map(self._bit, json.loads(paper_ids_json), repeat(0)), 0)
+        if delivered:
+            bits |= reduce(or_, map(self._bit, delivered, repeat(0)), 0)
+        return bits
 
     def _json(self, subscriber: Subscriber, slot: dt.datetime, ranked: _Ranked, total: int) -> str:
         heads, tails, topics = self.heads, self.tails, self._topics

@@ -19,12 +19,14 @@ from digest.cli import main
 from digest.commands import next_digest, open_store
 from digest.config import load_config
 from digest.humanize import count
+from digest.store import outbox
 from tests.backends import Backend
 from tests.configs import write_config
 from tests.hfserver import HFServer
 from tests.testdata import HF
 
 CAPTURE = HF / "api-daily_papers-2025-10-01.json"
+Stored = tuple[Path, dt.datetime, dict[str, set[str]]]
 
 # schedules, zones, cuts, upvote floors, overlapping topics (papers several topics
 # match), a topic that matches nothing, hyphenated words, a NOT, fields, phrases
@@ -95,11 +97,11 @@ def reference(config_path: Path, now: dt.datetime, since: dt.date | None, as_jso
 
 
 @pytest.fixture
-def stored(tmp_path: Path, hf_server: HFServer, backend: Backend) -> tuple[Path, dt.datetime]:
+def stored(tmp_path: Path, hf_server: HFServer, backend: Backend) -> Stored:
     """30 subscribers, most with a state and delivered papers (a `digest send`), the
-    last six added after it (no state yet), on SQLite and PostgreSQL (whose times and
-    dates the plain reads get as datetime objects, not text); and the moment both
-    sides run at."""
+    last six added after it (no state yet), some with a pending digest, on
+    SQLite and PostgreSQL (whose times and dates the plain reads get as datetime
+    objects, not text); the moment both sides run at, and the pending papers."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     body = CAPTURE.read_bytes()
     for day in (now.date(), now.date() - dt.timedelta(days=1)):
@@ -109,7 +111,28 @@ def stored(tmp_path: Path, hf_server: HFServer, backend: Backend) -> tuple[Path,
     assert main(["send", "-c", str(config)]) == 0
     text = config.read_text(encoding="utf-8")
     config.write_text(text + subscribers(6, first=24), encoding="utf-8")
-    return config, now
+    # a pending digest for some, holding the best paper their next digest would list
+    # (and a paper in no window): it is left out now
+    records = [json.loads(line) for line in reference(config, now, None, True).splitlines()]
+    waiting = [
+        outbox.NewDigest(
+            subscriber=r["subscriber"],
+            slot=now - dt.timedelta(days=3),
+            recipient=r["subscriber"],
+            sender="digest@example.org",
+            message_id=f"<{k}@digest.example.org>",
+            subject="s",
+            paper_ids=(r["papers"][0]["id"], "2001.00001"),
+            message=b"x",
+        )
+        for k, r in enumerate(records)
+        if k % 3 == 0 and r["papers"]
+    ]
+    assert len(waiting) >= 2
+    engine = store.open_engine(db)
+    outbox.add_digests(engine, waiting, now=now)
+    engine.dispose()
+    return config, now, {d.subscriber: set(d.paper_ids) for d in waiting}
 
 
 def listed(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -120,12 +143,12 @@ def listed(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one process", "two processes"])
 def test_match_lists_what_the_one_subscriber_recipe_lists(
-    stored: tuple[Path, dt.datetime],
+    stored: Stored,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     parallel: bool,
 ) -> None:
-    config, now = stored
+    config, now, waiting = stored
     monkeypatch.setattr("digest.commands.utcnow", lambda: now)
     monkeypatch.setattr(listmatches, "PARALLEL_FROM", 2 if parallel else 10**9)
     since = now.date() - dt.timedelta(days=1)
@@ -142,18 +165,20 @@ def test_match_lists_what_the_one_subscriber_recipe_lists(
     assert any(len(p["topics"]) > 1 for r in records for p in r["papers"])  # several topics
     assert any(r["total"] > len(r["papers"]) > 0 for r in records)  # a cut
     assert any(r["total"] == 0 for r in records)
+    for r in records:  # what a pending digest holds is not listed again
+        assert not {p["id"] for p in r["papers"]} & waiting.get(r["subscriber"], set())
     one = listed(config, capsys, "--json", "--subscriber", "USER7@example.org")
     assert [json.loads(one)] == [r for r in records if r["subscriber"] == "user7@example.org"]
 
 
 def test_a_failing_second_half_is_worked_out_again_by_the_parent(
-    stored: tuple[Path, dt.datetime],
+    stored: Stored,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The forked child's half is redone in the command's own process when the child
     fails (its exit status is all the parent learns): the output is still whole."""
-    config, now = stored
+    config, now, _ = stored
     monkeypatch.setattr("digest.commands.utcnow", lambda: now)
     monkeypatch.setattr(listmatches, "PARALLEL_FROM", 2)
     expected = reference(config, now, None, True)

@@ -1,13 +1,14 @@
 """What `digest status` reads, in plain SQL over any DB-API connection: no SQLAlchemy.
 
 Owns: `StoreStats` (papers, listings, days, the outbox by status, the last poll) and
-its lines, each subscriber's last handled slot (and watermark, for `digest match`), the
-outbox health `--check` fails on, the recipients' choices (unsubscribed, paused,
-muted), and `open_sqlite` (an SQLite file opened read-only with sqlite3, when its
-schema is the one these reads know). `digest status` answers in a fraction of a
-second on a small file because importing SQLAlchemy and SQLModel alone takes longer.
-Does not own any write, the schema (`migrations.py`), or the ORM reads the rest of
-the program uses (`state.py`, which builds its `store_stats` on these same reads).
+its lines, each subscriber's last handled slot (and for `digest match` its watermark
+and the papers it has), the outbox health `--check` fails on, the recipients' choices
+(unsubscribed, paused, muted), and `open_sqlite` (an SQLite file opened read-only
+with sqlite3, when its schema is the one these reads know). `digest status` answers
+in a fraction of a second on a small file because importing SQLAlchemy and SQLModel
+alone takes longer. Does not own any write, the schema (`migrations.py`), or the ORM
+reads the rest of the program uses (`state.py`, which builds its `store_stats` on
+these same reads).
 
 Each function reads whole small tables, or one grouped count, never one row per
 subscriber: at 100k subscribers each is one query. Times come back as aware UTC.
@@ -270,6 +271,28 @@ def slot_states(
                 state = known[slot, until] = utc(slot), day(until)
             states[email] = state
     return states
+
+
+def papers_held(
+    reader: Reader, paper_ids: Collection[str]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What `state.papers_taken` reads for everyone, as plain rows: every pending digest
+    (subscriber, paper_ids_json: the caller decodes only those it needs) and each
+    delivery of one of `paper_ids` (subscriber, paper_id). Pending first, deliveries
+    second, for the reason papers_taken gives."""
+    ids = sorted(set(paper_ids))
+    delivered: list[tuple[Any, ...]] = []
+    with reading(reader, "reading the papers already delivered"):
+        pending = reader.rows(
+            "SELECT subscriber, paper_ids_json FROM digests WHERE status = 'pending'"
+        )
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            delivered += reader.rows(
+                f"SELECT subscriber, paper_id FROM deliveries WHERE paper_id IN ({marks})", chunk
+            )
+    return pending, delivered
 
 
 @dataclass(frozen=True, slots=True)
