@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import reduce
 from itertools import repeat
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses
@@ -52,6 +53,19 @@ _Ranked = list[tuple[int, tuple[str, ...]]]
 _T = TypeVar("_T")
 
 
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """The config's objects (hundreds of MB at 100k) live until the command ends: the
+    collector need not walk them again and again while reading and matching, nor a
+    forked process copy every page it touches doing so."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@_gc_frozen()
 def write_matches(
     planner: pipeline.Planner,
     chosen: Sequence[Subscriber],
@@ -65,24 +79,6 @@ def write_matches(
     with `since`, every paper listed from that day on), in `chosen`'s order. Every read
     comes first; from PARALLEL_FROM subscribers on, two processes match and write
     (`_in_two`)."""
-    # the config's objects (hundreds of MB at 100k) live until the command ends: the
-    # collector need not walk them again and again while reading and matching, nor a
-    # forked process copy every page it touches doing so
-    gc.freeze()
-    try:
-        _write(planner, chosen, now, since, out, as_json)
-    finally:
-        gc.unfreeze()
-
-
-def _write(
-    planner: pipeline.Planner,
-    chosen: Sequence[Subscriber],
-    now: dt.datetime,
-    since: dt.date | None,
-    out: TextIO,
-    as_json: bool,
-) -> None:
     from digest.topics import match
 
     emails = [s.email for s in chosen]
