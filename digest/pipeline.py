@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from digest import store
-from digest.config import Config, Subscriber
+from digest.config import Config, Subscriber, Topics
 from digest.errors import SourceError, UnreachableError
 from digest.humanize import count
 from digest.mail.dkim import sign_message
@@ -508,7 +508,7 @@ def _plan_one(
         return PlannedDigest(subscriber, slot, (), 0, window, skipped=skipped)
     if choice is not None and choice.muted:
         topics = tuple(t for t in subscriber.topics if t.name not in choice.muted)
-        subscriber = replace(subscriber, topics=topics)
+        subscriber = replace(subscriber, topics=Topics(topics))
     return planner.plan(
         subscriber, slot, last_slot=last_slot, covered_until=covered_until, window=window,
         exclude=exclude,

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import Config, load_config
+from digest.config import Config, Topic, load_config
 from digest.config import chunks as chunks_module
 from digest.config.build import build_config
 from digest.errors import ConfigError
+from digest.topics import query as query_module
 
 HEAD = """\
 [source]
@@ -103,11 +104,21 @@ def test_a_valid_file_is_read_in_pieces_into_the_same_config(
     assert sum(p.count("[[subscribers]]") for p in pieces) == 7
 
 
-def test_topics_shared_across_pieces_are_one_object(tmp_path: Path, pieces: list[str]) -> None:
+def test_a_query_shared_across_pieces_is_checked_once(
+    tmp_path: Path, pieces: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+
+    def check_query(query: str) -> None:
+        checked.append(query)
+        real_check(query)
+
+    real_check = query_module.check_query
+    monkeypatch.setattr(query_module, "check_query", check_query)
     config = chunked(write(tmp_path, seven()))
-    assert isinstance(config, Config)
-    firsts = {id(s.topics[0]) for s in config.subscribers}
-    assert len(firsts) == 1  # "Topic" = 'diffusion' for all 7, read in 4 pieces
+    assert isinstance(config, Config) and len(pieces) == 1 + 4  # the head, then 4 pieces
+    assert checked.count("diffusion") == 1  # "Topic" = 'diffusion' for all 7
+    assert {s.topics[0] for s in config.subscribers} == {Topic("Topic", "diffusion")}
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from digest.config.schema import (
     StorageConfig,
     Subscriber,
     Topic,
+    Topics,
     WebConfig,
 )
 from digest.config.values import ascii_address
@@ -41,6 +42,7 @@ __all__ = [
     "StorageConfig",
     "Subscriber",
     "Topic",
+    "Topics",
     "WebConfig",
     "ascii_address",
     "example_config",

@@ -17,9 +17,6 @@ from typing import Any, TypeVar
 
 from digest.config.lines import Path as KeyPath
 from digest.config.lines import key_lines, line_of
-from digest.config.schema import (
-    Topic,
-)
 from digest.config.values import (
     Invalid,
     describe,
@@ -44,10 +41,11 @@ class Reader:
         self._head_lines: dict[KeyPath, int] | None = None
         self.piece: tuple[int, str, int] | None = None  # first subscriber, text, lines before
         self._piece_lines: dict[KeyPath, int] | None = None
-        # the first Topic of each query: the query is checked (and warned about) once
-        self.topic_by_query: dict[str, Topic] = {}
+        # query -> the name of its first topic: a query is checked (and warned about) once
+        # while it is remembered (subscribers.CHECKED_QUERIES)
+        self.checked_queries: dict[str, str] = {}
         # equal values shared by every subscriber that has them: one Schedule per distinct
-        # schedule text, one str per time zone, one Topic per (name, query)
+        # schedule text, one str per time zone
         self.shared: dict[tuple[str, Any], Any] = {}
         self.env = env
         self.problems: list[tuple[int, str]] = []

@@ -3,7 +3,8 @@
 Owns: every rule of a subscriber key (email, schedule, topics, ...), the defaults
 table, duplicate emails, "feed" without [web], and the sharing that keeps a
 100,000-subscriber Config small and quick to build: one Schedule per schedule text,
-one Topic per (name, query), each distinct query checked once. Does not own the
+a subscriber's topics in one string (`schema.Topics`), each distinct query checked
+once (while it is remembered: CHECKED_QUERIES). Does not own the
 other tables (`build.py`), reporting (`reader.py`), nor what a query means
 (`digest/topics/query.py`: `check_query` is called to validate).
 """
@@ -11,9 +12,8 @@ other tables (`build.py`), reporting (`reader.py`), nor what a query means
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 from digest.config.chunks import Piece
 from digest.config.lines import Path as KeyPath
@@ -21,8 +21,9 @@ from digest.config.reader import Reader
 from digest.config.schema import (
     DELIVERIES,
     THUMBNAILS,
+    TOPIC_SEPARATOR,
     Subscriber,
-    Topic,
+    Topics,
 )
 from digest.config.values import (
     Invalid,
@@ -37,6 +38,8 @@ from digest.config.values import (
     parse_timezone,
     query_message,
     single_line,
+    topic_name,
+    topic_query,
 )
 from digest.errors import QuerySyntaxError
 from digest.schedule import parse_schedule
@@ -58,6 +61,9 @@ SUBSCRIBER_VALUES: dict[str, Callable[[Any], Any]] = {  # the checks of the keys
 }
 FEED_NEEDS_WEB = '"feed" needs a [web] table: the feed is served at /f/TOKEN.atom'
 DEFAULT_SCHEDULE = "daily 08:00"  # when neither the subscriber nor [defaults] gives one
+# distinct queries remembered as checked (then forgotten all at once): enough for the
+# queries a big file repeats, without holding every query's text until the file is read
+CHECKED_QUERIES = 1 << 14
 
 
 class SubscriberRules(Reader):
@@ -182,51 +188,55 @@ class SubscriberRules(Reader):
             self.shared[(key, value)] = converted
         return True, converted
 
-    def topics(self, where: KeyPath, value: object) -> tuple[Topic, ...] | None:
+    def topics(self, where: KeyPath, value: object) -> Topics | None:
         if not isinstance(value, list):
             self.problem(
                 where, f"expected an array of {{ name, query }} tables, got {describe(value)}"
             )
             return None
-        out: list[Topic] = []
+        pairs: list[tuple[str, str]] = []
         names: set[str] = set()
         ok = True
         for k, raw in enumerate(value):
-            topic = self.known_topic(raw)
-            if topic is None or topic.name in names:
-                topic = self.topic((*where, k), raw, names)
-            if topic is None:
+            pair = self.known_topic(raw)
+            if pair is None or pair[0] in names:
+                pair = self.topic((*where, k), raw, names)
+            if pair is None:
                 ok = False
                 continue
-            names.add(topic.name)
-            out.append(topic)
-        return tuple(out) if ok else None
+            names.add(pair[0])
+            pairs.append(pair)
+        return Topics.of_pairs(pairs) if ok else None
 
-    def known_topic(self, raw: object) -> Topic | None:
-        """The Topic already built from a table equal to `raw` (exactly name and query):
-        100k subscribers share many topics, and each is checked once."""
+    def known_topic(self, raw: object) -> tuple[str, str] | None:
+        """(name, query) of a table equal to one already checked (exactly name and
+        query): 100k subscribers share many topics, and each is checked once."""
         if type(raw) is not dict or len(raw) != 2:
             return None
         query = raw.get("query")
-        topic = self.topic_by_query.get(query) if type(query) is str else None
-        return topic if topic is not None and topic.name == raw.get("name") else None
+        if type(query) is not str:
+            return None
+        name = self.checked_queries.get(query)
+        return (name, query) if name is not None and name == raw.get("name") else None
 
     def name_and_query(self, where: KeyPath, raw: object) -> tuple[str | None, str | None]:
         """A topic table's name and query, each None if missing or bad (reported)."""
         if type(raw) is dict and len(raw) == 2:  # the usual table: checked without copies
             try:
-                return single_line(raw["name"]), non_empty(raw["query"])
+                usual = single_line(raw["name"]), non_empty(raw["query"])
+                if TOPIC_SEPARATOR not in usual[0] and TOPIC_SEPARATOR not in usual[1]:
+                    return usual
             except (KeyError, Invalid):
                 pass  # not the usual table after all: say what is wrong below
         t = self.table(where, raw, ("name", "query"))
-        name = self.field(t, where, "name", None, single_line)
-        query = self.field(t, where, "query", None, non_empty)
+        name = self.field(t, where, "name", None, topic_name)
+        query = self.field(t, where, "query", None, topic_query)
         for key in ("name", "query"):
             if key not in t and isinstance(raw, dict):
                 self.problem(where, f"missing {key}")
         return name, query
 
-    def topic(self, where: KeyPath, raw: object, names: set[str]) -> Topic | None:
+    def topic(self, where: KeyPath, raw: object, names: set[str]) -> tuple[str, str] | None:
         """One { name, query } table, checked; None if it has a problem (reported)."""
         from digest.topics.query import check_query  # imported late: only to validate queries
 
@@ -234,8 +244,8 @@ class SubscriberRules(Reader):
         if name is not None and name in names:
             self.problem((*where, "name"), f'duplicate topic name "{name}"')
             name = None
-        first = self.topic_by_query.get(query) if query is not None else None
-        if query is not None and first is None:
+        checked = query is not None and query in self.checked_queries
+        if query is not None and not checked:
             try:
                 check_query(query)
                 self.warn_lowercase_operators((*where, "query"), query)
@@ -244,12 +254,8 @@ class SubscriberRules(Reader):
                 query = None
         if name is None or query is None:
             return None
-        if first is None:  # the common case: a query met for the first time
-            topic = self.topic_by_query[query] = Topic(name=sys.intern(name), query=query)
-            return topic
-        if first.name == name:
-            return first
-        shared = self.shared.get(("topic", (name, query)))  # one query, several names
-        if shared is None:
-            shared = self.shared[("topic", (name, query))] = Topic(sys.intern(name), query)
-        return cast(Topic, shared)
+        if not checked:
+            if len(self.checked_queries) >= CHECKED_QUERIES:
+                self.checked_queries.clear()
+            self.checked_queries[query] = name
+        return name, query

@@ -20,6 +20,7 @@ from typing import cast
 
 import idna
 
+from digest.config.schema import TOPIC_SEPARATOR
 from digest.errors import QuerySyntaxError
 from digest.schedule import Schedule, parse_schedule
 
@@ -64,6 +65,22 @@ def single_line(value: object) -> str:
     text = non_empty(value)
     if "\n" in text or "\r" in text or "\0" in text:
         raise Invalid("must be one line (no line breaks)")
+    return text
+
+
+def topic_name(value: object) -> str:
+    return _no_separator(single_line(value))
+
+
+def topic_query(value: object) -> str:
+    return _no_separator(non_empty(value))
+
+
+def _no_separator(text: str) -> str:
+    """A topic's name or query never holds U+001F: a subscriber's topics are kept joined
+    by it (schema.Topics)."""
+    if TOPIC_SEPARATOR in text:
+        raise Invalid("must not contain the control character U+001F")
     return text
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from digest.config import Topic
+from digest.config import Topic, Topics
 from digest.models import Match
 from digest.topics.index import PaperIndex, iter_bits
 from digest.topics.query import CompiledQuery, compile_text, evaluate_texts
@@ -102,7 +102,7 @@ def match_and_count(
 
 def ranked_topics(
     index: PaperIndex,
-    topics: Sequence[Topic],
+    topics: Topics,
     *,
     min_upvotes: int,
     max_papers: int,
@@ -118,13 +118,13 @@ def ranked_topics(
     mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else everything
     if excluded:
         mask &= ~excluded
-    results = [bits & mask for bits in evaluate_texts([t.query for t in topics], index)]
+    results = [bits & mask for bits in evaluate_texts(topics.queries, index)]
     union, several = _union_and_overlap(results)
     total = union.bit_count()
     if max_papers <= 0 or not union:
         return [], total
     ranked = _rank(results, union, several, max_papers)
-    named = [(t.name, bits) for t, bits in zip(topics, results, strict=True) if bits]
+    named = [(name, bits) for name, bits in zip(topics.names, results, strict=True) if bits]
     if len(named) == 1:  # every paper matched the one topic
         only = (named[0][0],)
         return [(pos, only) for pos in ranked], total
