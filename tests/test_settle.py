@@ -27,7 +27,7 @@ def test_one_settle_records_all_four_outcomes_drops_the_gone_and_claims(backend:
     ids = list(add_digests(engine, people, papers=2).values())
     settler = claims.Settler(engine, ME)
     try:
-        first = settler.settle([], T0, claim=7, lease=5 * MINUTE)
+        first = settler.settle([], T0, claims.Ask(claim=7, lease=5 * MINUTE))
         assert [i.id for i in first.claimed] == ids[:7]
         # held, not started: ids[4] is cancelled meanwhile, ids[5] taken by another
         # process (its lease ran out and it claimed it), ids[6] still ours
@@ -43,7 +43,8 @@ def test_one_settle_records_all_four_outcomes_drops_the_gone_and_claims(backend:
             claims.Outcome(ids[3], outbox.FAILED, "550 no such user"),
         ]
         now = T0 + 7 * MINUTE
-        settled = settler.settle(outcomes, now, claim=5, lease=5 * MINUTE, held=ids[4:7])
+        ask = claims.Ask(claim=5, lease=5 * MINUTE, held=ids[4:7])
+        settled = settler.settle(outcomes, now, ask)
     finally:
         settler.close()
     assert settled.gone == frozenset({ids[4], ids[5]})
@@ -80,21 +81,21 @@ def test_try_settle_gives_up_with_nothing_done_while_another_connection_writes(
     settler = claims.Settler(engine, ME)
     sent = [claims.Outcome(ids[0], outbox.SENT, "250 a")]
     try:
-        first = settler.try_settle([], T0, claim=2, lease=5 * MINUTE)
+        first = settler.try_settle([], T0, claims.Ask(claim=2, lease=5 * MINUTE))
         if not backend.is_sqlite:
             assert first is None  # every statement would wait for the server
-            first = settler.settle([], T0, claim=2, lease=5 * MINUTE)
+            first = settler.settle([], T0, claims.Ask(claim=2, lease=5 * MINUTE))
         assert [i.id for i in first.claimed] == ids[:2]
         if backend.is_sqlite:
             other = engine.raw_connection()  # another writer holds SQLite's one write lock
             try:
                 other.cursor().execute("BEGIN IMMEDIATE")
-                assert settler.try_settle(sent, T0, claim=1, held=[ids[1]]) is None
+                assert settler.try_settle(sent, T0, claims.Ask(claim=1, held=[ids[1]])) is None
             finally:
                 other.rollback()
                 other.close()
             assert rows_by_id(engine)[ids[0]].status == "pending"  # nothing was done
-        settled = settler.settle(sent, T0, claim=1, held=[ids[1]])
+        settled = settler.settle(sent, T0, claims.Ask(claim=1, held=[ids[1]]))
     finally:
         settler.close()
     assert [i.id for i in settled.claimed] == [ids[2]]

@@ -392,16 +392,15 @@ class _Drain:
         """One group commit: inline when it need not wait (SQLite, the write lock free:
         no thread hop on the path of the messages held at their final dot), else on the
         database thread (another connection writes, or PostgreSQL)."""
-        now, skip, held = self.now(), tuple(self.sending), tuple(i.id for i in self.ready)
+        now = self.now()
+        ask = claims.Ask(want, self.lease, tuple(self.sending), tuple(i.id for i in self.ready))
         try:
-            settled = self.settler.try_settle(outcomes, now, claim=want, lease=self.lease,
-                                              skip=skip, held=held)  # fmt: skip
+            settled = self.settler.try_settle(outcomes, now, ask)
         except BaseException:
             self.broken = True
             raise
         if settled is None:
-            settled = await self.db(self.settler.settle, outcomes, now, claim=want,
-                                    lease=self.lease, skip=skip, held=held)  # fmt: skip
+            settled = await self.db(self.settler.settle, outcomes, now, ask)
         return settled
 
     def count(self, outcome: claims.Outcome) -> None:

@@ -66,6 +66,18 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Ask:
+    """What a settle does after recording the outcomes: tell which of the digests the
+    caller `held` (claimed, not started) it must drop, then claim up to `claim` due
+    digests (never one in `skip` or `held`), each leased until ``now + lease``."""
+
+    claim: int = 0
+    lease: dt.timedelta = DEFAULT_LEASE
+    skip: Collection[int] = ()
+    held: Collection[int] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settled:
     """What `settle` claimed, and which of the digests the caller holds it must not send
     (`gone`: cancelled, sent or failed meanwhile, or leased by another process now)."""
@@ -150,36 +162,21 @@ class Settler:
             finally:
                 raw.close()
 
-    def settle(
-        self,
-        outcomes: Sequence[Outcome],
-        now: dt.datetime,
-        *,
-        claim: int = 0,
-        lease: dt.timedelta = DEFAULT_LEASE,
-        skip: Collection[int] = (),
-        held: Collection[int] = (),
-    ) -> Settled:
+    def settle(self, outcomes: Sequence[Outcome], now: dt.datetime, ask: Ask = Ask()) -> Settled:
         """ONE transaction: record every outcome, tell which of the digests the caller
-        `held` (claimed, not started) it must drop, then claim up to `claim` due digests
-        (oldest first, with their messages; never one in `skip` or `held`), each leased to
-        this settler's owner until ``now + lease``.
+        holds (``ask.held``: claimed, not started) it must drop, then claim up to
+        ``ask.claim`` due digests (oldest first, with their messages; never one in
+        ``ask.skip`` or ``ask.held``), each leased to this settler's owner until
+        ``now + ask.lease``.
 
         After the lease, or at once when the owner on this host is gone (leases.py), a
         claimed row is due again."""
-        settled = self._settle(outcomes, now, claim, lease, skip, held, wait=True)
+        settled = self._settle(outcomes, now, ask, wait=True)
         assert settled is not None  # only a settle that does not wait gives up
         return settled
 
     def try_settle(
-        self,
-        outcomes: Sequence[Outcome],
-        now: dt.datetime,
-        *,
-        claim: int = 0,
-        lease: dt.timedelta = DEFAULT_LEASE,
-        skip: Collection[int] = (),
-        held: Collection[int] = (),
+        self, outcomes: Sequence[Outcome], now: dt.datetime, ask: Ask = Ask()
     ) -> Settled | None:
         """`settle` if it never has to wait: on SQLite when no other connection holds the
         write lock (the lock is asked for without a busy timeout: what is left to do
@@ -189,18 +186,10 @@ class Settler:
         `settle`, on a thread."""
         if self._begin is None:
             return None
-        return self._settle(outcomes, now, claim, lease, skip, held, wait=False)
+        return self._settle(outcomes, now, ask, wait=False)
 
     def _settle(
-        self,
-        outcomes: Sequence[Outcome],
-        now: dt.datetime,
-        claim: int,
-        lease: dt.timedelta,
-        skip: Collection[int],
-        held: Collection[int],
-        *,
-        wait: bool,
+        self, outcomes: Sequence[Outcome], now: dt.datetime, ask: Ask, *, wait: bool
     ) -> Settled | None:
         unknown = {o.kind for o in outcomes} - set(KINDS)
         if unknown:
@@ -211,7 +200,8 @@ class Settler:
             if self._raw is None:
                 self._raw, self._waits = self.engine.raw_connection(), True
             if self._begin is None:  # PostgreSQL: two round trips (pgsettle.py)
-                return self._settle_pg(outcomes, now, claim, lease, skip, held)
+                connection = self._raw.driver_connection
+                return Settled(*pgsettle.settle(connection, self.owner, outcomes, now, ask))
             self._wait_for_locks(self._raw, wait)
             cursor = self._raw.cursor()
             try:
@@ -223,13 +213,13 @@ class Settler:
                     raise
                 self._record(cursor, outcomes, now)
                 gone: frozenset[int] = frozenset()
-                if held:
+                if ask.held:
                     what = "check the claimed digests"
-                    gone = self._not_held(cursor, held)
+                    gone = self._not_held(cursor, ask.held)
                 claimed: list[OutboxItem] = []
-                if claim > 0:
+                if ask.claim > 0:
                     what = "claim due digests"
-                    claimed = self._claim(cursor, now, claim, lease, {*skip, *held})
+                    claimed = self._claim(cursor, now, ask)
                 self._raw.commit()
                 return Settled(claimed, gone)
             finally:
@@ -248,21 +238,6 @@ class Settler:
             timeout = SQLITE_BUSY_TIMEOUT_MS if wait else 0
             raw.cursor().execute(f"PRAGMA busy_timeout = {timeout}")
             self._waits = wait
-
-    def _settle_pg(
-        self,
-        outcomes: Sequence[Outcome],
-        now: dt.datetime,
-        claim: int,
-        lease: dt.timedelta,
-        skip: Collection[int],
-        held: Collection[int],
-    ) -> Settled:
-        claimed, gone = pgsettle.settle(
-            self._raw.driver_connection, self.owner, outcomes, now, claim=claim, lease=lease,
-            skip=skip, held=held,
-        )  # fmt: skip
-        return Settled(claimed, gone)
 
     def _abandon(self) -> None:
         """Roll back and drop the connection (it may be broken): the next settle opens
@@ -302,16 +277,16 @@ class Settler:
         cursor.execute(_NOT_HELD, [ids, self.owner.host, self.owner.pid])
         return frozenset(int(digest_id) for (digest_id,) in cursor)
 
-    def _claim(
-        self, cursor: Any, now: dt.datetime, limit: int, lease: dt.timedelta, skip: Collection[int]
-    ) -> list[OutboxItem]:
-        cursor.execute(_DUE, [self._time(now), json.dumps(sorted(skip)), limit])
+    def _claim(self, cursor: Any, now: dt.datetime, ask: Ask) -> list[OutboxItem]:
+        """Up to ``ask.claim`` due digests, none in ``ask.skip`` or ``ask.held``, leased."""
+        skip = json.dumps(sorted({*ask.skip, *ask.held}))
+        cursor.execute(_DUE, [self._time(now), skip, ask.claim])
         items = [
             OutboxItem(int(i), r, s, bytes(m), int(a), mid, bool(maybe))
             for i, r, s, m, a, mid, maybe in cursor.fetchall()
         ]
         if items:
-            me, until = self.owner, self._time(now + lease)
+            me, until = self.owner, self._time(now + ask.lease)
             ids = json.dumps([i.id for i in items])
             cursor.execute(_LEASE, [until, me.host, me.pid, me.started, ids])
         return items
@@ -321,17 +296,13 @@ def settle(
     engine: Engine,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
-    *,
-    claim: int = 0,
-    lease: dt.timedelta = DEFAULT_LEASE,
-    skip: Collection[int] = (),
+    ask: Ask = Ask(),
     owner: Owner | None = None,
-    held: Collection[int] = (),
 ) -> Settled:
     """Settler.settle on a connection of its own, for one call."""
     settler = Settler(engine, owner)
     try:
-        return settler.settle(outcomes, now, claim=claim, lease=lease, skip=skip, held=held)
+        return settler.settle(outcomes, now, ask)
     finally:
         settler.close()
 
@@ -351,7 +322,7 @@ def claim_due(
     lease, or at once when the owner on this host is gone, it is due again. `skip`: ids
     the caller is sending right now (never claimed twice by one drain).
     """
-    return settle(engine, [], now, claim=limit, lease=lease, skip=skip, owner=owner).claimed
+    return settle(engine, [], now, Ask(claim=limit, lease=lease, skip=skip), owner).claimed
 
 
 def mark_sent(engine: Engine, digest_id: int, reply: str, now: dt.datetime) -> None:
@@ -372,7 +343,7 @@ def mark_sent_and_claim(
     """mark_sent for every (digest id, reply) in `sent`, then claim_due(limit, lease, skip,
     owner), in one transaction. Returns the claimed digests."""
     outcomes = [Outcome(digest_id, SENT, reply) for digest_id, reply in sent]
-    return settle(engine, outcomes, now, claim=limit, lease=lease, skip=skip, owner=owner).claimed
+    return settle(engine, outcomes, now, Ask(claim=limit, lease=lease, skip=skip), owner).claimed
 
 
 def mark_retry(

@@ -18,12 +18,15 @@ errors' wording (claims.py). Takes ``now`` and every value from the caller.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from digest.errors import StoreError
 from digest.store.outbox import FAILED, PENDING, SENT, OutboxItem
 from digest.store.owner import Owner
+
+if TYPE_CHECKING:  # claims.py imports this module
+    from digest.store.claims import Ask
 
 RETRY, MAYBE = "retry", "maybe"  # claims.py's Outcome kinds besides SENT and FAILED
 
@@ -95,14 +98,11 @@ def settle(
     owner: Owner,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
-    *,
-    claim: int,
-    lease: dt.timedelta,
-    skip: Collection[int],
-    held: Collection[int],
+    ask: Ask,
 ) -> tuple[list[OutboxItem], frozenset[int]]:
     """One settle on `connection` (a psycopg Connection, in a transaction of its own):
-    the claimed digests and the held ones gone. Commits; the caller rolls back on error."""
+    record `outcomes`, then do what `ask` says (claims.Ask). Returns the claimed digests
+    and the held ones gone. Commits; the caller rolls back on error."""
     by_kind: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome)
@@ -122,15 +122,15 @@ def settle(
         for sql, params in statements:
             connection.cursor().execute(sql, params)
         gone_cursor = claim_cursor = None
-        if held:
+        if ask.held:
             gone_cursor = connection.cursor()
-            gone_cursor.execute(_NOT_HELD, [sorted(held), owner.host, owner.pid])
-        if claim > 0:
+            gone_cursor.execute(_NOT_HELD, [sorted(ask.held), owner.host, owner.pid])
+        if ask.claim > 0:
             claim_cursor = connection.cursor()
-            until = now + lease
-            excluded = sorted({*skip, *held})
+            until = now + ask.lease
+            excluded = sorted({*ask.skip, *ask.held})
             claim_cursor.execute(
-                _CLAIM, [now, excluded, claim, until, owner.host, owner.pid, owner.started]
+                _CLAIM, [now, excluded, ask.claim, until, owner.host, owner.pid, owner.started]
             )
         if sent is not None:
             found = {int(digest_id) for (digest_id,) in sent.fetchall()}  # the first sync
