@@ -77,8 +77,9 @@ def build_config(
     path: Path,
     text: str | None,
     env: Mapping[str, str],
-    subscribers: Iterable[Piece] | None = None,
+    subscribers: Iterable[Piece | object] | None = None,
     head_text: str | None = None,
+    middle: int | None = None,
 ) -> Config:
     """Validate `data` (the TOML reading of `text`, the content of `path`) into a Config.
 
@@ -86,7 +87,8 @@ def build_config(
     they were parsed apart from `data`, which is then the reading of `head_text`, the
     file up to them (load.py reads a big file a chunk at a time; `text` is then None);
     each Piece is turned into Subscribers before the next is taken. Default:
-    data["subscribers"].
+    data["subscribers"]. `middle`: where a child process takes over the pieces
+    (`halves.py`; they then hold chunks.MIDDLE there).
     """
     b = Builder(path, text, env, head_text)
     top = b.table((), data, TOP_KEYS)
@@ -104,7 +106,9 @@ def build_config(
     )
     web = b.web(b.table(("web",), top["web"], WEB_KEYS)) if "web" in top else None
     chunks = [top.get("subscribers", [])] if subscribers is None else subscribers
-    subscribers_ = b.subscribers(top.get("defaults", {}), chunks, web=web is not None)
+    subscribers_ = b.subscribers(
+        top.get("defaults", {}), chunks, web=web is not None, middle=middle
+    )
     if b.problems:
         problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

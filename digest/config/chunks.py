@@ -10,6 +10,9 @@ memory: a piece is ~1,000 subscribers' lines. Does not own what the keys mean
 reference, reading the file whole).
 
     head, head_text, pieces = split_subscribers(binary_file)   # None: read it whole
+    head, head_text, pieces = split_subscribers(binary_file, middle=offset)
+        # pieces ..., MIDDLE, pieces ...: where a second process may take over (halves.py)
+    first, later = pieces_after(path, offset)  # that process's pieces, its first index
 
 The split is only made where it cannot change the meaning. A piece is cut only
 before a line that is exactly ``[[subscribers]]`` (a comment after it allowed), and
@@ -28,7 +31,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, Final
 
 CHUNK = 1000  # subscribers parsed at a time: ~2.5 MB of dict, freed before the next
 
@@ -46,6 +50,16 @@ class Piece:
     lines_before: int
 
 
+class _Middle:
+    def __repr__(self) -> str:
+        return "MIDDLE"
+
+
+# between the pieces before and from the first ``[[subscribers]]`` line starting at or
+# after a byte offset: the same cut whichever of split_subscribers and pieces_after finds it
+MIDDLE: Final = _Middle()
+
+
 class Unsplittable(Exception):
     """A piece did not parse, or touched what it must not: read the file whole."""
 
@@ -61,11 +75,12 @@ def fast_loads(text: str) -> dict[str, Any] | None:
 
 
 def split_subscribers(
-    lines: Iterable[bytes],
-) -> tuple[dict[str, Any], str, Iterator[Piece]] | None:
+    lines: Iterable[bytes], *, middle: int | None = None
+) -> tuple[dict[str, Any], str, Iterator[Piece | _Middle]] | None:
     """The head of the file whose `lines` are given (everything before the first
     ``[[subscribers]]``), parsed, its text, and an iterator over Pieces of up to CHUNK
-    subscriber tables, read and parsed as they are taken.
+    subscriber tables, read and parsed as they are taken; with MIDDLE among them, once,
+    at the byte offset `middle` if one is given (and the file goes on past it).
 
     None when the file cannot be split safely. The iterator raises Unsplittable when
     a chunk does not decode or parse, or holds more than subscribers; the caller then
@@ -91,7 +106,40 @@ def split_subscribers(
     data = fast_loads(head_text)
     if data is None or "subscribers" in data:
         return None
-    return data, head_text, _pieces(line, it, raw.count(b"\n"))
+    return data, head_text, _pieces(line, it, raw.count(b"\n"), len(raw), middle)
+
+
+def pieces_after(path: Path, middle: int) -> tuple[int, Iterator[Piece]]:
+    """The Pieces of the file at `path` that split_subscribers(..., middle=middle) gives
+    after MIDDLE, and how many subscriber tables come before them (the index of the
+    first). The lines before the middle are only counted, never decoded nor parsed.
+    Raises Unsplittable when the file has no subscriber after the middle or cannot be
+    read (the iterator too, as split_subscribers' does)."""
+    try:
+        file = path.open("rb")
+    except OSError:
+        raise Unsplittable from None
+    at = newlines = headers = 0
+    try:
+        for line in file:
+            if _is_header(line):
+                if at >= middle:
+                    return headers, _rest(file, line, newlines)
+                headers += 1
+            at += len(line)
+            newlines += line.count(b"\n")
+    except OSError:
+        file.close()
+        raise Unsplittable from None
+    file.close()
+    raise Unsplittable  # shorter than when it was split
+
+
+def _rest(file: BinaryIO, first: bytes, lines_before: int) -> Iterator[Piece]:
+    with file:
+        for piece in _pieces(first, file, lines_before):
+            assert isinstance(piece, Piece)  # no middle was asked for
+            yield piece
 
 
 def _is_header(line: bytes) -> bool:
@@ -102,18 +150,29 @@ def _has_multiline_string(raw: bytes) -> bool:
     return b'"""' in raw or b"'''" in raw
 
 
-def _pieces(first: bytes, lines: Iterator[bytes], lines_before: int) -> Iterator[Piece]:
-    """Pieces of CHUNK subscribers: `first` (a header line), then the rest of `lines`."""
+def _pieces(
+    first: bytes, lines: Iterator[bytes], lines_before: int, at: int = 0, middle: int | None = None
+) -> Iterator[Piece | _Middle]:
+    """Pieces of CHUNK subscribers: `first` (a header line, at byte `at` of the file),
+    then the rest of `lines`; MIDDLE before the first header at or after byte `middle`."""
     buffer, headers = [first], 1
+    at += len(first)
     try:
         for line in lines:
             if _is_header(line):
-                if headers % CHUNK == 0:
+                if middle is not None and at >= middle:
+                    piece = _piece(buffer, lines_before)
+                    lines_before += piece.text.count("\n")
+                    yield piece
+                    yield MIDDLE
+                    buffer, headers, middle = [], 0, None
+                elif headers % CHUNK == 0:
                     piece = _piece(buffer, lines_before)
                     lines_before += piece.text.count("\n")
                     yield piece
                     buffer = []
                 headers += 1
+            at += len(line)
             buffer.append(line)
     except OSError:  # the file could not be read to its end: reading it whole says why
         raise Unsplittable from None

@@ -2,6 +2,7 @@
 
     lines -> head + chunks of [[subscribers]] (chunks.py, toml-rs)
           -> build_config, chunk by chunk -> Config
+             (a big file: the chunks after its middle in a child process, halves.py)
     (a file that cannot be split: parsed whole; one that does not parse: tomllib's
     error, as "file:LINE: invalid TOML: ...")
 
@@ -24,6 +25,7 @@ from typing import BinaryIO
 from digest.config.build import build_config
 from digest.config.chunks import Unsplittable, fast_loads, split_subscribers
 from digest.config.dburl import parse_db_url
+from digest.config.halves import middle_of
 from digest.config.schema import Config
 from digest.errors import ConfigError
 from digest.humanize import count, duration
@@ -38,13 +40,14 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     # of objects the parse and the Subscribers create (2.5 s of 9 at 100k subscribers).
     with _collector_paused():
         with _opened(path) as lines:
-            split = split_subscribers(lines)
+            middle = middle_of(path)  # a big file: read on two cores
+            split = split_subscribers(lines, middle=middle)
             if split is not None:
                 head, head_text, pieces = split
                 try:
                     return build_config(
                         head, path=path, text=None, env=env, subscribers=pieces,
-                        head_text=head_text,
+                        head_text=head_text, middle=middle,
                     )  # fmt: skip
                 except Unsplittable:
                     pass  # read it whole: tomllib says what is wrong, and where

@@ -171,6 +171,11 @@ class Subscriber:
         if type(self.topics) is not Topics:  # (tests and callers may give a tuple)
             object.__setattr__(self, "topics", Topics(self.topics))
 
+    def __reduce__(self) -> tuple[type[Subscriber], tuple[object, ...]]:
+        # pickled (config/halves.py) as its fields: loads in half the time of a
+        # slotted dataclass's own __setstate__
+        return (Subscriber, tuple(getattr(self, name) for name in self.__slots__))
+
     @property
     def zone(self) -> ZoneInfo:
         """The subscriber's time zone (validated when the config was loaded)."""

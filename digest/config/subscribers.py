@@ -12,10 +12,12 @@ other tables (`build.py`), reporting (`reader.py`), nor what a query means
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Set
 from typing import Any
 
-from digest.config.chunks import Piece
+from digest.config.chunks import MIDDLE, Piece, pieces_after
+from digest.config.halves import Half, second_half
 from digest.config.lines import Path as KeyPath
 from digest.config.reader import Reader
 from digest.config.schema import (
@@ -88,10 +90,13 @@ class SubscriberRules(Reader):
     # -- subscribers
 
     def subscribers(
-        self, defaults_raw: object, chunks: Iterable[object], *, web: bool
-    ) -> tuple[Subscriber, ...]:
+        self, defaults_raw: object, chunks: Iterable[object], *, web: bool,
+        middle: int | None = None,
+    ) -> tuple[Subscriber, ...]:  # fmt: skip
         """Every valid subscriber of `chunks` ([[subscribers]] tables in lists, or in the
-        Pieces of the text they were read from, in order)."""
+        Pieces of the text they were read from, in order). With `middle` (chunks then
+        has MIDDLE at that byte offset of the file), the pieces after it are read by a
+        child process at the same time (`halves.py`)."""
         defaults_t = self.table(("defaults",), defaults_raw, DEFAULT_KEYS)
         defaults: dict[str, Any] = {}
         for key, value in defaults_t.items():
@@ -102,33 +107,24 @@ class SubscriberRules(Reader):
             self.problem(("defaults", "delivery"), FEED_NEEDS_WEB)
             web = True  # said once for the table, not again for every subscriber
         # a subscriber that does not set a key whose default is bad is not valid either
-        bad_defaults = defaults_t.keys() - defaults.keys()
-        out: list[Subscriber] = []
-        seen: dict[str, int] = {}
-        i = 0
-        for chunk in chunks:
-            if isinstance(chunk, Piece):
-                self.piece, self._piece_lines = (i, chunk.text, chunk.lines_before), None
-                chunk = chunk.tables
-            if not isinstance(chunk, list):
-                self.problem(
-                    ("subscribers",), f"expected [[subscribers]] tables, got {describe(chunk)}"
-                )
-                return ()
-            for raw in chunk:
-                sub = self.subscriber(i, raw, defaults, bad_defaults, seen, web)
-                if sub is not None:
-                    out.append(sub)
-                i += 1
+        read = _Read(self, defaults, defaults_t.keys() - defaults.keys(), web)
+        later = None if middle is None else functools.partial(read.second_half, middle)
+        with second_half(later) as child:
+            for chunk in chunks:
+                if chunk is not MIDDLE:
+                    if not read.chunk(chunk):
+                        return ()
+                elif child is not None and read.took(child.take()):
+                    break  # the child read the rest
         self.current = self.piece = self._piece_lines = None
-        return tuple(out)
+        return tuple(read.out)
 
     def subscriber(
         self,
         i: int,
         raw: object,
         defaults: dict[str, Any],
-        bad_defaults: set[str],
+        bad_defaults: Set[str],
         seen: dict[str, int],
         web: bool,
     ) -> Subscriber | None:
@@ -259,3 +255,57 @@ class SubscriberRules(Reader):
                 self.checked_queries.clear()
             self.checked_queries[query] = name
         return name, query
+
+
+class _Read:
+    """The subscribers read so far, chunk by chunk, and what reading more needs."""
+
+    def __init__(
+        self, rules: SubscriberRules, defaults: dict[str, Any], bad_defaults: Set[str], web: bool
+    ) -> None:
+        self.rules, self.defaults, self.bad_defaults, self.web = rules, defaults, bad_defaults, web
+        self.out: list[Subscriber] = []
+        self.seen: dict[str, int] = {}  # email -> index of its table
+        self.i = 0  # the index of the next table
+
+    def chunk(self, chunk: object) -> bool:
+        """Read a list of tables, or a Piece's; False (reported) if it is not a list."""
+        rules = self.rules
+        if isinstance(chunk, Piece):
+            rules.piece, rules._piece_lines = (self.i, chunk.text, chunk.lines_before), None
+            chunk = chunk.tables
+        if not isinstance(chunk, list):
+            got = describe(chunk)
+            rules.problem(("subscribers",), f"expected [[subscribers]] tables, got {got}")
+            return False
+        for raw in chunk:
+            sub = rules.subscriber(
+                self.i, raw, self.defaults, self.bad_defaults, self.seen, self.web
+            )
+            if sub is not None:
+                self.out.append(sub)
+            self.i += 1
+        return True
+
+    def second_half(self, middle: int) -> Half | None:
+        """In the child: the subscribers from `middle` on, if each is valid and none
+        is warned about (a warning would not know what the first half said)."""
+        rules = self.rules
+        problems, warnings = len(rules.problems), len(rules.warnings)
+        self.i, pieces = pieces_after(rules.path, middle)
+        first = self.i
+        for piece in pieces:
+            self.chunk(piece)
+        if len(rules.problems) > problems or len(rules.warnings) > warnings:
+            return None
+        return Half(first, self.out)
+
+    def took(self, half: Half | None) -> bool:
+        """In the parent, at the middle: add the child's `half` if it starts here and
+        shares no email with what was read before; False (read on) if not."""
+        if half is None or half.first != self.i:
+            return False
+        if any(s.email in self.seen for s in half.subscribers):
+            return False  # a duplicate: the parent reports it, with both lines
+        self.out.extend(half.subscribers)
+        return True
