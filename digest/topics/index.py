@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
 from digest.models import Paper, TopicHit
-from digest.topics.query import CompiledQuery, Leaf, leaf_set, tokenize
+from digest.topics.query import CompiledQuery, Leaf, leaf_of, leaf_set, tokenize
 
 # The index's columns: the text fields of query.FIELDS, plus "text" (title, gap, abstract)
 # for bare terms. Ids are indexed apart.
@@ -134,7 +134,6 @@ class PaperIndex:
         self._id_pos = {paper_id: i for i, paper_id in enumerate(self.ids)}
         self._sorted_ids = sorted(self._id_pos)
         self.leaf_bits: dict[str, int] = _LeafBits(self)
-        self._leaves: dict[str, Leaf] = {}
         self._prefix_words: dict[tuple[Column, str], list[str]] = {}
         # One shared object per distinct value: the leaf sets that explain matches (so
         # equal sets are one object with a cached hash) and TopicHits. Sharing is safe:
@@ -175,16 +174,9 @@ class PaperIndex:
     def __len__(self) -> int:
         return len(self.papers)
 
-    def _leaf(self, key: str) -> Leaf:
-        leaf = self._leaves.get(key)
-        if leaf is None:
-            leaf = self._leaves[key] = Leaf.from_key(key)
-        return leaf
-
     def resolve(self, key: str) -> int:
         """The papers the leaf `key` matches (callers go through the memo `leaf_bits`)."""
-        leaf = self._leaf(key)
-        field, words, prefix = leaf
+        field, words, prefix = Leaf.from_key(key)  # once per key: no Leaf kept
         if field == "id":
             return self._id_bits(words[0], prefix)
         column = field or "text"
@@ -268,7 +260,7 @@ class PaperIndex:
         found = tuple(key for key in query.positive if (bits_of[key] >> pos) & 1)
         leaves = self._leaf_sets.get(found)
         if leaves is None:
-            leaves = self._leaf_sets[found] = leaf_set(tuple(self._leaf(k) for k in found))
+            leaves = self._leaf_sets[found] = leaf_set(tuple(map(leaf_of, found)))
         return leaves
 
     def forget_explanations(self) -> None:

@@ -111,7 +111,10 @@ def _error(message: str, query: str, col: int) -> QuerySyntaxError:
 _TOKEN = re.compile(r'(\()|(\))|(-)|"([^"]*)("?)|([^\s()"\-][^\s()"]*)')
 
 
-@lru_cache(maxsize=65536)  # pure; the same words recur across thousands of queries
+# pure; the same words recur across queries that are not plain (`parse_query`), and
+# a plain query's pieces are each made once anyway (`_plain_piece`): at 100k
+# subscribers 65,536 entries hit 9% of the time and held ~5 MB
+@lru_cache(maxsize=4096)
 def _term_node(text: str, field: Field | None, quoted: bool) -> Term | Phrase | tuple[str, int]:
     """The node of a term's text, or (message, offset into `text`) when it is not valid.
 
@@ -509,6 +512,12 @@ def _positive_leaves(node: Query, negated: bool, out: dict[str, Leaf]) -> None:
             _positive_leaves(p, negated, out)
 
 
+@lru_cache(maxsize=8192)  # shared by every index, and by the queries compiled in a chunk
+def leaf_of(key: str) -> Leaf:
+    """The Leaf whose `Leaf.key` is `key`: one object per recent key."""
+    return Leaf.from_key(key)
+
+
 @lru_cache(maxsize=4096)  # one shared set per recent value: compiled queries stay small
 def leaf_set(leaves: tuple[Leaf, ...]) -> frozenset[Leaf]:
     """The one shared frozenset of `leaves` (equal sets are then one object, hashed once)."""
@@ -540,19 +549,19 @@ def compile_text(text: str) -> CompiledQuery:
         return compile_query(parse_query(text))
     shape: list[str] = []
     keys: list[str] = []
-    leaves: list[Leaf] = []
-    known = _PIECES
+    shape_of, key_of = _SHAPES, _KEYS
     for piece in _PLAIN_PIECE.findall(text):
-        entry = known.get(piece)
-        if entry is None:
+        key = key_of.get(piece)
+        if key is None:
             entry = _plain_piece(piece)
             if entry is None:  # never for a plain term; the parser says why
                 return compile_query(parse_query(text))
-        char, key, leaf = entry
+            char, key = entry
+        else:
+            char = shape_of[piece]
         shape.append(char)
-        if leaf is not None:
+        if key:
             keys.append(key)
-            leaves.append(leaf)
     compiled = _compiled_shape("".join(shape))
     if compiled is None:
         return compile_query(parse_query(text))  # raises, with the column in `text`
@@ -561,7 +570,7 @@ def compile_text(text: str) -> CompiledQuery:
         function,
         tuple(keys) if in_order else tuple([keys[i] for i in key_terms]),
         tuple([keys[i] for i in positive_terms]),
-        leaf_set(tuple([leaves[i] for i in positive_terms])) if fixed else None,
+        leaf_set(tuple([leaf_of(keys[i]) for i in positive_terms])) if fixed else None,
     )
 
 
@@ -598,14 +607,17 @@ def evaluate_texts(texts: Iterable[str], resolver: LeafResolver) -> list[int]:
 def _learn_pieces(pieces: list[str]) -> str | None:
     """The shape of a plain query's pieces, each remembered (`_plain_piece`); None if one
     is a term `_term_node` refuses."""
-    if len(_PIECES) + len(pieces) > _MAX_PIECES:
+    if len(_SHAPES) + len(pieces) > _MAX_PIECES:
         _forget_pieces()
     shape = []
     for piece in pieces:
-        entry = _PIECES.get(piece) or _plain_piece(piece)
-        if entry is None:
-            return None
-        shape.append(entry[0])
+        char = _SHAPES.get(piece)
+        if char is None:
+            entry = _plain_piece(piece)
+            if entry is None:
+                return None
+            char = entry[0]
+        shape.append(char)
     return "".join(shape)
 
 
@@ -613,30 +625,32 @@ def _learn_pieces(pieces: list[str]) -> str | None:
 # phrase with its field, or a run up to a space, a parenthesis or a quote (an operator,
 # or a word with its field). In a plain query a '-' only ever starts a piece.
 _PLAIN_PIECE = re.compile(r'[()-]|(?:[A-Za-z]+:)?"[^"]*"|[^\s()"]+')
-_Piece = tuple[str, str, Leaf | None]  # its shape character, its leaf's key and leaf
-_PIECES: dict[str, _Piece] = {}  # piece -> what it is; emptied when it grows past the bound
-_SHAPES: dict[str, str] = {}  # piece -> its shape character (the same pieces)
-_KEYS: dict[str, str] = {}  # piece -> its leaf's key, "" for an operator (the same pieces)
-_MAX_PIECES = 1 << 16  # as _term_node's cache: a 100k-subscriber file has ~24k distinct pieces
+_Piece = tuple[str, str]  # its shape character, its leaf's key ("" for an operator)
+# piece -> its shape character, and its leaf's key: the same pieces in both, emptied
+# together when they grow past the bound. Leaves are made from keys (`leaf_of`) when a
+# query is compiled: a Leaf for each of the ~24k pieces of a 100k-subscriber file was
+# ~5 MB, kept for the run.
+_SHAPES: dict[str, str] = {}
+_KEYS: dict[str, str] = {}
+_MAX_PIECES = 1 << 16
 
 
 def _forget_pieces() -> None:
-    _PIECES.clear()
     _SHAPES.clear()
     _KEYS.clear()
 
 
 def _plain_piece(piece: str) -> _Piece | None:
-    """What a plain query's piece stands for, remembered in `_PIECES`; None for a term
+    """What a plain query's piece stands for, remembered in `_SHAPES` and `_KEYS`; None for a term
     `_term_node` refuses (the caller then parses the query, for the message)."""
     entry: _Piece
     op = _OPERATORS.get(piece)
     if op is not None:
-        entry = (_SHAPE[op], "", None)
+        entry = (_SHAPE[op], "")
     elif piece in ("(", ")"):
-        entry = (piece, "", None)
+        entry = (piece, "")
     elif piece == "-":
-        entry = ("!", "", None)
+        entry = ("!", "")
     else:
         quoted = piece.endswith('"')
         if quoted:
@@ -648,12 +662,10 @@ def _plain_piece(piece: str) -> _Piece | None:
         node = _term_node(value, name, quoted)
         if isinstance(node, tuple):
             return None
-        leaf = _leaf_of(node)
-        entry = ("T", sys.intern(leaf.key), leaf)
-    if len(_PIECES) >= _MAX_PIECES:
+        entry = ("T", sys.intern(_leaf_of(node).key))
+    if len(_SHAPES) >= _MAX_PIECES:
         _forget_pieces()
-    _PIECES[piece] = entry
-    _SHAPES[piece], _KEYS[piece], _ = entry
+    _SHAPES[piece], _KEYS[piece] = entry
     return entry
 
 
