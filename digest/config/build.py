@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from digest.config.chunks import Piece
 from digest.config.dburl import BadURL, parse_db_url
 from digest.config.lines import Path as KeyPath
 from digest.config.schema import (
@@ -77,7 +76,7 @@ def build_config(
     path: Path,
     text: str | None,
     env: Mapping[str, str],
-    subscribers: Iterable[Piece | object] | None = None,
+    subscribers: Iterable[object] | None = None,
     head_text: str | None = None,
     middle: int | None = None,
 ) -> Config:

@@ -129,10 +129,9 @@ def pieces_after(path: Path, middle: int) -> tuple[int, Iterator[Piece]]:
             at += len(line)
             newlines += line.count(b"\n")
     except OSError:
-        file.close()
-        raise Unsplittable from None
+        pass  # as a file that ends here
     file.close()
-    raise Unsplittable  # shorter than when it was split
+    raise Unsplittable  # unreadable, or shorter than when it was split
 
 
 def _rest(file: BinaryIO, first: bytes, lines_before: int) -> Iterator[Piece]:
@@ -160,17 +159,15 @@ def _pieces(
     try:
         for line in lines:
             if _is_header(line):
-                if middle is not None and at >= middle:
-                    piece = _piece(buffer, lines_before)
-                    lines_before += piece.text.count("\n")
-                    yield piece
-                    yield MIDDLE
-                    buffer, headers, middle = [], 0, None
-                elif headers % CHUNK == 0:
+                at_middle = middle is not None and at >= middle
+                if at_middle or headers % CHUNK == 0:
                     piece = _piece(buffer, lines_before)
                     lines_before += piece.text.count("\n")
                     yield piece
                     buffer = []
+                if at_middle:
+                    yield MIDDLE
+                    headers, middle = 0, None
                 headers += 1
             at += len(line)
             buffer.append(line)

@@ -77,6 +77,11 @@ class Reader:
             self._lines = key_lines(self.text)
         return line_of(self._lines, where)
 
+    def in_piece(self, first: int, text: str, lines_before: int) -> None:
+        """The subscribers from the `first` on are read from `text`, a piece of the file
+        after `lines_before` lines: their lines are found there."""
+        self.piece, self._piece_lines = (first, text, lines_before), None
+
     def problem(self, where: KeyPath, message: str) -> None:
         line = self.line(where)
         self.problems.append((line, f"{self.path}:{line}: {self.label(where)}: {message}"))

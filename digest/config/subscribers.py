@@ -272,7 +272,7 @@ class _Read:
         """Read a list of tables, or a Piece's; False (reported) if it is not a list."""
         rules = self.rules
         if isinstance(chunk, Piece):
-            rules.piece, rules._piece_lines = (self.i, chunk.text, chunk.lines_before), None
+            rules.in_piece(self.i, chunk.text, chunk.lines_before)
             chunk = chunk.tables
         if not isinstance(chunk, list):
             got = describe(chunk)

@@ -641,8 +641,8 @@ def _forget_pieces() -> None:
 
 
 def _plain_piece(piece: str) -> _Piece | None:
-    """What a plain query's piece stands for, remembered in `_SHAPES` and `_KEYS`; None for a term
-    `_term_node` refuses (the caller then parses the query, for the message)."""
+    """What a plain query's piece stands for, remembered in `_SHAPES` and `_KEYS`; None
+    for a term `_term_node` refuses (the caller then parses the query, for the message)."""
     entry: _Piece
     op = _OPERATORS.get(piece)
     if op is not None:
