@@ -508,7 +508,7 @@ def _plan_one(
         return PlannedDigest(subscriber, slot, (), 0, window, skipped=skipped)
     if choice is not None and choice.muted:
         topics = tuple(t for t in subscriber.topics if t.name not in choice.muted)
-        subscriber = replace(subscriber, topics=Topics(topics))
+        subscriber = subscriber.replace(topics=Topics(topics))
     return planner.plan(
         subscriber, slot, last_slot=last_slot, covered_until=covered_until, window=window,
         exclude=exclude,

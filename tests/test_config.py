@@ -182,7 +182,7 @@ def test_subscribers_and_topics_carry_no_instance_dict(tmp_path: Path) -> None:
     ada, _ = load_config(write(tmp_path, BASE), {}).subscribers
     assert not hasattr(ada, "__dict__") and not hasattr(ada.topics[0], "__dict__")
     assert not hasattr(ada.topics, "__dict__") and ada.topics
-    assert not dataclasses.replace(ada, topics=()).topics
+    assert not ada.replace(topics=()).topics
 
 
 def test_relative_paths_resolve_against_the_config_folder(

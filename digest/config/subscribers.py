@@ -11,7 +11,6 @@ other tables (`build.py`), reporting (`reader.py`), nor what a query means
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Set
 from typing import Any
@@ -33,6 +32,7 @@ from digest.config.values import (
     boolean,
     describe,
     lowercase_operators,
+    name_value,
     non_empty,
     one_of,
     parse_email,
@@ -40,18 +40,17 @@ from digest.config.values import (
     parse_timezone,
     query_message,
     single_line,
-    topic_name,
     topic_query,
 )
 from digest.errors import QuerySyntaxError
 from digest.schedule import parse_schedule
 
-SUBSCRIBER_KEYS = tuple(f.name for f in dataclasses.fields(Subscriber))
+SUBSCRIBER_KEYS = Subscriber.FIELDS
 DEFAULT_KEYS = tuple(k for k in SUBSCRIBER_KEYS if k not in ("email", "name"))
 SHARED_KEYS = ("timezone", "schedule")  # one value object per distinct text, for everyone
 SUBSCRIBER_VALUES: dict[str, Callable[[Any], Any]] = {  # the checks of the keys but topics
     "email": parse_email,
-    "name": single_line,
+    "name": name_value,
     "timezone": parse_timezone,
     "schedule": parse_schedule_value,
     "max_papers": at_least(1),
@@ -225,7 +224,7 @@ class SubscriberRules(Reader):
             except (KeyError, Invalid):
                 pass  # not the usual table after all: say what is wrong below
         t = self.table(where, raw, ("name", "query"))
-        name = self.field(t, where, "name", None, topic_name)
+        name = self.field(t, where, "name", None, name_value)
         query = self.field(t, where, "query", None, topic_query)
         for key in ("name", "query"):
             if key not in t and isinstance(raw, dict):

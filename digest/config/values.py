@@ -68,7 +68,8 @@ def single_line(value: object) -> str:
     return text
 
 
-def topic_name(value: object) -> str:
+def name_value(value: object) -> str:
+    """A subscriber's or a topic's name."""
     return _no_separator(single_line(value))
 
 
@@ -77,8 +78,8 @@ def topic_query(value: object) -> str:
 
 
 def _no_separator(text: str) -> str:
-    """A topic's name or query never holds U+001F: a subscriber's topics are kept joined
-    by it (schema.Topics)."""
+    """A subscriber's name, a topic's name or query never holds U+001F: a subscriber's
+    email, name and topics are kept joined by it (schema.Subscriber, schema.Topics)."""
     if TOPIC_SEPARATOR in text:
         raise Invalid("must not contain the control character U+001F")
     return text
