@@ -3,7 +3,6 @@ rendered, serialised and parsed back the way a mail client sees it."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -43,7 +42,7 @@ def make_subscriber(**changes: object) -> Subscriber:
         name="Ada",
         topics=(Topic("Reinforcement learning", "rl"), Topic("Vision-language models", "vlm")),
     )
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 @functools.cache
