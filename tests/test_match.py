@@ -242,6 +242,40 @@ def test_a_phrase_after_an_earlier_use_of_its_first_word() -> None:
     assert run(papers, ['title:"reward hacking"']) == [("2601.00001", ("T0",))]
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ('"reward models"', {"2602.00001"}),
+        ('"reward model"', set()),
+        ('"ward model"', set()),  # the needle's first word is whole: not the end of reward
+        ('"eward mod*"', set()),
+        ('"reward mod"', set()),  # nor its last: mod is not models
+        ('"reward mod*"', {"2602.00001"}),
+        ('"models hacking"', set()),  # the title's last word, the abstract's first
+        ('"models hack*"', set()),
+        ('title:"models hack*"', set()),
+        ('"hacking is"', {"2602.00001"}),
+        ('author:"lovelace nathan"', set()),  # one author's last name, the next's first
+        ('author:"lovelace nat*"', set()),
+        ('author:"nathan lam*"', {"2602.00001"}),
+        ('keyword:"rlhf reward"', set()),  # not across two keywords
+        ('keyword:"reward hack*"', {"2602.00001"}),
+    ],
+)
+def test_a_phrase_is_whole_words_within_one_value(query: str, expected: set[str]) -> None:
+    papers = [
+        paper(
+            "2602.00001",
+            "Rewarding Reward Models",
+            "Hacking is rare",
+            authors=("Ada Lovelace", "Nathan Lambert"),
+            ai_keywords=("RLHF", "reward hacking"),
+        ),
+        paper("2602.00002", "Towards a forward model", "models"),
+    ]
+    assert {pid for pid, _ in run(papers, [query])} == expected
+
+
 def test_ranking_by_topics_then_upvotes_then_newest_then_id() -> None:
     d = dt.date(2025, 10, 1)
     papers = [

@@ -16,8 +16,11 @@ plain conjunction); where they occur in the shown text is the renderer's busines
 by every subscriber whose topic of that name is explained by the same leaves (a
 day's 100k subscribers get ~525k hits, far fewer distinct ones). Matches are not
 shared: on a week's batch most are distinct and the memo cost more than it saved.
-A phrase is found by scanning the candidate paper's words (`list.index`, in C), not
-through a per-paper position memo: that memo was ~3 MB per index, kept for the run.
+A phrase is found by a substring test (in C) on each candidate paper's words in that
+field, kept as one string with a space on either side of every word (`_spaced`): no
+token lists, no per-paper position memo (that memo was ~3 MB per index, kept for the
+run). Where two values meet (two authors, the title and the abstract) the words are
+two spaces apart, and a phrase's needle holds single spaces only: no phrase crosses.
 
 Papers get their bit positions in ranking order (upvotes desc, newest listing desc,
 id asc) when the index is built; `match.py` relies on it.
@@ -49,33 +52,10 @@ def _segments_tokens(segments: Sequence[str]) -> list[str]:
     return out
 
 
-def _phrase_starts(
-    tokens: Sequence[str], starts: Sequence[int], words: tuple[str, ...], prefix: bool
-) -> list[int]:
-    """Where the phrase occurs in `tokens`, given `starts`, the positions of words[0]."""
-    head = list(words[:-1])
-    last = words[-1]
-    end_offset = len(words) - 1
-    found = []
-    for start in starts:
-        end = start + end_offset
-        if end < len(tokens) and tokens[start:end] == head:
-            word = tokens[end]
-            if word == last or (prefix and word.startswith(last)):
-                found.append(start)
-    return found
-
-
-def _positions(tokens: list[str], word: str) -> list[int]:
-    """Where `word` occurs in `tokens` (list.index: a C scan, no per-paper memo to keep)."""
-    found: list[int] = []
-    k = -1
-    try:
-        while True:
-            k = tokens.index(word, k + 1)
-            found.append(k)
-    except ValueError:
-        return found
+def _spaced(words: list[str]) -> str:
+    """A paper's words in one column as the string phrases are looked for in: " a b c ".
+    A _GAP ("") between two values becomes a double space, which no needle holds."""
+    return f" {' '.join(words)} "
 
 
 def _bitset(positions: list[int]) -> int:
@@ -111,15 +91,21 @@ class PaperIndex:
 
     Build it with `PaperIndex.build(papers)`. Duplicate ids keep their best-ranked
     listing. `papers[i]` is the paper at bit position i. Per column: postings
-    (word -> bitset), a sorted vocabulary for prefixes, and each paper's words in
-    order (for phrases).
+    (word -> bitset), a sorted vocabulary for prefixes, and each paper's words as one
+    spaced string (for phrases; "text" has none of its own: its phrases are looked for
+    in the title's and the abstract's).
     """
 
     def __init__(self, papers: tuple[Paper, ...], tokens: dict[Column, list[list[str]]]) -> None:
         self.papers = papers
         self.ids = tuple(p.id for p in papers)
         self.all_bits = (1 << len(papers)) - 1
-        self._tokens = tokens  # for phrases: each paper's words in order, per column
+        self._spaced: dict[Column, tuple[list[str], ...]] = {
+            column: ([_spaced(words) for words in per_paper],)
+            for column, per_paper in tokens.items()
+            if column != "text"
+        }
+        self._spaced["text"] = (*self._spaced["title"], *self._spaced["abstract"])
         self._postings: dict[Column, dict[str, int]] = {}
         self._vocab: dict[Column, list[str]] = {}
         for column, per_paper in tokens.items():
@@ -188,17 +174,16 @@ class PaperIndex:
             candidates &= postings.get(w, 0)
         last = words[-1]
         candidates &= self._prefix_bits(column, last) if prefix else postings.get(last, 0)
+        # the words between single spaces; a prefix's last word may run on
+        needle = f" {' '.join(words)}" if prefix else f" {' '.join(words)} "
+        spaced = self._spaced[column]
         result = 0
         for pos in iter_bits(candidates):
-            if self._phrase_starts(column, pos, words, prefix):
-                result |= 1 << pos
+            for texts in spaced:
+                if needle in texts[pos]:
+                    result |= 1 << pos
+                    break
         return result
-
-    def _phrase_starts(
-        self, column: Column, pos: int, words: tuple[str, ...], prefix: bool
-    ) -> list[int]:
-        tokens = self._tokens[column][pos]
-        return _phrase_starts(tokens, _positions(tokens, words[0]), words, prefix)
 
     def _words_with_prefix(self, column: Column, prefix: str) -> list[str]:
         """The vocabulary words of `column` that start with `prefix` (bisect, memoised)."""
