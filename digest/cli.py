@@ -11,7 +11,9 @@ Imports nothing heavy: `digest --help` and a bad option answer at once; the comm
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
+import gc
 import logging
 import os
 import sys
@@ -134,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # What is alive when the interpreter exits (SQLAlchemy's and pydantic's modules, their
+    # cycles) is left to the OS, not collected and freed one object at a time: ~0.25 ->
+    # ~0.09 s at the end of `digest match` at 100k. Registered once per process.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
