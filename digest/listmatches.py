@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 WRITE_EVERY = 2000  # subscribers whose lines are joined into one write
 PARALLEL_FROM = 10_000  # subscribers from which two processes match (_in_two)
+# pending digests' paper_ids_json decoded once per window (`_Page.held_bits`): a cycle's
+# pending digests repeat a few lists (216 distinct of 100k at the benchmark's), a bound
+# where they do not
+PENDING_KNOWN = 4096
 
 Window = tuple[dt.date, dt.date]
 _State = tuple[dt.datetime | None, dt.date | None]  # last handled slot, watermark
@@ -207,7 +211,8 @@ def _held(
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """The papers each subscriber already has or is about to get, as read (`peek.papers_held`,
     over the papers of every window): their pending digests' paper_ids_json, decoded
-    only when the subscriber is matched (by whichever process matches them), and their
+    only when the subscriber is matched (by whichever process matches them; each
+    distinct text once per window, `PENDING_KNOWN`), and their
     deliveries. `_Page.held_bits` makes a subscriber's share of a window a bitset."""
     ids = {paper_id for w in windows for paper_id in planner.index_for(*w).ids}
     pending, delivered = _reading(planner, lambda reader: peek.papers_held(reader, ids))
@@ -244,13 +249,20 @@ class _Page:
             self.heads = [f"  {p.id:<12} {p.upvotes:>4}  {p.title[:70]:<70}  [" for p in papers]
             self.record = self._text
         self._topics: dict[tuple[str, ...], str] = {}
+        self._pending: dict[str, int] = {}  # a pending digest's paper_ids_json -> its bits
         self._slots: dict[tuple[dt.datetime, str], str] = {}  # (slot, zone) -> as shown
 
     def held_bits(self, pending: list[str] | None, delivered: list[str] | None) -> int:
         """The papers of this window a subscriber has (`_held`), as a bitset."""
         bits = 0
+        known = self._pending
         for paper_ids_json in pending or ():
-            bits |= reduce(or_, map(self._bit, json.loads(paper_ids_json), repeat(0)), 0)
+            held = known.get(paper_ids_json)
+            if held is None:
+                held = reduce(or_, map(self._bit, json.loads(paper_ids_json), repeat(0)), 0)
+                if len(known) < PENDING_KNOWN:
+                    known[paper_ids_json] = held
+            bits |= held
         if delivered:
             bits |= reduce(or_, map(self._bit, delivered, repeat(0)), 0)
         return bits
