@@ -56,7 +56,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         "unsubscribe": cmd_unsubscribe,
         "resubscribe": cmd_resubscribe,
     }
-    return handlers[args.command](args, out)
+    try:
+        return handlers[args.command](args, out)
+    finally:
+        close_stores()
 
 
 def load(args: argparse.Namespace) -> Config:
@@ -65,12 +68,25 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, os.environ)
 
 
+# The engines open_store made, closed by close_stores when the command ends. Not left to
+# the collector: cli.py freezes what is alive at exit, so a pooled SQLite connection would
+# never close, and the file's write-ahead log would stay beside it un-checkpointed (the
+# file alone, copied as a backup, would miss what the command wrote).
+_opened: list[Engine] = []
+
+
 def open_store(config: Config) -> Engine:
     from digest import store
 
     engine = store.open_engine(config.storage.url)
+    _opened.append(engine)
     store.migrate(engine)
     return engine
+
+
+def close_stores() -> None:
+    while _opened:
+        _opened.pop().dispose()
 
 
 # --------------------------------------------------------------------------- init, check

@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import mailbox
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,28 @@ def test_help_speaks_to_users_and_names_every_command() -> None:
     for name in ("init", "check", "fetch", "match", "preview", "send", "run", "status"):
         assert f"\n    {name} " in out, name
     assert "Exit status" in out
+
+
+def test_each_command_closes_its_store_so_the_sqlite_file_alone_holds_it(
+    tmp_path: Path, hf_server: HFServer
+) -> None:
+    """Real processes: cli.py freezes what is alive at exit instead of collecting it, so a
+    command must close its store itself. Then SQLite checkpoints its write-ahead log
+    into the file (a read-only reader may leave the log behind, empty), and a copy of
+    the file alone, a backup, holds what was written."""
+    config = write_config(tmp_path, hf_server.base_url)
+    listed = len(json.loads((HF / "api-daily_papers-2024-08-01.json").read_bytes()))
+    wal, backup = tmp_path / "digest.db-wal", tmp_path / "backup.db"
+    for command in (["fetch", "--date", "2024-08-01"], ["send"], ["status"], ["match"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "digest.cli", *command, "-c", str(config)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not wal.exists() or wal.stat().st_size == 0, command
+        shutil.copy(tmp_path / "digest.db", backup)
+        with closing(sqlite3.connect(backup)) as con:
+            assert con.execute("SELECT count(*) FROM papers").fetchone() == (listed,), command
 
 
 def test_the_first_run_of_the_example_leaves_a_digest_in_mail(
