@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,13 +26,15 @@ try:
 except SystemExit as e:
     code = e.code
 loaded = sorted({name.split(".")[0] for name in sys.modules})
-print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+words = sys.modules.get("digest.topics.words")
+built = bool(words and words._raw_word.cache_info().currsize)
+print(json.dumps({"code": code, "loaded": loaded, "word_pattern": built}), file=sys.stderr)
 """
 
 
-def modules_loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
-    """Run `digest ARGV` in a fresh interpreter; its exit code and the top-level
-    packages it had imported by the end."""
+def probe(*argv: str, cwd: Path) -> dict[str, Any]:
+    """Run `digest ARGV` in a fresh interpreter; its exit code, the top-level packages it
+    had imported by the end, and whether it built the Unicode word pattern."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *argv],
         capture_output=True,
@@ -40,8 +43,12 @@ def modules_loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
         timeout=120,
         check=False,
     )
-    last = done.stderr.strip().splitlines()[-1]
-    report = json.loads(last)
+    report: dict[str, Any] = json.loads(done.stderr.strip().splitlines()[-1])
+    return report
+
+
+def modules_loaded(*argv: str, cwd: Path) -> tuple[int, set[str]]:
+    report = probe(*argv, cwd=cwd)
     return report["code"], set(report["loaded"])
 
 
@@ -79,6 +86,19 @@ def test_status_on_a_current_sqlite_file_reads_it_without_sqlalchemy(tmp_path: P
     code, loaded = modules_loaded("status", "-c", str(config), "--check", cwd=tmp_path)
     assert code == 1  # no poll has run yet: unhealthy, read the quick way
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_only_a_non_ascii_query_builds_the_unicode_word_pattern(tmp_path: Path) -> None:
+    """Collecting the combining marks takes ~30-40 ms: `digest check` of ASCII queries
+    (nearly every file) never pays it; a query with a non-ASCII word does."""
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    report = probe("check", "-c", str(config), cwd=tmp_path)
+    assert (report["code"], report["word_pattern"]) == (0, False)
+    text = config.read_text(encoding="utf-8").replace("query = '", "query = 'café OR ", 1)
+    assert text != config.read_text(encoding="utf-8")
+    config.write_text(text, encoding="utf-8")
+    report = probe("check", "-c", str(config), cwd=tmp_path)
+    assert (report["code"], report["word_pattern"]) == (0, True)
 
 
 def test_the_quick_reads_know_the_current_schema() -> None:
