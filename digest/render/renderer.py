@@ -45,7 +45,7 @@ from markupsafe import Markup
 from digest.config import MailConfig, Subscriber
 from digest.config.schema import Thumbnails
 from digest.errors import ConfigError
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.render import message as message_module
 from digest.render import text as text_module
 from digest.render.css import Stylesheet, inline_template, parse_stylesheet
