@@ -36,7 +36,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from digest.config import Topic
-from digest.models import Paper
+from digest.records import Paper
 from digest.sources.hf_api import parse_api
 from digest.topics.match import CompiledTopic, PaperIndex, compile_topics, match_subscriber
 from digest.topics.query import And, Not, Or, Phrase, Query, Term, parse_query, tokenize

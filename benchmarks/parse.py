@@ -25,7 +25,7 @@ from bs4 import BeautifulSoup, Tag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest.models import Paper
+from digest.records import Paper
 from digest.sources.hf_api import clean_url, collapse, parse_api, parse_records
 from digest.sources.hf_html import parse_cards, parse_props
 from tests.testdata import HF, corpus_dir

@@ -30,7 +30,7 @@ import css_inline
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from digest.config import MailConfig, Subscriber, Topic
-from digest.models import Match, Paper, TopicHit
+from digest.records import Match, Paper, TopicHit
 from digest.render import (
     Renderer,
     build_digest_bytes,

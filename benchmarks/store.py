@@ -15,10 +15,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# E402 below: the checkout's root goes on sys.path first, so the package need not be installed
 from sqlmodel import Session  # noqa: E402
 
 from digest import store  # noqa: E402
-from digest.models import ListingRow, Paper, PaperRow  # noqa: E402
+from digest.models import ListingRow, PaperRow  # noqa: E402
+from digest.records import Paper  # noqa: E402
 from digest.sources.hf_api import parse_api  # noqa: E402
 from tests.testdata import corpus_dir  # noqa: E402
 

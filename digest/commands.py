@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from digest import pipeline
     from digest.config import Config, Subscriber
     from digest.mail.drain import DrainReport
-    from digest.models import Match, Paper, SubscriberRow
+    from digest.models import SubscriberRow
+    from digest.records import Match, Paper
     from digest.store import peek
 
 log = logging.getLogger("digest")
@@ -328,7 +329,7 @@ def next_digest(
     to that many matches past max_papers (the digest's title links). `state`: the
     subscriber's saved state (`subscriber_states`)."""
     from digest import pipeline
-    from digest.models import as_utc
+    from digest.records import as_utc
     from digest.schedule import upcoming_slot
 
     last_slot = as_utc(state.last_slot) if state and state.last_slot else None

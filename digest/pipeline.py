@@ -35,7 +35,8 @@ from digest.config import Config, Subscriber, Topics
 from digest.errors import SourceError, UnreachableError
 from digest.humanize import count
 from digest.mail.dkim import sign_message
-from digest.models import DayRow, Match, Paper, as_utc
+from digest.models import DayRow
+from digest.records import Match, Paper, as_utc
 from digest.render import RecipientLinks, Renderer, message_id_for, render_digest_bytes
 from digest.schedule import (  # due_slot, upcoming_slot: pure, there for `digest status`
     default_window_days,

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from html.parser import HTMLParser
 
 from digest.config import MailConfig, Subscriber, Topic
-from digest.models import Match, Paper, TopicHit
+from digest.records import Match, Paper, TopicHit
 from digest.render import Renderer, render_digest, render_digest_bytes
 from digest.schedule import Schedule
 from digest.sources.hf_api import parse_api

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, text
 
 from digest import store
 from digest.config import Subscriber
-from digest.models import Paper
 from digest.pipeline import PlannedDigest, Planner, plan_due
+from digest.records import Paper
 from digest.sources.hf_api import parse_api
 from tests import testdata
 

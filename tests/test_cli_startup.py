@@ -78,6 +78,22 @@ def test_a_command_that_needs_the_database_still_loads_it(tmp_path: Path) -> Non
     assert "sqlalchemy" in loaded
 
 
+def test_check_validates_templates_and_reads_recipients_without_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    """The renderer needs `Paper` and `Match` (digest/records.py), not the tables: `digest
+    check` loads Jinja for the templates, and the SQLite file through sqlite3."""
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    for before in ([], ["status"]):  # no database yet; a current one (status made it)
+        if before:
+            assert modules_loaded(*before, "-c", str(config), cwd=tmp_path)[0] == 0
+            assert (tmp_path / "digest.db").exists()
+        code, loaded = modules_loaded("check", "-c", str(config), cwd=tmp_path)
+        assert code == 0
+        assert "jinja2" in loaded  # the probe sees the renderer's own imports
+        assert not loaded & {"sqlalchemy", "sqlmodel", "pydantic"}, before
+
+
 def test_status_on_a_current_sqlite_file_reads_it_without_sqlalchemy(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:1")
     code, loaded = modules_loaded("status", "-c", str(config), cwd=tmp_path)

@@ -41,7 +41,8 @@ from digest.daemon.jobs import (
     slot_job_id,
 )
 from digest.errors import ConfigError, StoreError
-from digest.models import DigestRow, as_utc
+from digest.models import DigestRow
+from digest.records import as_utc
 from digest.schedule import parse_schedule
 from tests.backends import Backend
 

@@ -19,7 +19,8 @@ from sqlalchemy import inspect
 from sqlmodel import Session, col, select
 
 from digest import store
-from digest.models import DigestRow, as_utc
+from digest.models import DigestRow
+from digest.records import as_utc
 from digest.schedule import latest_slot, parse_schedule
 from tests.backends import Backend
 from tests.daemons import (

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.config import Topic
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.render import Renderer
 from digest.render.text import highlight
 from digest.topics.match import PaperIndex, compile_topics, match_subscriber

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from digest.config import Topic
 from digest.errors import QuerySyntaxError
-from digest.models import Paper
+from digest.records import Paper
 from digest.topics.match import (
     PaperIndex,
     compile_topics,

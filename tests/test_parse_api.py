@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.errors import ParseError
-from digest.models import Paper
+from digest.records import Paper
 from digest.sources.hf_api import clean_url, parse_api
 from tests.testdata import HF, corpus_dir
 

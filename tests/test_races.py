@@ -20,7 +20,8 @@ from sqlalchemy import func, inspect, text
 from sqlmodel import Session, SQLModel, select
 
 from digest import store
-from digest.models import SubscriberRow, as_utc
+from digest.models import SubscriberRow
+from digest.records import as_utc
 from tests.backends import Backend
 from tests.race_child import run_together
 from tests.store_helpers import D1, corpus_day

@@ -11,7 +11,7 @@ import email.policy
 import pytest
 
 from digest.errors import ConfigError
-from digest.models import Match, Paper, TopicHit
+from digest.records import Match, Paper, TopicHit
 from digest.render import (
     HTML_CAP_BYTES,
     Renderer,

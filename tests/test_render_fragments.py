@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest.config import Topic
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.render import RecipientLinks, Renderer, render_digest_bytes
 from digest.render.text import wrap
 from digest.topics.match import PaperIndex, compile_topics, match_subscriber

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from digest.config import Topic
-from digest.models import Match
+from digest.records import Match
 from digest.render import Renderer
 from digest.sources.hf_api import parse_api
 from digest.topics.match import PaperIndex, compile_topics, count_matches, match_subscriber

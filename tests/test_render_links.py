@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from digest.models import Match
+from digest.records import Match
 from digest.render import RecipientLinks, Renderer, render_plain_message
 from tests.render_helpers import MAIL, NOW, RL, Html, corpus_papers, parts, render
 

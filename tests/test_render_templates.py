@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from digest.errors import ConfigError
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.render import Renderer, shipped_templates_dir
 from digest.render.css import inline_template, parse_stylesheet
 from digest.render.text import first_sentences, format_authors, highlight

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from digest.config import Topic
-from digest.models import Paper
+from digest.records import Paper
 from digest.render import Renderer, render_digest_bytes
 from digest.sources.hf_api import parse_api
 from digest.topics.match import PaperIndex, compile_topics, count_matches, match_subscriber

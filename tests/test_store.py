@@ -12,7 +12,8 @@ from sqlmodel import Session
 
 from digest import store
 from digest.errors import StoreError
-from digest.models import DeliveryRow, DigestRow, Paper, as_utc
+from digest.models import DeliveryRow, DigestRow
+from digest.records import Paper, as_utc
 from digest.store.listings import LISTINGS, PAPERS
 from tests.backends import Backend
 from tests.store_helpers import (

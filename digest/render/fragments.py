@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from markupsafe import Markup, escape
 
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.render.text import mark_spans, where_bits
 from digest.topics.query import Leaf
 from digest.topics.spans import merged_spans

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from markupsafe import Markup, escape
 
-from digest.models import Match
+from digest.records import Match
 from digest.render.message import clean_header, clean_text, shorten
 from digest.topics.query import Leaf
 from digest.topics.spans import merged_spans

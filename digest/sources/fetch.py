@@ -39,7 +39,7 @@ import httpx
 from digest import __version__
 from digest.config import SourceConfig
 from digest.errors import FetchError, ParseError, SourceError, UnreachableError
-from digest.models import Paper
+from digest.records import Paper
 from digest.sources.hf_api import load_api_items, parse_records
 from digest.sources.hf_html import parse_html
 

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from digest.errors import ParseError
-from digest.models import Paper
+from digest.records import Paper
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from digest.errors import ParseError
-from digest.models import Paper
+from digest.records import Paper
 from digest.sources.hf_api import (
     Counts,
     clean_url,

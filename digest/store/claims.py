@@ -39,7 +39,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.errors import StoreError
-from digest.models import DigestRow, as_utc
+from digest.models import DigestRow
+from digest.records import as_utc
 from digest.store import pgsettle
 from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, describe_error, mask_url
 from digest.store.outbox import FAILED, PENDING, SENT, OutboxItem

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, Table, and_, bindparam, func, select
 
-from digest.models import DigestMessageRow, DigestRow, Paper, as_utc
+from digest.models import DigestMessageRow, DigestRow
+from digest.records import Paper, as_utc
 from digest.store.engine import wrap_db_errors
 from digest.store.listings import LISTINGS, PAPERS, paper_from_columns
 

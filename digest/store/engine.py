@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session
 
 from digest.errors import StoreError
-from digest.models import as_utc
+from digest.records import as_utc
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Execution option read by the SQLite "begin" hook: "IMMEDIATE" takes the write lock at

@@ -24,7 +24,8 @@ from sqlalchemy import Engine, Table, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.errors import StoreError
-from digest.models import DeliveryRow, DigestRow, as_utc
+from digest.models import DeliveryRow, DigestRow
+from digest.records import as_utc
 from digest.store.engine import describe_error, dialect_insert, mask_url, write_bind
 from digest.store.outbox import NewDigest
 

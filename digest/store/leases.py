@@ -21,7 +21,8 @@ from sqlalchemy import Engine, bindparam, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 
-from digest.models import DigestRow, as_utc
+from digest.models import DigestRow
+from digest.records import as_utc
 from digest.store.engine import write_bind
 from digest.store.outbox import NO_LEASE, PENDING, store_error
 from digest.store.owner import Owner, is_running, this_process

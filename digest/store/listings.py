@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select,
 from sqlmodel import Session, SQLModel
 
 from digest.errors import StoreError
-from digest.models import Paper, as_utc
+from digest.records import Paper, as_utc
 from digest.store.engine import (
     dialect_insert,
     session_url,

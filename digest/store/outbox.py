@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from digest.errors import StoreError
-from digest.models import DigestMessageRow, DigestRow, SubscriberRow, as_utc
+from digest.models import DigestMessageRow, DigestRow, SubscriberRow
+from digest.records import as_utc
 from digest.store.engine import describe_error, dialect_insert, mask_url, upsert, write_bind
 
 PENDING, SENT, FAILED, CANCELLED = "pending", "sent", "failed", "cancelled"

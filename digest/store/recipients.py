@@ -35,7 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from digest.models import RecipientRow, SuppressionRow, as_utc
+from digest.models import RecipientRow, SuppressionRow
+from digest.records import as_utc
 from digest.store import outbox
 from digest.store.engine import wrap_db_errors, write_bind
 

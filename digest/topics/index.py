@@ -31,7 +31,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
-from digest.models import Paper, TopicHit
+from digest.records import Paper, TopicHit
 from digest.topics.query import CompiledQuery, Leaf, leaf_of, leaf_set, tokenize
 
 # The index's columns: the text fields of query.FIELDS, plus "text" (title, gap, abstract)

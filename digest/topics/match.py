@@ -27,7 +27,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from digest.config import Topic, Topics
-from digest.models import Match
+from digest.records import Match
 from digest.topics.index import PaperIndex, iter_bits
 from digest.topics.query import CompiledQuery, compile_text, evaluate_texts
 

@@ -28,7 +28,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from digest.config import Subscriber
-from digest.models import Paper
+from digest.records import Paper
 from digest.store import copies, recipients
 from digest.web.context import CONTEXT, WebContext, bad_link
 from digest.web.explain import explain

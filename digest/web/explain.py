@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from digest.config import Subscriber
-from digest.models import Match, Paper
+from digest.records import Match, Paper
 from digest.topics import match
 
 
