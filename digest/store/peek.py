@@ -245,11 +245,21 @@ def store_stats(reader: Reader) -> StoreStats:
 
 
 def last_slots(reader: Reader, emails: Collection[str]) -> dict[str, dt.datetime]:
-    """Each of `emails`' last handled slot, where one is saved: one read of the table."""
+    """Each of `emails`' last handled slot, where one is saved: one read of the table,
+    each distinct stored value parsed once (a cycle's subscribers share a few)."""
     wanted = set(emails)
     with reading(reader, "reading the subscribers' state"):
         rows = reader.rows("SELECT email, last_slot FROM subscribers WHERE last_slot IS NOT NULL")
-    return {email: moment for email, slot in rows if email in wanted and (moment := utc(slot))}
+    known: dict[object, dt.datetime | None] = {}
+    slots = {}
+    for email, slot in rows:
+        if email in wanted:
+            moment = known.get(slot)
+            if moment is None:
+                moment = known[slot] = utc(slot)
+            if moment is not None:
+                slots[email] = moment
+    return slots
 
 
 def slot_states(
