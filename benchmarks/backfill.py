@@ -1,6 +1,6 @@
 """Backfill benchmark: the 413 corpus days from the local fixture server into a fresh SQLite file.
 
-Runs the real path (pipeline.poll -> httpx -> parse -> store) twice in one process: the
+Runs the real path (polling.poll -> httpx -> parse -> store) twice in one process: the
 first run stores everything; the second finds every day unchanged (conditional GET -> 304).
 The baseline is the first run: the second should be at least 5x faster.
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlmodel import Session  # noqa: E402 (after the sys.path line that finds tests/)
 
-from digest import pipeline, store  # noqa: E402
+from digest import polling, store  # noqa: E402
 from digest.config import Config, SourceConfig, StorageConfig  # noqa: E402
 from digest.sources.fetch import make_client  # noqa: E402
 from tests.testdata import corpus_dir  # noqa: E402
@@ -45,12 +45,12 @@ def distinct_ids(days: list[dt.date]) -> int:
     return len(ids)
 
 
-async def backfill(config: Config, days: list[dt.date]) -> tuple[float, pipeline.PollReport]:
+async def backfill(config: Config, days: list[dt.date]) -> tuple[float, polling.PollReport]:
     engine = store.open_engine(config.storage.url)
     store.migrate(engine)
     started = time.perf_counter()
     async with make_client(config.source) as client:
-        report = await pipeline.poll(
+        report = await polling.poll(
             config, engine, client, days, now=lambda: dt.datetime.now(dt.UTC)
         )
     seconds = time.perf_counter() - started

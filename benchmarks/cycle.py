@@ -6,7 +6,7 @@ takes:
   load    load_config: a subscription file of N subscribers, three realistic topics
           each (benchmarks/match.py's generator over the corpus vocabulary), mixed
           timezones and schedules, all due at NOW
-  poll    pipeline.poll from the loopback fixture server (tests/hfserver.py) serving
+  poll    polling.poll from the loopback fixture server (tests/hfserver.py) serving
           the five busiest corpus days as today and yesterday
   plan    pipeline.plan_due, split into render (render_digest_bytes), outbox writes
           (outbox.add_digests) and the rest (due slots, windows, matching)
@@ -181,7 +181,7 @@ def smtp_sink(sink: str, port: int) -> Iterator[None]:
 def run_one(subscribers: Path, sessions: int, url: str | None, drainers: list[int]) -> None:
     """One size, in this process: print one JSON line of measurements. `url`: a
     PostgreSQL database to use (else an SQLite file), drained by `drainers` processes."""
-    from digest import pipeline, render, store
+    from digest import pipeline, polling, render, store
     from digest.config import load_config
     from digest.mail.drain import drain_outbox
     from digest.mail.smtp import SmtpTransport
@@ -207,10 +207,10 @@ def run_one(subscribers: Path, sessions: int, url: str | None, drainers: list[in
         engine = store.open_engine(config.storage.url)
         store.migrate(engine)
 
-        async def poll() -> pipeline.PollReport:
+        async def poll() -> polling.PollReport:
             async with make_client(config.source) as client:
-                days = pipeline.days_to_poll(NOW, config.source.lookback_days)
-                return await pipeline.poll(config, engine, client, days, now=lambda: NOW)
+                days = polling.days_to_poll(NOW, config.source.lookback_days)
+                return await polling.poll(config, engine, client, days, now=lambda: NOW)
 
         with Clock() as c:
             report = asyncio.run(poll())

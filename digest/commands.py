@@ -29,7 +29,7 @@ from digest.humanize import count, duration
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from digest import pipeline
+    from digest import pipeline, polling
     from digest.config import Config, Subscriber
     from digest.mail.drain import DrainReport
     from digest.models import SubscriberRow
@@ -185,7 +185,7 @@ def read_choices(config: Config) -> dict[str, peek.Choice]:
 
 
 def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
-    from digest import pipeline
+    from digest import polling
 
     config = load(args)
     engine = open_store(config)
@@ -193,12 +193,12 @@ def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
     if args.date:
         days = [args.date]
     elif args.since:
-        days = pipeline.days_between(args.since, args.until or now.date())
+        days = polling.days_between(args.since, args.until or now.date())
     else:
-        days = pipeline.days_to_poll(now, config.source.lookback_days)
+        days = polling.days_to_poll(now, config.source.lookback_days)
     progress = Progress(len(days)) if len(days) > 1 else None
 
-    def on_day(outcome: pipeline.DayOutcome) -> None:
+    def on_day(outcome: polling.DayOutcome) -> None:
         for paper in outcome.new:
             write_paper(out, paper, "new", args.json)
         for paper in outcome.updated:
@@ -221,16 +221,16 @@ async def _poll(
     config: Config,
     engine: Engine,
     days: list[dt.date],
-    on_day: Callable[[pipeline.DayOutcome], None] | None = None,
-) -> pipeline.PollReport:
-    from digest import pipeline
+    on_day: Callable[[polling.DayOutcome], None] | None = None,
+) -> polling.PollReport:
+    from digest import polling
     from digest.sources.fetch import make_client
 
     async with make_client(config.source) as client:
-        return await pipeline.poll(config, engine, client, days, now=utcnow, on_day=on_day)
+        return await polling.poll(config, engine, client, days, now=utcnow, on_day=on_day)
 
 
-def fail_on_poll_errors(report: pipeline.PollReport) -> None:
+def fail_on_poll_errors(report: polling.PollReport) -> None:
     if report.unreachable is not None:
         raise SourceError(report.unreachable)
     if report.errors:
@@ -268,7 +268,7 @@ class Progress:
         self.new = 0
         self.tty = sys.stderr.isatty()
 
-    def step(self, outcome: pipeline.DayOutcome) -> None:
+    def step(self, outcome: polling.DayOutcome) -> None:
         self.done += 1
         self.new += len(outcome.new)
         state = outcome.error or (
@@ -447,16 +447,16 @@ def dry_run(config: Config, out: TextIO) -> int:
 
 
 async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
-    from digest import pipeline
+    from digest import pipeline, polling
     from digest.mail.delivery import make_transport
     from digest.mail.drain import drain_outbox
     from digest.sources.fetch import make_client
 
     poll_report = None
     if not args.no_fetch:
-        days = pipeline.days_to_poll(utcnow(), config.source.lookback_days)
+        days = polling.days_to_poll(utcnow(), config.source.lookback_days)
         async with make_client(config.source) as client:
-            poll_report = await pipeline.poll(config, engine, client, days, now=utcnow)
+            poll_report = await polling.poll(config, engine, client, days, now=utcnow)
         if poll_report.unreachable is None:  # else the one line is the error, at the end
             log.info(poll_report.summary())
         if not poll_report.fetched:  # nothing is known to be new: plan nothing, close no slot
@@ -499,7 +499,7 @@ async def _send(config: Config, engine: Engine, args: argparse.Namespace, out: T
 
 
 async def _deliver_only(
-    config: Config, engine: Engine, poll_report: pipeline.PollReport, out: TextIO
+    config: Config, engine: Engine, poll_report: polling.PollReport, out: TextIO
 ) -> int:
     """The poll fetched nothing: deliver what was already waiting, then fail with the
     poll's error. Stdout speaks only of mail that went out (never of "nothing new")."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from digest import pipeline, store
+from digest import polling, store
 from digest.config import SourceConfig, load_config
 from digest.errors import SourceError
 from digest.models import PollRow
@@ -67,7 +67,7 @@ def test_the_poll_deadline_stops_retries_and_fallback(hf_server: HFServer) -> No
 def test_a_trickling_poll_is_a_failed_poll_and_the_clean_days_are_stored(
     tmp_path: Path, hf_server: HFServer
 ) -> None:
-    """Through pipeline.poll: the day that trickles fails, the others are stored, the
+    """Through polling.poll: the day that trickles fails, the others are stored, the
     poll ends and is recorded as failed (what the daemon's alerts count)."""
     config_path = write_config(tmp_path, hf_server.base_url)
     config = load_config(config_path, {})
@@ -79,10 +79,10 @@ def test_a_trickling_poll_is_a_failed_poll_and_the_clean_days_are_stored(
     days = [DAY - dt.timedelta(days=1), DAY]
     hf_server.add_fault(f"/api/daily_papers?date={DAY}", TRICKLE)
 
-    async def go() -> pipeline.PollReport:
+    async def go() -> polling.PollReport:
         async with make_client(config.source) as client:
             now = lambda: dt.datetime.now(dt.UTC)  # noqa: E731 - the poll asks for a clock
-            return await pipeline.poll(config, engine, client, days, now=now)
+            return await polling.poll(config, engine, client, days, now=now)
 
     report = asyncio.run(go())
     assert [d.day for d in report.days if d.error] == [DAY]

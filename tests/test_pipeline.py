@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from digest import pipeline, store
+from digest import pipeline, polling, store
 from digest.config import Config, DaemonConfig, Subscriber, Topic
 from digest.errors import StoreError
 from digest.models import DigestRow
@@ -112,7 +112,7 @@ def test_digest_days_is_the_window_stretched_back_to_missed_slots() -> None:
 
 def test_days_to_poll_is_today_and_the_lookback_oldest_first() -> None:
     now = dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC)
-    assert pipeline.days_to_poll(now, 2) == [
+    assert polling.days_to_poll(now, 2) == [
         dt.date(2026, 2, 27),
         dt.date(2026, 2, 28),
         dt.date(2026, 3, 1),

@@ -6,7 +6,7 @@ meta table so a restart neither re-alerts nor forgets an alert that is out
 queueing it in the outbox like any digest (`queue_alert`), so it is retried and never lost.
 `record_poll` is the one call the daemon makes after each poll.
 
-Does not own: polling (pipeline.py), sending (drain.py drains the outbox), the
+Does not own: polling (polling.py), sending (drain.py drains the outbox), the
 config (`[alerts] email`, `after_failed_polls`).
 
 The state machine, with N = after_failed_polls::

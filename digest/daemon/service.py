@@ -54,7 +54,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from digest import pipeline, store
+from digest import pipeline, polling, store
 from digest.config import Config, SourceConfig, Subscriber, load_config
 from digest.daemon import alerts
 from digest.daemon.drainer import Drainer
@@ -293,10 +293,10 @@ class Daemon:
 
     async def _poll(self) -> None:
         config = self.config
-        days = pipeline.days_to_poll(self.clock(), config.source.lookback_days)
+        days = polling.days_to_poll(self.clock(), config.source.lookback_days)
         try:
             client = await self._client_for(config.source)
-            report = await pipeline.poll(config, self.engine, client, days, now=self.clock)
+            report = await polling.poll(config, self.engine, client, days, now=self.clock)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the job boundary: any failure is a failed poll, not a crash
@@ -372,7 +372,7 @@ class Daemon:
                     now = self.clock()
                     unfed = self._unfed
                     if unfed is None:  # no poll has finished: nothing is known to be fetched
-                        unfed = frozenset(pipeline.days_to_poll(now, config.source.lookback_days))
+                        unfed = frozenset(polling.days_to_poll(now, config.source.lookback_days))
                     used = unfed
                     done = await asyncio.get_running_loop().run_in_executor(
                         self._planner_thread,
