@@ -11,10 +11,11 @@ problem and no warning, starting where the parent stopped and sharing no email w
 the first half; else the parent reads the second half itself, so every message is the
 one a serial read gives) nor where pieces are cut (`chunks.py`).
 
-At 100,000 subscribers (34 MB) a load takes ~4 s on one core, nearly all of it
-checking values in Python; two halves take ~2.5 s (the child's 50,000 Subscribers
-cross in ~0.2 s). A fork from a process running threads could copy a lock another
-thread holds, so a process with threads (a daemon reloading) reads on one core.
+At 100,000 subscribers (34 MB) nearly all of a load is checking values in Python, and
+two halves take about 55-60% of one core's time (3.7 -> 2.4 s on one machine, 7.5 ->
+4.2 s on a slower one; the child's 50,000 Subscribers cross in ~0.1 s). A fork from a
+process running threads could copy a lock another thread holds, so a process with
+threads (a daemon reloading) reads on one core.
 """
 
 from __future__ import annotations
