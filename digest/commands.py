@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 from zoneinfo import ZoneInfo
 
 from digest.config.dburl import parse_db_url
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from digest.store import peek
 
 log = logging.getLogger("digest")
+_T = TypeVar("_T")
 
 
 def utcnow() -> dt.datetime:
@@ -88,6 +89,20 @@ def open_store(config: Config) -> Engine:
 def close_stores() -> None:
     while _opened:
         _opened.pop().dispose()
+
+
+def through_store(config: Config, read: Callable[[peek.Reader], _T]) -> _T:
+    """`read` with a `peek.Reader` over the full store (any backend, migrated first):
+    what `check` and `status` fall back to where the quick sqlite3 path cannot answer."""
+    from digest.store import peek
+
+    engine = open_store(config)  # closed with the command (close_stores)
+    connection = engine.raw_connection()
+    try:
+        where = parse_db_url(config.storage.url).masked()
+        return read(peek.Reader(connection, engine.dialect.paramstyle, where))
+    finally:
+        connection.close()
 
 
 # --------------------------------------------------------------------------- init, check
@@ -171,14 +186,7 @@ def read_choices(config: Config) -> dict[str, peek.Choice]:
     with peek.open_sqlite(config.storage.url) as reader:
         if reader is not None:
             return peek.choices(reader, emails)
-    engine = open_store(config)
-    connection = engine.raw_connection()
-    try:
-        where = parse_db_url(config.storage.url).masked()
-        return peek.choices(peek.Reader(connection, engine.dialect.paramstyle, where), emails)
-    finally:
-        connection.close()
-        engine.dispose()
+    return through_store(config, lambda reader: peek.choices(reader, emails))
 
 
 # --------------------------------------------------------------------------- fetch
@@ -568,15 +576,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     with peek.open_sqlite(config.storage.url) as reader:
         read = status_reads(reader, emails, now, check=args.check) if reader else None
     if read is None:
-        engine = open_store(config)
-        connection = engine.raw_connection()
-        try:
-            where = parse_db_url(config.storage.url).masked()
-            reader = peek.Reader(connection, engine.dialect.paramstyle, where)
-            read = status_reads(reader, emails, now, check=args.check)
-        finally:
-            connection.close()
-            engine.dispose()
+        read = through_store(config, lambda r: status_reads(r, emails, now, check=args.check))
     stats, last_slots, choices, trouble = read
     slots: dict[str, tuple[dt.datetime, bool]] = {}
     # the same schedule, zone and last slot give the same answer: at 100k subscribers
