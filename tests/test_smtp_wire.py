@@ -6,6 +6,7 @@ what left the client in one write."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.config import SmtpConfig
-from digest.errors import PermanentDeliveryError, TransientDeliveryError
+from digest.errors import MaybeDeliveredError, PermanentDeliveryError, TransientDeliveryError
+from digest.mail.replies import LINE_LIMIT
 from digest.mail.smtp import SmtpTransport
 from digest.mail.wire import envelope_address, to_wire
 
@@ -174,3 +176,109 @@ def test_to_wire_round_trips_and_never_ends_data_early(message: bytes) -> None:
     assert b"\r" not in wire.replace(b"\r\n", b"")  # no bare CR
     assert b"\n" not in wire.replace(b"\r\n", b"")  # no bare LF
     assert (b"\r\n" + wire).find(b"\r\n.\r\n") == len(wire) - 3  # only the final dot ends it
+
+
+# --------------------------------------------------------------------------- replies as they come
+
+
+Steps = list[tuple[float, bytes]]  # (seconds to wait, bytes to write), in turn
+Script = Callable[[bytes], Steps | None]
+
+
+def talk(
+    script: Script,
+    timeout: float = 0.5,
+    data_timeout: float = 5,
+) -> object:
+    """One message through a server on 127.0.0.1 whose answer to each chunk it reads after
+    the greeting and EHLO is `script(chunk)`: (delay, bytes) pairs written in turn, None to
+    hang up. The outcome: the DATA reply, or the DeliveryError."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-raw\r\n250 PIPELINING\r\n")
+        while chunk := await reader.read(1 << 16):
+            steps = script(chunk)
+            if steps is None:
+                break
+            for delay, data in steps:
+                await asyncio.sleep(delay)
+                writer.write(data)
+        writer.close()
+
+    async def go() -> object:
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        config = SmtpConfig(host="127.0.0.1", port=port, security="none", max_connections=1,
+                            rate_per_second=0, retries=0, timeout=timeout,
+                            data_timeout=data_timeout)  # fmt: skip
+        async with listener, SmtpTransport(config) as transport:
+            try:
+                return await transport.send(SENDER, "ada@example.org", b"Subject: hi\n\nbody\n")
+            except (PermanentDeliveryError, TransientDeliveryError) as e:
+                return e
+
+    return asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def answers(envelope: Steps, final: Steps) -> Script:
+    """A script: `envelope` to the chunk holding MAIL/RCPT/DATA, `final` to the message."""
+
+    def script(chunk: bytes) -> Steps | None:
+        if chunk.startswith(b"MAIL"):
+            return envelope
+        if chunk.endswith(b"\r\n.\r\n"):
+            return final
+        return [] if not chunk.startswith(b"QUIT") else None
+
+    return script
+
+
+OK_ENVELOPE = [(0, b"250 ok\r\n250 ok\r\n354 go on\r\n")]
+
+
+def test_replies_cut_anywhere_and_multi_line_ones_are_read_whole() -> None:
+    envelope = b"250 ok\r\n250 ok\r\n354 go on\r\n"
+    final = b"250-2.0.0 first line\r\n250-second\r\n250 2.0.0 queued as 7\r\n"
+    bytewise = answers([(0, bytes([b])) for b in envelope], [(0, bytes([b])) for b in final])
+    assert talk(bytewise) == "250 2.0.0 first line\nsecond\n2.0.0 queued as 7"
+
+
+def test_a_slow_reply_is_waited_for_while_the_server_keeps_talking() -> None:
+    """The limit is silence, not a line's or a reply's whole time: one line in 7 pieces
+    0.1 s apart under a 0.5 s data_timeout takes 0.7 s and arrives."""
+    line = b"250 2.0.0 queued, slowly\r\n"  # 26 bytes
+    final = [(0.1, line[n : n + 4]) for n in range(0, len(line), 4)]
+    assert len(final) == 7
+    assert talk(answers(OK_ENVELOPE, final), data_timeout=0.5) == "250 2.0.0 queued, slowly"
+
+
+def test_a_server_silent_after_the_envelope_is_a_transient_failure() -> None:
+    outcome = talk(answers([(0, b"250 ok\r\n")], []), timeout=0.3)  # RCPT and DATA: nothing
+    assert isinstance(outcome, TransientDeliveryError)
+    assert "silent for 0.3s" in str(outcome)
+
+
+def test_a_server_silent_after_the_final_dot_may_have_the_message() -> None:
+    outcome = talk(answers(OK_ENVELOPE, []), timeout=5, data_timeout=0.3)
+    assert isinstance(outcome, MaybeDeliveredError)
+    assert "no reply to the end of the message within 0.3s" in str(outcome)
+
+
+@pytest.mark.parametrize(
+    ("garbage", "said"),
+    [
+        (b"hello there\r\n", "not an SMTP reply: b'hello there"),
+        (b"250-" + b"x" * (LINE_LIMIT + 10), "a reply line longer than"),
+    ],
+)
+def test_what_is_not_an_smtp_reply_closes_the_connection(garbage: bytes, said: str) -> None:
+    outcome = talk(answers([(0, garbage)], []))
+    assert isinstance(outcome, TransientDeliveryError) and said in str(outcome)
+
+
+def test_a_refusal_then_the_server_hanging_up_reports_the_refusal() -> None:
+    outcome = talk(answers([(0, b"421 4.3.2 shutting down\r\n")], []))
+    outcome = outcome if not isinstance(outcome, str) else None
+    assert isinstance(outcome, TransientDeliveryError) and "421 4.3.2 shutting down" in str(outcome)

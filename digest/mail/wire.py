@@ -10,7 +10,8 @@ do this: it drops replies that arrive while an earlier one waits to be picked up
 
 Owns: the wire format of a message (`to_wire`: CRLF line ends, dot-stuffing, the final
 dot, done with bytes.replace), the three-reply bookkeeping, RSET after a refusal, QUIT.
-Does not own: what a reply code means for the digest (smtp.py classifies) or retries.
+Does not own: reading replies off the connection and the silence limit (replies.py),
+what a reply code means for the digest (smtp.py classifies) or retries.
 Raises only `Refused` (the server answered, not with success), `Dropped` (connection
 lost, timed out or out of sync before the message was complete) and `Unanswered` (no
 reply to the final dot within `data_timeout`: the server may have the message); smtp.py
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable
 import aiosmtplib
 
 from digest.config import ascii_address
+from digest.mail.replies import Closed, Replies
 
 _BAD_ADDRESS = re.compile(r"[\x00-\x20<>\x7f]")  # control chars, spaces, brackets: refuse
 _SUCCESS = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
@@ -48,7 +50,11 @@ class Refused(Exception):
 
 
 class Dropped(Exception):
-    """The connection was lost, timed out or went out of sync; it is closed."""
+    """The connection was lost, timed out (`timed_out`) or went out of sync; it is closed."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class Unanswered(Exception):
@@ -65,7 +71,8 @@ def to_wire(message: bytes) -> bytes:
     body = body.replace(b"\n", b"\r\n")
     if body.startswith(b"."):
         body = b"." + body
-    body = body.replace(b"\r\n.", b"\r\n..")
+    if b"\n." in body:  # a line starting with a dot (rare): searching is cheaper than replacing
+        body = body.replace(b"\r\n.", b"\r\n..")
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + FINAL_DOT
@@ -98,10 +105,9 @@ class Wire:
         self.timeout = timeout
         self.data_timeout = timeout if data_timeout is None else data_timeout
         self._transport = transport
-        self._reader = asyncio.StreamReader(limit=1 << 16)
-        protocol = asyncio.StreamReaderProtocol(self._reader)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        self._replies = Replies()
+        transport.set_protocol(self._replies)
+        self._replies.connection_made(transport)
 
     @classmethod
     def take_over(
@@ -116,7 +122,7 @@ class Wire:
 
     @property
     def is_connected(self) -> bool:
-        return not self._transport.is_closing() and not self._reader.at_eof()
+        return not self._transport.is_closing() and self._replies.open
 
     async def transact(
         self,
@@ -174,7 +180,7 @@ class Wire:
         try:  # RFC 5321 4.5.3.2.6: the server may take minutes to answer the final dot
             code, text = await self._reply(self.data_timeout)
         except Dropped as e:
-            if isinstance(e.__cause__, TimeoutError):
+            if e.timed_out:
                 raise Unanswered(f"no reply to the end of the message within "
                                  f"{self.data_timeout:g}s") from e  # fmt: skip
             raise
@@ -205,24 +211,10 @@ class Wire:
             pass  # already closed; the refusal is what the caller needs to hear
 
     async def _reply(self, timeout: float | None = None) -> tuple[int, str]:
-        """One (possibly multi-line) reply: its code and its text lines joined by \\n;
-        each line within `timeout` seconds (default: the command timeout)."""
-        lines: list[str] = []
-        seconds = self.timeout if timeout is None else timeout
-        while True:
-            try:
-                async with asyncio.timeout(seconds):  # unlike wait_for, no extra task
-                    line = await self._reader.readline()
-            except (TimeoutError, ValueError, ConnectionError) as e:
-                self.close()
-                raise Dropped(f"no reply: {type(e).__name__} {e}".strip()) from e
-            if not line.endswith(b"\n"):
-                self.close()
-                raise Dropped("the server closed the connection")
-            code = line[:3]
-            if not code.isdigit():
-                self.close()
-                raise Dropped(f"not an SMTP reply: {line[:80]!r}")
-            lines.append(line[4:].strip().decode("utf-8", "replace"))
-            if line[3:4] != b"-":
-                return int(code), "\n".join(lines)
+        """The next reply: its code and its text lines joined by \\n; waiting while the
+        server is silent for less than `timeout` seconds (default: the command timeout)."""
+        try:
+            return await self._replies.next(self.timeout if timeout is None else timeout)
+        except Closed as e:
+            self.close()
+            raise Dropped(str(e), timed_out=e.timed_out) from e
