@@ -14,7 +14,7 @@ reused connections (smtp-source -d) to one smtp-sink on 127.0.0.1. Rows:
   time, outcomes and the next claims group-committed, each final dot waiting for its
   connection's previous commit).
 
-Usage: .venv/bin/python benchmarks/send.py [--messages N] [--size BYTES] [--sessions S]
+Usage: .venv/bin/python benchmarks/send.py [--messages N] [--size BYTES] [--sessions S] [--lf]
 Needs /usr/sbin/smtp-sink and smtp-source (Debian: apt-get install postfix).
 """
 
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def wait_listening(port: int) -> None:
     sys.exit(f"smtp-sink did not start listening on 127.0.0.1:{port}")
 
 
-def build_message(size: int, n: int) -> bytes:
-    message = EmailMessage()
+def build_message(size: int, n: int, *, lf: bool = False) -> bytes:
+    """A message of about `size` bytes; its lines end CRLF, as rendered digests' do in the
+    outbox (email.policy.SMTP), or LF with `lf` (a message from elsewhere: the pool then
+    rewrites every line end)."""
+    message = EmailMessage(policy=email.policy.default if lf else email.policy.SMTP)
     message["From"] = SENDER
     message["To"] = RECIPIENT
     message["Subject"] = f"benchmark {n}"
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=20_000, help="bytes per message")
     parser.add_argument("--sessions", type=int, default=4, help="parallel connections")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--lf", action="store_true", help="messages with LF line ends")
     args = parser.parse_args()
     sink, source = find_tools()
     port, plain_port = free_port(), free_port()
@@ -176,7 +181,7 @@ def main() -> None:
     try:
         wait_listening(port)
         wait_listening(plain_port)
-        messages = [build_message(args.size, n) for n in range(args.messages)]
+        messages = [build_message(args.size, n, lf=args.lf) for n in range(args.messages)]
         size = len(messages[0])
         best: dict[str, float] = {}
         for _ in range(args.rounds):
@@ -201,7 +206,8 @@ def main() -> None:
             process.terminate()
             process.wait(5)
     print(
-        f"{args.messages} messages of {size} bytes, {args.sessions} reused connections, "
+        f"{args.messages} messages of {size} bytes ({'LF' if args.lf else 'CRLF'} line ends), "
+        f"{args.sessions} reused connections, "
         f"into smtp-sink on 127.0.0.1 (best of {args.rounds})"
     )
     print(f"{'sender':<38} {'seconds':>8} {'msg/s':>7} {'vs smtp-source':>15} {'vs no-pipe':>11}")

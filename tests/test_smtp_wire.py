@@ -166,6 +166,14 @@ def test_to_wire_examples() -> None:
     assert to_wire(b"a\nb") == b"a\r\nb\r\n.\r\n"
     assert to_wire(b".a\r\n.\r\nb\r") == b"..a\r\n..\r\nb\r\n.\r\n"
     assert to_wire(b"") == b".\r\n"
+    # CRLF already (what the renderer writes): kept as is unless a line starts with a dot
+    assert to_wire(b"a\r\nb\r\n") == b"a\r\nb\r\n.\r\n"
+    assert to_wire(b"a\r\n.b\r\n") == b"a\r\n..b\r\n.\r\n"
+    assert to_wire(b".a\r\nb") == b"..a\r\nb\r\n.\r\n"
+    # a bare CR or LF among CRLFs, even the very last byte, is a line end too
+    assert to_wire(b"a\r\nb\r") == b"a\r\nb\r\n.\r\n"
+    assert to_wire(b"a\r\nb\nc\rd") == b"a\r\nb\r\nc\r\nd\r\n.\r\n"
+    assert to_wire(b"a\r\r\nb") == b"a\r\n\r\nb\r\n.\r\n"
     assert envelope_address("ada@example.org") == b"<ada@example.org>"
 
 

@@ -64,18 +64,35 @@ class Unanswered(Exception):
 
 def to_wire(message: bytes) -> bytes:
     """The DATA payload: every line ending CRLF, lines starting with '.' doubled, then the
-    terminating '.' line (RFC 5321 4.5.2). Pure bytes.replace: a few microseconds."""
+    terminating '.' line (RFC 5321 4.5.2).
+
+    A rendered digest already ends every line with CRLF and rarely starts one with a dot:
+    checking that (two counts and one search) is a third of the cost of rewriting it
+    (~25 against ~85 us for 27 KB; bytes.replace of a two-byte pattern is slow), so it is
+    only rewritten when it must be."""
     body = message
-    if b"\r" in body:  # rendered messages end lines with \n only: skip two passes then
-        body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    body = body.replace(b"\n", b"\r\n")
+    if b"\r" not in body:  # \n only (a message from elsewhere): one fast one-byte replace
+        body = body.replace(b"\n", b"\r\n")
+        if _DOT_LINE.search(message):
+            body = body.replace(b"\r\n.", b"\r\n..")
+    elif _lines(body, b"\r") != _lines(body, b"\n") or _NOT_PLAIN_CRLF.search(body):
+        body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        body = body.replace(b"\r\n.", b"\r\n..")
+    # else: CRLF throughout (as many CRs as LFs, and each CR followed by LF), no dot lines
     if body.startswith(b"."):
         body = b"." + body
-    if b"\n." in body:  # a line starting with a dot (rare): searching is cheaper than replacing
-        body = body.replace(b"\r\n.", b"\r\n..")
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + FINAL_DOT
+
+
+_DOT_LINE = re.compile(rb"\n\.")  # a line (not the first) starting with '.'
+_NOT_PLAIN_CRLF = re.compile(rb"\r(?:[^\n]|\n\.|\Z)")  # a CR alone, or a CRLF then '.'
+
+
+def _lines(data: bytes, end: bytes) -> int:
+    """How many times the byte `end` occurs (a one-byte replace is faster than count)."""
+    return len(data) - len(data.replace(end, b""))
 
 
 def envelope_address(address: str) -> bytes:
