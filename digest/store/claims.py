@@ -153,6 +153,10 @@ class Settler:
         ) or (lambda value: value)
         self._raw: Any = None  # the pool's DBAPI connection, while open
         self._waits = True  # SQLite: its busy timeout is the engine's (else 0: try_settle)
+        # SQLite's data_version at this connection's last settle: while no other connection
+        # commits it stays the same, and what the caller holds is still pending and its own
+        # (checked then, or claimed then): the check (`_not_held`) is skipped
+        self._version: int | None = None
 
     def close(self) -> None:
         """Give the connection back to the pool (as it came: waiting for locks)."""
@@ -198,8 +202,8 @@ class Settler:
         now = as_utc(now)
         what = _describe(outcomes)
         try:
-            if self._raw is None:
-                self._raw, self._waits = self.engine.raw_connection(), True
+            if self._raw is None:  # data_version is per connection: check the first time
+                self._raw, self._waits, self._version = self.engine.raw_connection(), True, None
             if self._begin is None:  # PostgreSQL: two round trips (pgsettle.py)
                 connection = self._raw.driver_connection
                 return Settled(*pgsettle.settle(connection, self.owner, outcomes, now, ask))
@@ -214,7 +218,8 @@ class Settler:
                     raise
                 self._record(cursor, outcomes, now)
                 gone: frozenset[int] = frozenset()
-                if ask.held:
+                version = cursor.execute("PRAGMA data_version").fetchone()[0]
+                if ask.held and version != self._version:
                     what = "check the claimed digests"
                     gone = self._not_held(cursor, ask.held)
                 claimed: list[OutboxItem] = []
@@ -222,6 +227,7 @@ class Settler:
                     what = "claim due digests"
                     claimed = self._claim(cursor, now, ask)
                 self._raw.commit()
+                self._version = version
                 return Settled(claimed, gone)
             finally:
                 cursor.close()
@@ -244,6 +250,7 @@ class Settler:
         """Roll back and drop the connection (it may be broken): the next settle opens
         another."""
         raw, self._raw = self._raw, None
+        self._version = None
         if raw is None:
             return
         try:
