@@ -61,12 +61,12 @@ class SmtpConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # from password_env
     ca_file: Path | None = None  # extra CA to trust (a private relay, tests)
-    timeout: float = 30.0  # seconds: connecting, and every reply but the last
+    timeout: float = 30.0  # seconds: connecting, and silence in every reply but the last
     max_connections: int = 4
     rate_per_second: float = 10.0
     retries: int = 3
-    # seconds for the reply to the final dot of DATA (RFC 5321 4.5.3.2.6: 10 minutes); a
-    # timeout there means "maybe delivered": resent at most once, an hour later at least
+    # seconds of silence before the reply to the final dot of DATA (RFC 5321 4.5.3.2.6:
+    # 10 minutes); a timeout there means "maybe delivered": resent once, an hour later at least
     data_timeout: float = 600.0
 
 
