@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from digest.config import SmtpConfig
 from digest.errors import MaybeDeliveredError, PermanentDeliveryError, TransientDeliveryError
-from digest.mail.replies import LINE_LIMIT
+from digest.mail.replies import LINE_LIMIT, REPLY_LIMIT, Closed, Replies
 from digest.mail.smtp import SmtpTransport
 from digest.mail.wire import envelope_address, to_wire
 
@@ -279,6 +279,7 @@ def test_a_server_silent_after_the_final_dot_may_have_the_message() -> None:
     [
         (b"hello there\r\n", "not an SMTP reply: b'hello there"),
         (b"250-" + b"x" * (LINE_LIMIT + 10), "a reply line longer than"),
+        (b"250-more\r\n" * (REPLY_LIMIT + 1), f"a reply of more than {REPLY_LIMIT} lines"),
     ],
 )
 def test_what_is_not_an_smtp_reply_closes_the_connection(garbage: bytes, said: str) -> None:
@@ -290,3 +291,21 @@ def test_a_refusal_then_the_server_hanging_up_reports_the_refusal() -> None:
     outcome = talk(answers([(0, b"421 4.3.2 shutting down\r\n")], []))
     outcome = outcome if not isinstance(outcome, str) else None
     assert isinstance(outcome, TransientDeliveryError) and "421 4.3.2 shutting down" in str(outcome)
+
+
+def test_replies_nobody_asked_for_pile_up_only_to_a_limit() -> None:
+    async def go() -> tuple[list[tuple[int, str]], bool, str]:
+        replies = Replies()
+        replies.data_received(b"250 ok\r\n" * REPLY_LIMIT)
+        read = [await replies.next(1) for _ in range(3)]
+        still_open = replies.open
+        replies.data_received(b"250 ok\r\n" * 4)  # REPLY_LIMIT + 1 waiting
+        while True:
+            try:
+                await replies.next(1)
+            except Closed as e:
+                return read, still_open, str(e)
+
+    read, still_open, why = asyncio.run(go())
+    assert read == [(250, "ok")] * 3 and still_open
+    assert why == f"more than {REPLY_LIMIT} replies nobody asked for"

@@ -4,7 +4,8 @@
 
 Owns: splitting what the server sends into replies (multi-line ones joined, RFC 5321
 4.2.1), what counts as a broken connection (a line that is not a reply, a line past
-LINE_LIMIT, the server closing) and the silence limit: `next` waits for a reply only
+LINE_LIMIT, more than REPLY_LIMIT lines or replies waiting, the server closing) and the
+silence limit: `next` waits for a reply only
 as long as the server stays silent for `timeout` seconds (an inactivity limit, as
 readline's per-line limit was: a slow but talking server is not cut off). Does not own
 what a reply means (wire.py) nor anything written.
@@ -23,6 +24,9 @@ import asyncio
 from collections import deque
 
 LINE_LIMIT = 1 << 16  # bytes in one reply line; a longer one is not SMTP
+# lines in one reply, and replies read and not yet asked for: an EHLO reply has a few
+# dozen lines, PIPELINING leaves three replies waiting; far more is a server gone wrong
+REPLY_LIMIT = 1000
 
 
 class Closed(Exception):
@@ -103,11 +107,17 @@ class Replies(asyncio.Protocol):
             text = line[4:].strip().decode("utf-8", "replace")
             if line[3:4] == b"-":  # more lines to come
                 self._lines.append(text)
+                if len(self._lines) > REPLY_LIMIT:
+                    self._close(Closed(f"a reply of more than {REPLY_LIMIT} lines"))
+                    return
                 continue
             if self._lines:
                 self._lines.append(text)
                 text, self._lines = "\n".join(self._lines), []
             self._replies.append((int(code), text))
+            if len(self._replies) > REPLY_LIMIT:
+                self._close(Closed(f"more than {REPLY_LIMIT} replies nobody asked for"))
+                return
         if len(rest) > LINE_LIMIT:
             self._close(Closed(f"a reply line longer than {LINE_LIMIT} bytes"))
             return
