@@ -62,8 +62,8 @@ class Replies(asyncio.Protocol):
         """The next reply (code, text lines joined by \\n), waiting while the server is
         silent for less than `timeout` seconds. Raises Closed."""
         while not self._replies:
-            if self._closed is not None:
-                raise self._closed
+            if (closed := self._closed) is not None:  # a fresh one each time: no traceback piles up
+                raise Closed(str(closed), timed_out=closed.timed_out) from closed.__cause__
             await self._wait(timeout)
         return self._replies.popleft()
 
