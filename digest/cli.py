@@ -2,7 +2,7 @@
 
 Exit 0 on success, 1 on a runtime failure, 2 on bad usage or a bad config, always with
 one clear line on stderr. This is the one place that catches DigestError; the command
-bodies live in `commands.py`.
+bodies live in `digest/commands/`, a module per command.
 
 Imports nothing heavy: `digest --help` and a bad option answer at once; the commands
 (and SQLAlchemy, Jinja, httpx behind them) load only once a command runs.

@@ -8,7 +8,7 @@ watermark)'s slot and window worked out once, the matches ranked without
 explanations (`match.ranked_topics`), each paper's constant part of a line written
 once per window, and from PARALLEL_FROM subscribers two processes doing the matching
 and writing (`_in_two`). Does not own what a next digest is (`schedule.upcoming_slot`,
-`pipeline.digest_days`; `commands.next_digest` is the same recipe for one subscriber,
+`pipeline.digest_days`; `commands.match.next_digest` is the same recipe for one subscriber,
 which `digest preview` uses), matching (`topics/match.py`), nor the SQL (`store`).
 
 What it writes is byte for byte what one `json.dumps(record, ensure_ascii=False)` per

@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from digest import store
 from digest.cli import main
-from digest.commands import pending_line
+from digest.commands.status import pending_line
 from digest.store import peek
 from tests.configs import ADA, write_config
 from tests.hfserver import HFServer, closed_port

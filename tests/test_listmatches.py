@@ -1,5 +1,5 @@
 """`digest match` in bulk (digest/listmatches.py) against the one-subscriber recipe it
-replaced: for every subscriber, `commands.next_digest` (the planner's matches, with
+replaced: for every subscriber, `commands.match.next_digest` (the planner's matches, with
 explanations) and one `json.dumps` per record, or the text lines; the same bytes, in
 one process or two (a forked child writing the second half)."""
 
@@ -16,7 +16,8 @@ from sqlmodel import Session
 
 from digest import listmatches, pipeline, store
 from digest.cli import main
-from digest.commands import next_digest, open_store
+from digest.commands import open_store
+from digest.commands.match import next_digest
 from digest.config import load_config
 from digest.humanize import count
 from digest.store import outbox
@@ -149,7 +150,7 @@ def test_match_lists_what_the_one_subscriber_recipe_lists(
     parallel: bool,
 ) -> None:
     config, now, waiting = stored
-    monkeypatch.setattr("digest.commands.utcnow", lambda: now)
+    monkeypatch.setattr("digest.commands.match.utcnow", lambda: now)
     monkeypatch.setattr(listmatches, "PARALLEL_FROM", 2 if parallel else 10**9)
     since = now.date() - dt.timedelta(days=1)
     for args, day, as_json in [
@@ -179,7 +180,7 @@ def test_a_failing_second_half_is_worked_out_again_by_the_parent(
     """The forked child's half is redone in the command's own process when the child
     fails (its exit status is all the parent learns): the output is still whole."""
     config, now, _ = stored
-    monkeypatch.setattr("digest.commands.utcnow", lambda: now)
+    monkeypatch.setattr("digest.commands.match.utcnow", lambda: now)
     monkeypatch.setattr(listmatches, "PARALLEL_FROM", 2)
     expected = reference(config, now, None, True)
     real = listmatches._Page._json
