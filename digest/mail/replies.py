@@ -5,17 +5,16 @@
 Owns: splitting what the server sends into replies (multi-line ones joined, RFC 5321
 4.2.1), what counts as a broken connection (a line that is not a reply, a line past
 LINE_LIMIT, more than REPLY_LIMIT lines or replies waiting, the server closing) and the
-silence limit: `next` waits for a reply only
-as long as the server stays silent for `timeout` seconds (an inactivity limit, as
-readline's per-line limit was: a slow but talking server is not cut off). Does not own
-what a reply means (wire.py) nor anything written.
+silence limit: `next` waits for a reply only as long as the server stays silent for
+`timeout` seconds, so a slow but talking server is not cut off. Does not own what a
+reply means (wire.py) nor anything written.
 
-Why not asyncio.StreamReader under `asyncio.timeout`: each reply then cost a timeout
-context (a timer pushed on the loop's heap and cancelled) and a readline, four per
-message, a third of the pool's CPU. Here a reply already parsed is returned without
-waiting, so the three replies to a pipelined MAIL/RCPT/DATA cost one wait, and no
-timer is made per wait: one watchdog per connection runs while a wait is in progress
-and sleeps until the silence could end it.
+Why not asyncio.StreamReader under `asyncio.timeout`, as before: each reply then cost a
+readline and a timeout context (a timer pushed on the loop's heap, then cancelled),
+four a message. Here a reply already parsed is returned without waiting, so the three
+replies to a pipelined MAIL/RCPT/DATA cost one wait, and no timer is made per wait: one
+watchdog per connection runs while a wait is in progress and sleeps until the silence
+could end it. The pool went from 59% to 78% of smtp-source's rate (benchmarks/send.py).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def to_wire(message: bytes) -> bytes:
         body = body.replace(b"\n", b"\r\n")
         if _DOT_LINE.search(message):
             body = body.replace(b"\r\n.", b"\r\n..")
-    elif _lines(body, b"\r") != _lines(body, b"\n") or _NOT_PLAIN_CRLF.search(body):
+    elif _count(body, b"\r") != _count(body, b"\n") or _NOT_PLAIN_CRLF.search(body):
         body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         body = body.replace(b"\r\n.", b"\r\n..")
     # else: CRLF throughout (as many CRs as LFs, and each CR followed by LF), no dot lines
@@ -90,9 +90,9 @@ _DOT_LINE = re.compile(rb"\n\.")  # a line (not the first) starting with '.'
 _NOT_PLAIN_CRLF = re.compile(rb"\r(?:[^\n]|\n\.|\Z)")  # a CR alone, or a CRLF then '.'
 
 
-def _lines(data: bytes, end: bytes) -> int:
-    """How many times the byte `end` occurs (a one-byte replace is faster than count)."""
-    return len(data) - len(data.replace(end, b""))
+def _count(data: bytes, byte: bytes) -> int:
+    """How many times `byte` occurs in `data` (a one-byte replace is faster than count)."""
+    return len(data) - len(data.replace(byte, b""))
 
 
 def envelope_address(address: str) -> bytes:
