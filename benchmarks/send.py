@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import email.policy
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
