@@ -189,7 +189,7 @@ def test_to_wire_round_trips_and_never_ends_data_early(message: bytes) -> None:
 # --------------------------------------------------------------------------- replies as they come
 
 
-Steps = list[tuple[float, bytes]]  # (seconds to wait, bytes to write), in turn
+Steps = list[tuple[float, bytes | None]]  # (seconds to wait, bytes to write or None: hang up)
 Script = Callable[[bytes], Steps | None]
 
 
@@ -199,8 +199,9 @@ def talk(
     data_timeout: float = 5,
 ) -> object:
     """One message through a server on 127.0.0.1 whose answer to each chunk it reads after
-    the greeting and EHLO is `script(chunk)`: (delay, bytes) pairs written in turn, None to
-    hang up. The outcome: the DATA reply, or the DeliveryError."""
+    the greeting and EHLO is `script(chunk)`: (delay, bytes) pairs written in turn (None
+    instead of the bytes, or instead of the list: hang up). The outcome: the DATA reply,
+    or the DeliveryError."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 raw ESMTP\r\n")
@@ -212,6 +213,9 @@ def talk(
                 break
             for delay, data in steps:
                 await asyncio.sleep(delay)
+                if data is None:
+                    writer.close()
+                    return
                 writer.write(data)
         writer.close()
 
@@ -288,8 +292,7 @@ def test_what_is_not_an_smtp_reply_closes_the_connection(garbage: bytes, said: s
 
 
 def test_a_refusal_then_the_server_hanging_up_reports_the_refusal() -> None:
-    outcome = talk(answers([(0, b"421 4.3.2 shutting down\r\n")], []))
-    outcome = outcome if not isinstance(outcome, str) else None
+    outcome = talk(answers([(0, b"421 4.3.2 shutting down\r\n"), (0, None)], []), timeout=5)
     assert isinstance(outcome, TransientDeliveryError) and "421 4.3.2 shutting down" in str(outcome)
 
 
