@@ -38,8 +38,6 @@ from digest.humanize import count
 from digest.store import peek
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from digest import pipeline
     from digest.config import Subscriber
     from digest.topics.match import PaperIndex
@@ -165,15 +163,7 @@ def _in_two(share: Callable[[int, int], Iterator[str]], n: int, out: TextIO) -> 
 
 def _reading(planner: pipeline.Planner, read: Callable[[peek.Reader], _T]) -> _T:
     """`read` with a `peek.Reader` over the planner's engine (any backend, migrated)."""
-    from digest.config.dburl import parse_db_url
-
-    engine: Engine = planner.engine
-    connection = engine.raw_connection()
-    try:
-        where = parse_db_url(planner.config.storage.url).masked()
-        return read(peek.Reader(connection, engine.dialect.paramstyle, where))
-    finally:
-        connection.close()
+    return peek.through_engine(planner.engine, planner.config.storage.url, read)
 
 
 def _plans(

@@ -27,8 +27,6 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from digest.config.dburl import parse_db_url
-
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -99,10 +97,5 @@ def through_store(config: Config, read: Callable[[peek.Reader], _T]) -> _T:
     what `check` and `status` fall back to where the quick sqlite3 path cannot answer."""
     from digest.store import peek
 
-    engine = open_store(config)  # closed with the command (close_stores)
-    connection = engine.raw_connection()
-    try:
-        where = parse_db_url(config.storage.url).masked()
-        return read(peek.Reader(connection, engine.dialect.paramstyle, where))
-    finally:
-        connection.close()
+    # the engine is closed with the command (close_stores)
+    return peek.through_engine(open_store(config), config.storage.url, read)

@@ -19,15 +19,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from digest.config.dburl import BadURL, parse_db_url
 from digest.errors import StoreError
 from digest.humanize import count
+
+T = TypeVar("T")
 
 DIGEST_STATUSES = ("pending", "sent", "failed", "cancelled")
 # "feed" (store/feeds.py: delivery = "feed", never mailed) is counted only where there are some
@@ -93,6 +95,17 @@ def open_sqlite(url: str) -> Iterator[Reader | None]:
         yield reader if version == KNOWN_SCHEMA else None
     finally:
         con.close()
+
+
+def through_engine(engine: Any, url: str, read: Callable[[Reader], T]) -> T:
+    """`read` with a Reader over one of `engine`'s pooled DB-API connections (an
+    SQLAlchemy Engine of the database `url` names, taken as it is: nothing imported
+    here), the connection given back to the pool after."""
+    connection = engine.raw_connection()
+    try:
+        return read(Reader(connection, engine.dialect.paramstyle, parse_db_url(url).masked()))
+    finally:
+        connection.close()
 
 
 @contextmanager
