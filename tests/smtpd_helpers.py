@@ -68,6 +68,7 @@ class RecordingHandler:
     auth_log: list[tuple[str, bool]] = field(default_factory=list)  # (user, over TLS?)
     dropped: int = 0
     pipelining: bool = True  # offer PIPELINING in the EHLO reply, as real servers do
+    started: list[float] = field(default_factory=list)  # time.monotonic() of each MAIL FROM
 
     async def handle_EHLO(
         self,
@@ -81,6 +82,19 @@ class RecordingHandler:
         if self.pipelining:  # aiosmtpd reads commands one by one: pipelined input just works
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        self.started.append(time.monotonic())
+        envelope.mail_from = address  # what aiosmtpd does itself without this hook
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self,

@@ -123,8 +123,9 @@ async def drain_outbox(
     when the server takes no mail (digests stay pending).
 
     `wait_for_others`: at the end, wait up to this long while other processes hold leases
-    on pending digests (several `digest send` at once: what the others are sending is
-    not "staying pending"), then send whatever they handed back. None: do not wait."""
+    on pending digests or are claiming them (several `digest send` at once: what the
+    others are sending is not "staying pending"), sending whatever comes back due
+    meanwhile. None: do not wait."""
     workers = max(1, concurrency or transport.pool_size)
     with ThreadPoolExecutor(1, thread_name_prefix="outbox") as executor:
         db_thread = None if _in_memory(engine) else executor
@@ -225,9 +226,11 @@ class _Drain:
         helpers = [asyncio.create_task(self.renew_leases()), asyncio.create_task(self.commit_all())]
         try:
             await self.work_all(workers)
-            if self.wait_for_others is not None and await self.others_settle():
-                self.exhausted = False
-                await self.work_all(workers)  # what they handed back (a stop, a crash)
+            if self.wait_for_others is not None:
+                until = asyncio.get_running_loop().time() + self.wait_for_others.total_seconds()
+                while await self.others_settle(until):
+                    self.exhausted = False
+                    await self.work_all(workers)  # what came back due: a stop, a crash
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -267,18 +270,20 @@ class _Drain:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def others_settle(self) -> bool:
-        """Wait (up to wait_for_others) until no other process holds a lease on a pending
-        digest; False when there was nothing to wait for or this drain is done."""
-        assert self.wait_for_others is not None
-        deadline = asyncio.get_running_loop().time() + self.wait_for_others.total_seconds()
-        waited = False
-        while not self.done() and asyncio.get_running_loop().time() < deadline:
-            held = await self.db(leases.leased_by_others, self.engine, self.now(), self.owner)
-            if not held:
-                return waited
-            waited = True
+    async def others_settle(self, until: float) -> bool:
+        """Wait (until the loop's clock reads `until`) while other processes hold pending
+        digests: leased there, or being claimed there (rows a claim has locked and not
+        committed yet, which this drain's claim skipped: due, and not ours). True when
+        some are due now, to claim here (handed back, a lease run out, or that claim
+        in flight: tried again); False when nothing is held elsewhere or it is too late."""
+        loop = asyncio.get_running_loop()
+        while not self.done() and loop.time() < until:
+            leased, due = await self.db(leases.held_elsewhere, self.engine, self.now(), self.owner)
+            if not leased and not due:
+                return False
             await asyncio.sleep(0.2)
+            if due:
+                return True
         return False
 
     async def renew_leases(self) -> None:

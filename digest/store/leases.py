@@ -4,9 +4,9 @@ A digest claimed by a drain (claims.py) is leased: ``next_attempt_at = now + lea
 and the owner process (host, pid, start time: owner.py) in ``lease_host``,
 ``lease_pid``, ``lease_started``. Owns: renewing a drain's leases while it holds them
 (`renew_leases`), handing unsent ones back at once (`release`), counting what others
-hold (`leased_by_others`), and taking over at once the leases of a process on this host
-that is gone (`take_over_dead_leases`: kill -9), so a rerun right after a crash sends
-them; the leases of other hosts run out.
+hold or are claiming (`held_elsewhere`), and taking over at once the leases of a
+process on this host that is gone (`take_over_dead_leases`: kill -9), so a rerun right
+after a crash sends them; the leases of other hosts run out.
 
 Does not own: claiming and recording outcomes (claims.py), who a process is and whether
 it runs (owner.py). Every function takes ``now``; none reads the clock.
@@ -70,22 +70,34 @@ def renew_leases(
         raise store_error(engine, "renew leases", e) from e
 
 
-def leased_by_others(engine: Engine, now: dt.datetime, owner: Owner | None = None) -> int:
-    """How many pending digests another process (not `owner`, default this one) holds a
-    lease on now: being sent there, or held by a process gone on another host until its
-    lease ends."""
+def held_elsewhere(
+    engine: Engine, now: dt.datetime, owner: Owner | None = None
+) -> tuple[int, int]:
+    """(leased, due): how many pending digests another process (not `owner`, default this
+    one) holds a lease on now (being sent there, or held by a process gone on another
+    host until its lease ends), and how many are due now. Asked by a drain that claimed
+    all it could: a due one it did not get is being claimed elsewhere (PostgreSQL skips
+    the rows another claim has locked and not committed yet), or was handed back since."""
     me = owner or this_process()
-    query = sa_select(func.count()).where(
-        _DIGESTS.c.status == PENDING,
-        _DIGESTS.c.lease_pid.is_not(None),
-        _DIGESTS.c.next_attempt_at > as_utc(now),
-        or_(_DIGESTS.c.lease_host != me.host, _DIGESTS.c.lease_pid != me.pid),
+    pending = _DIGESTS.c.status == PENDING
+    query = sa_select(
+        func.count().filter(
+            pending,
+            _DIGESTS.c.lease_pid.is_not(None),
+            _DIGESTS.c.next_attempt_at > as_utc(now),
+            or_(_DIGESTS.c.lease_host != me.host, _DIGESTS.c.lease_pid != me.pid),
+        ),
+        func.count().filter(
+            pending,
+            or_(_DIGESTS.c.next_attempt_at.is_(None), _DIGESTS.c.next_attempt_at <= as_utc(now)),
+        ),
     )
     try:
         with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            leased, due = conn.execute(query).one()
     except SQLAlchemyError as e:
         raise store_error(engine, "count the digests other processes are sending", e) from e
+    return int(leased), int(due)
 
 
 def take_over_dead_leases(engine: Engine, now: dt.datetime, host: str | None = None) -> int:
