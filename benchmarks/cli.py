@@ -10,7 +10,9 @@ planner writes them is benchmarks/cycle.py's business). Rows:
 
   python -c pass                       the baseline: the interpreter's own start-up
   --help, status on a 1-subscriber file   start-up: imports and argument parsing
-  check, status, match --json at N     the config load and the batched reads
+  check, status, match --json at N     the config load and the batched reads: with the
+                                       file checked, then read from the copy kept of
+                                       its checked subscribers (digest/config/remembered.py)
   run: started / ready                 seconds until the daemon logs "daemon started",
                                        and until its start-up poll and catch-up are done
                                        ("catch-up: ..."); then its RSS after 5 idle s
@@ -51,7 +53,8 @@ from tests.hfserver import HFServer
 from tests.testdata import corpus_dir
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+# the file checked every time; the rows "from its copy" give a folder to keep one in
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "DIGEST_CACHE_DIR": ""}
 ONE = """
 [[subscribers]]
 email = "ada@example.org"
@@ -59,12 +62,14 @@ topics = [{ name = "Agents", query = 'agent*' }]
 """
 
 
-def timed(command: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+def timed(
+    command: list[str], cwd: Path, ok: tuple[int, ...] = (0,), env: dict[str, str] = ENV
+) -> tuple[float, float]:
     """Wall and CPU seconds of one run of `command` (output discarded; exit code in `ok`)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env=ENV, check=False)  # fmt: skip
+                          env=env, check=False)  # fmt: skip
     wall = time.perf_counter() - started
     if done.returncode not in ok:
         sys.exit(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]!r}")
@@ -200,8 +205,15 @@ def main() -> None:
         rows.append(("digest status, 1 subscriber",
                      *best([*digest, "status"], small, args.repeat)))  # fmt: skip
         n = f"{args.subscribers:,}"
-        for command in (["check"], ["status"], ["match", "--json"]):
+        commands = (["check"], ["status"], ["match", "--json"])
+        for command in commands:
             rows.append((f"digest {' '.join(command)}, {n}", *timed([*digest, *command], folder)))
+        kept = {**ENV, "DIGEST_CACHE_DIR": str(Path(tmp) / "cache")}
+        rows.append((f"digest check, {n}, keeping its copy",
+                     *timed([*digest, "check"], folder, env=kept)))  # fmt: skip
+        for command in commands:
+            rows.append((f"digest {' '.join(command)}, {n}, from its copy",
+                         *timed([*digest, *command], folder, env=kept)))  # fmt: skip
         up, ready, cpu, rss = daemon_ready(digest, daemon)
         rows.append((f"digest run: 'daemon started', {n}", up, float("nan")))
         rows.append((f"digest run: catch-up done, {n} (idle RSS {rss:.0f} MB)", ready, cpu))

@@ -4,6 +4,7 @@
 `hf`, `smtp`, `run_daemon`: the fixture server with 10 real papers around today, a
 recording aiosmtpd server, and `digest run` processes killed after the test (see
 tests/daemons.py); a module that needs other data defines its own `hf`.
+Every test: no config copy kept or read (`_nothing_remembered`).
 `backend`: a `tests.backends.Backend`, once on SQLite and once on PostgreSQL; each
 test gets fresh databases from it (see tests/backends.py for the server it needs).
 """
@@ -15,9 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from digest.config import remembered
 from tests.backends import BACKENDS, Backend, PgServer, make_backend, pg_server
 from tests.daemons import hf, run_daemon, smtp  # noqa: F401  (fixtures: pytest finds them by name)
 from tests.hfserver import HFServer
+
+
+@pytest.fixture(autouse=True)
+def _nothing_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads a checked config that another test (or a run on this machine)
+    kept: the copies of digest/config/remembered.py are tested in their own module."""
+    monkeypatch.setenv("DIGEST_CACHE_DIR", "")
+    monkeypatch.setattr(remembered, "CACHE_FROM", 1 << 60)
 
 
 @pytest.fixture

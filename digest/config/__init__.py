@@ -1,7 +1,8 @@
 """The subscription file (TOML) and the environment, turned into a validated, frozen `Config`.
 
 Owns: the types every other stage codes against (`schema.py`), reading the file and
-TOML syntax errors (`load.py`; a big file in pieces: `chunks.py`), the rules of every
+TOML syntax errors (`load.py`; a big file in pieces: `chunks.py`, on two cores:
+`halves.py`, its checked subscribers kept until it changes: `remembered.py`), the rules of every
 key (`build.py`; [defaults] and [[subscribers]]: `subscribers.py`) with errors that
 name the file, line, subscriber and field (`reader.py`), the key -> line scanner
 (`lines.py`), the value parsers (`values.py`) and the example file `digest init`

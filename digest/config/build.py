@@ -32,6 +32,7 @@ from digest.config.schema import (
     SmtpConfig,
     SourceConfig,
     StorageConfig,
+    Subscriber,
     WebConfig,
 )
 from digest.config.subscribers import SubscriberRules
@@ -79,6 +80,7 @@ def build_config(
     subscribers: Iterable[object] | None = None,
     head_text: str | None = None,
     middle: int | None = None,
+    checked: tuple[Subscriber, ...] | None = None,
 ) -> Config:
     """Validate `data` (the TOML reading of `text`, the content of `path`) into a Config.
 
@@ -87,7 +89,8 @@ def build_config(
     file up to them (load.py reads a big file a chunk at a time; `text` is then None);
     each Piece is turned into Subscribers before the next is taken. Default:
     data["subscribers"]. `middle`: where a child process takes over the pieces
-    (`halves.py`; they then hold chunks.MIDDLE there).
+    (`halves.py`; they then hold chunks.MIDDLE there). `checked`: the subscribers of
+    these very bytes, checked before (`remembered.py`), which are then not read again.
     """
     b = Builder(path, text, env, head_text)
     top = b.table((), data, TOP_KEYS)
@@ -104,10 +107,13 @@ def build_config(
         catch_up=b.field(daemon_t, ("daemon",), "catch_up", dt.timedelta(hours=24), parse_duration)
     )
     web = b.web(b.table(("web",), top["web"], WEB_KEYS)) if "web" in top else None
-    chunks = [top.get("subscribers", [])] if subscribers is None else subscribers
-    subscribers_ = b.subscribers(
-        top.get("defaults", {}), chunks, web=web is not None, middle=middle
-    )
+    if checked is not None:
+        subscribers_ = checked
+    else:
+        chunks = [top.get("subscribers", [])] if subscribers is None else subscribers
+        subscribers_ = b.subscribers(
+            top.get("defaults", {}), chunks, web=web is not None, middle=middle
+        )
     if b.problems:
         problems = [text for _, text in sorted(b.problems, key=lambda p: p[0])]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

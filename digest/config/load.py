@@ -2,7 +2,8 @@
 
     lines -> head + chunks of [[subscribers]] (chunks.py, toml-rs)
           -> build_config, chunk by chunk -> Config
-             (a big file: the chunks after its middle in a child process, halves.py)
+             (a big file: the chunks after its middle in a child process, halves.py;
+              a big file checked before, unchanged: its subscribers as kept, remembered.py)
     (a file that cannot be split: parsed whole; one that does not parse: tomllib's
     error, as "file:LINE: invalid TOML: ...")
 
@@ -26,6 +27,7 @@ from digest.config.build import build_config
 from digest.config.chunks import Unsplittable, fast_loads, split_subscribers
 from digest.config.dburl import parse_db_url
 from digest.config.halves import middle_of
+from digest.config.remembered import Remembered
 from digest.config.schema import Config
 from digest.errors import ConfigError
 from digest.humanize import count, duration
@@ -39,18 +41,25 @@ def load_config(path: Path, env: Mapping[str, str]) -> Config:
     # Nothing here makes reference cycles: a collection would only walk the thousands
     # of objects the parse and the Subscribers create (2.5 s of 9 at 100k subscribers).
     with _collector_paused():
+        remembered = Remembered.for_file(path, env)  # a big file checked before
         with _opened(path) as lines:
             middle = middle_of(path)  # a big file: read on two cores
             split = split_subscribers(lines, middle=middle)
             if split is not None:
                 head, head_text, pieces = split
+                kept = remembered.subscribers() if remembered is not None else None
                 try:
-                    return build_config(
-                        head, path=path, text=None, env=env, subscribers=pieces,
-                        head_text=head_text, middle=middle,
+                    config = build_config(
+                        head, path=path, text=None, env=env, head_text=head_text,
+                        subscribers=pieces if kept is None else None, middle=middle,
+                        checked=kept,
                     )  # fmt: skip
                 except Unsplittable:
                     pass  # read it whole: tomllib says what is wrong, and where
+                else:
+                    if remembered is not None and kept is None and not config.warnings:
+                        remembered.keep(config.subscribers)
+                    return config
         text = _read_text(path)
         data = fast_loads(text)
         if data is None:

@@ -326,6 +326,14 @@ def _unpickle_subscriber(text: str, settings: _Settings) -> Subscriber:
     return subscriber
 
 
+def parts_of(subscriber: Subscriber) -> tuple[str, _Settings]:
+    """A Subscriber's two references; `from_parts` makes it again (`remembered.py`)."""
+    return subscriber._text, subscriber._settings
+
+
+from_parts = _unpickle_subscriber
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     email: str | None = None
