@@ -173,14 +173,13 @@ def test_off_small_or_unwritable_means_checked_every_time(
 
 
 def test_the_default_folder_is_the_users_cache() -> None:
-    assert remembered.cache_dir({"HOME": "/home/ada"}) == Path(
-        "/home/ada/.cache/papers-digest"
-    )
+    assert remembered.cache_dir({"HOME": "/home/ada"}) == Path("/home/ada/.cache/papers-digest")
     assert remembered.cache_dir({"HOME": "/home/ada", "XDG_CACHE_HOME": "/var/cache/ada"}) == (
         Path("/var/cache/ada/papers-digest")
     )
     assert remembered.cache_dir({"DIGEST_CACHE_DIR": "/srv/digest"}) == Path("/srv/digest")
     assert remembered.cache_dir({"DIGEST_CACHE_DIR": "", "HOME": "/home/ada"}) is None
+    assert remembered.cache_dir({}) is None  # no folder named: not the process's own HOME
 
 
 def test_digest_check_says_the_same_from_the_copy(tmp_path: Path) -> None:

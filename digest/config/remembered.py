@@ -4,9 +4,9 @@
     digest match (warm):  file -> digest of its bytes == the kept one? -> subscribers (~0.3 s)
 
 Owns: where the copy lives (DIGEST_CACHE_DIR, else $XDG_CACHE_HOME/papers-digest, else
-~/.cache/papers-digest; DIGEST_CACHE_DIR="" turns it off), when a copy is kept (a
-file of CACHE_FROM bytes or more whose subscribers were all valid, with no warning),
-when one is used (its key equals the file's: a digest of the file's bytes and of the
+$HOME/.cache/papers-digest, all read from the `env` given; DIGEST_CACHE_DIR="" turns
+it off), when a copy is kept (a file of CACHE_FROM bytes or more whose subscribers
+were all valid, with no warning), when one is used (its key equals the file's: a digest of the file's bytes and of the
 digest package's source, so a changed file, a changed byte of the code or another
 Python never reuses a copy) and its format (marshal of plain values: strings, ints,
 bools and None, no pickle, so a copy can hold no code to run). Does not own checking
@@ -55,12 +55,15 @@ _Plain = tuple[str, str, int, int, bool, int | None, str, str, bool]
 
 
 def cache_dir(env: Mapping[str, str]) -> Path | None:
-    """Where copies are kept, or None if remembering is off."""
+    """Where copies are kept, or None if remembering is off (also for an `env` that
+    names no folder at all: no HOME, as a test's or a benchmark's `{}`)."""
     chosen = env.get("DIGEST_CACHE_DIR")
     if chosen is not None:
         return Path(chosen).expanduser() if chosen else None
-    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or "~", ".cache")
-    return Path(base).expanduser() / "papers-digest"
+    base = env.get("XDG_CACHE_HOME") or (
+        os.path.join(env["HOME"], ".cache") if env.get("HOME") else ""
+    )
+    return Path(base) / "papers-digest" if base else None
 
 
 class Remembered:
