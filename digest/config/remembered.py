@@ -8,8 +8,9 @@ $HOME/.cache/papers-digest, all read from the `env` given; DIGEST_CACHE_DIR="" t
 it off), when a copy is kept (a file of CACHE_FROM bytes or more whose subscribers
 were all valid, with no warning), when one is used (its key equals the file's: a
 digest of the file's bytes and of the digest package's source, so a changed file, a
-changed byte of the code or another Python never reuses a copy) and its format (marshal of plain values: strings, ints,
-bools and None, no pickle, so a copy can hold no code to run). Does not own checking
+changed byte of the code or another Python never reuses a copy) and its format
+(marshal of plain values: strings, ints, bools and None, no pickle, so a copy can
+hold no code to run). Does not own checking
 (`subscribers.py`: a copy is only ever written from what it accepted) nor the
 tables but the subscribers' ([source], [mail], ..., and their secrets from the
 environment), which `build_config` reads from the file every time: a copy holds no
