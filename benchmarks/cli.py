@@ -128,14 +128,16 @@ def plant_cycle(db: Path, emails: list[str], now: dt.datetime, *, digests: bool)
     con.close()
 
 
-def daemon_ready(digest: list[str], cwd: Path) -> tuple[float, float, float, float]:
+def daemon_ready(
+    digest: list[str], cwd: Path, env: dict[str, str] = ENV
+) -> tuple[float, float, float, float]:
     """Seconds until `digest run` logs that it started and that its catch-up is done,
     its CPU then, and its RSS 5 idle seconds later (MB)."""
     log = cwd / "run.log"
     started = time.perf_counter()
     with log.open("wb") as err:
         proc = subprocess.Popen([*digest, "run"], cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=err, env=ENV)  # fmt: skip
+                                stderr=err, env=env)  # fmt: skip
     try:
         ps = psutil.Process(proc.pid)
         up = None
@@ -214,9 +216,13 @@ def main() -> None:
         for command in commands:
             rows.append((f"digest {' '.join(command)}, {n}, from its copy",
                          *timed([*digest, *command], folder, env=kept)))  # fmt: skip
-        up, ready, cpu, rss = daemon_ready(digest, daemon)
-        rows.append((f"digest run: 'daemon started', {n}", up, float("nan")))
-        rows.append((f"digest run: catch-up done, {n} (idle RSS {rss:.0f} MB)", ready, cpu))
+        for how, env in (("", ENV), (", from its copy", kept)):
+            if env is kept:
+                timed([*digest, "check"], daemon, env=kept)  # keeps the daemon's file's copy
+            up, ready, cpu, rss = daemon_ready(digest, daemon, env)
+            rows.append((f"digest run: 'daemon started', {n}{how}", up, float("nan")))
+            rows.append((f"digest run: catch-up done, {n}{how} (idle RSS {rss:.0f} MB)",
+                         ready, cpu))  # fmt: skip
         if args.importtime:
             for command in (["--help"], ["status"]):
                 print(f"python -X importtime -m digest.cli {' '.join(command)} "
