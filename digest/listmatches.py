@@ -4,8 +4,9 @@ text, at 100k subscribers in seconds.
 Owns how `cmd_match` gets there: plain reads of the subscribers' state and of the
 papers they already have (`store.peek`; a pending digest's ids decoded only when its
 subscriber is matched), each distinct (schedule, zone, window, last slot,
-watermark)'s slot and window worked out once, the matches ranked without
-explanations (`match.ranked_topics`), each paper's constant part of a line written
+watermark)'s slot and window worked out once, the queries of WRITE_EVERY subscribers
+run in one call per window (`_found`), the matches ranked without explanations
+(`match.ranked_topics`), each paper's constant part of a line written
 once per window, and from PARALLEL_FROM subscribers two processes doing the matching
 and writing (`_in_two`). Does not own what a next digest is (`schedule.upcoming_slot`,
 `pipeline.digest_days`; `commands.match.next_digest` is the same recipe for one subscriber,
@@ -93,22 +94,25 @@ def write_matches(
 
     def share(first: int, end: int) -> Iterator[str]:
         """The lines of chosen[first:end], WRITE_EVERY subscribers to a string."""
-        buffer: list[str] = []
-        for subscriber, (slot, window) in zip(chosen[first:end], plans[first:end], strict=True):
-            page = pages[window]
-            email = subscriber.email
-            ranked, total = match.ranked_topics(
-                page.index,
-                subscriber.topics,
-                min_upvotes=subscriber.min_upvotes,
-                max_papers=subscriber.max_papers,
-                excluded=page.held_bits(pending.get(email), delivered.get(email)),
-            )
-            buffer.append(page.record(subscriber, slot, ranked, total))
-            if len(buffer) >= WRITE_EVERY:
-                yield "".join(buffer)
-                buffer.clear()
-        yield "".join(buffer)
+        for start in range(first, end, WRITE_EVERY):
+            stop = min(start + WRITE_EVERY, end)
+            block, planned = chosen[start:stop], plans[start:stop]
+            lines = []
+            for subscriber, (slot, window), found in zip(
+                block, planned, _found(block, planned, pages), strict=True
+            ):
+                page = pages[window]
+                email = subscriber.email
+                ranked, total = match.ranked_topics(
+                    page.index,
+                    subscriber.topics.names,
+                    found,
+                    min_upvotes=subscriber.min_upvotes,
+                    max_papers=subscriber.max_papers,
+                    excluded=page.held_bits(pending.get(email), delivered.get(email)),
+                )
+                lines.append(page.record(subscriber, slot, ranked, total))
+            yield "".join(lines)
 
     if not _in_two(share, len(chosen), out):
         for lines in share(0, len(chosen)):
@@ -159,6 +163,28 @@ def _in_two(share: Callable[[int, int], Iterator[str]], n: int, out: TextIO) -> 
                 os.kill(child, signal.SIGKILL)
                 os.waitpid(child, 0)
     return True
+
+
+def _found(
+    block: Sequence[Subscriber],
+    planned: Sequence[tuple[dt.datetime, Window]],
+    pages: dict[Window, _Page],
+) -> list[list[int]]:
+    """What each of `block`'s topics matches in its window (`evaluate_texts`: the
+    block's queries of one window in one call, a few thousand at a time)."""
+    from digest.topics.query import evaluate_texts
+
+    queries = [subscriber.topics.queries for subscriber in block]
+    found: list[list[int]] = [[] for _ in block]
+    for window in {window for _, window in planned}:
+        members = [i for i, (_, w) in enumerate(planned) if w == window]
+        flat = evaluate_texts([q for i in members for q in queries[i]], pages[window].index)
+        start = 0
+        for i in members:
+            end = start + len(queries[i])
+            found[i] = flat[start:end]
+            start = end
+    return found
 
 
 def _reading(planner: pipeline.Planner, read: Callable[[peek.Reader], _T]) -> _T:

@@ -22,6 +22,7 @@ from digest.topics.query import (
     check_query,
     compile_query,
     compile_text,
+    evaluate_texts,
     parse_query,
 )
 from tests.query_reference import reference_lex
@@ -192,3 +193,61 @@ def test_compile_text_means_what_the_parsed_query_means(text: str, rnd: random.R
     for pos in range(8):
         if (matched >> pos) & 1:
             assert explained(fast, bits, pos) == explained(reference, bits, pos)
+
+
+BATCH_PIECES = [*PIECES, *PLAIN, "\x1f"]  # and the separator evaluate_texts joins by
+
+
+class AnyBits(dict[str, int]):
+    """Leaf key -> a random set of 8 papers (a third of them none), drawn the first time
+    the key is asked for."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def __missing__(self, key: str) -> int:
+        rnd = random.Random(f"{self.seed} {key}")
+        bits = self[key] = 0 if rnd.random() < 1 / 3 else rnd.getrandbits(8)
+        return bits
+
+
+class Lazy:
+    """A LeafResolver over 8 papers whose leaves are `AnyBits`."""
+
+    def __init__(self, seed: int) -> None:
+        self.all_bits = 0xFF
+        self.leaf_bits = AnyBits(seed)
+
+
+def parses(text: str) -> bool:
+    try:
+        parse_query(text)
+    except QuerySyntaxError:
+        return False
+    return True
+
+
+TEXT = st.lists(st.sampled_from(BATCH_PIECES), max_size=10)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.one_of(TEXT.map("".join), TEXT.map(" ".join)), max_size=12),
+       st.integers(0, 2**32))  # fmt: skip
+def test_evaluate_texts_of_a_batch_means_what_each_parsed_query_means(
+    texts: list[str], seed: int
+) -> None:
+    """evaluate_texts (a batch of texts cut by one regex call, plain or not, some holding
+    the batch's separator) matches for each query what compile_query(parse_query(text))
+    matches; a batch with a refused text is refused with its message."""
+    resolver = Lazy(seed)
+    valid = [text for text in texts if parses(text)]
+    expected = [compile_query(parse_query(text)).evaluate(resolver) for text in valid]
+    assert evaluate_texts(valid, resolver) == expected
+    refused = [text for text in texts if text not in valid]
+    if refused:
+        with pytest.raises(QuerySyntaxError) as raised:
+            evaluate_texts([*valid, *refused], resolver)
+        with pytest.raises(QuerySyntaxError) as alone:
+            parse_query(refused[0])
+        assert str(raised.value) == str(alone.value)

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from digest.config import Topic, Topics
+from digest.config import Topic
 from digest.records import Match
 from digest.topics.index import PaperIndex, iter_bits
-from digest.topics.query import CompiledQuery, compile_text, evaluate_texts
+from digest.topics.query import CompiledQuery, compile_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,29 +102,31 @@ def match_and_count(
 
 def ranked_topics(
     index: PaperIndex,
-    topics: Topics,
+    names: Sequence[str],
+    found: Sequence[int],
     *,
     min_upvotes: int,
     max_papers: int,
     excluded: int = 0,
 ) -> tuple[list[tuple[int, tuple[str, ...]]], int]:
-    """`match_and_count` without the explanations, straight from the topics' text
-    (`evaluate_texts`: nothing compiled is built or kept): each chosen paper's position in
-    the index with the names of the topics that matched it (in the subscriber's order),
-    and the count. What `digest match` lists; `excluded` is a bitset (`PaperIndex.id_bits`)."""
-    if not topics:
+    """`match_and_count` without the explanations, from what each topic's query matched
+    (`found`, in the order of the topics' `names`: `evaluate_texts` of their queries,
+    a batch of subscribers to a call, nothing compiled built or kept): each chosen
+    paper's position in the index with the names of the topics that matched it (in the
+    subscriber's order), and the count. What `digest match` lists; `excluded` is a
+    bitset (`PaperIndex.id_bits`)."""
+    if not found:
         return [], 0
-    everything = index.all_bits
-    mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else everything
+    mask = index.upvotes_at_least(min_upvotes) if min_upvotes > 0 else index.all_bits
     if excluded:
         mask &= ~excluded
-    results = [bits & mask for bits in evaluate_texts(topics.queries, index)]
+    results = [bits & mask for bits in found]
     union, several = _union_and_overlap(results)
     total = union.bit_count()
     if max_papers <= 0 or not union:
         return [], total
     ranked = _rank(results, union, several, max_papers)
-    named = [(name, bits) for name, bits in zip(topics.names, results, strict=True) if bits]
+    named = [(name, bits) for name, bits in zip(names, results, strict=True) if bits]
     if len(named) == 1:  # every paper matched the one topic
         only = (named[0][0],)
         return [(pos, only) for pos in ranked], total

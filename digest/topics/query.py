@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, NamedTuple, Protocol
@@ -575,56 +575,76 @@ def compile_text(text: str) -> CompiledQuery:
 
 
 def evaluate_text(text: str, resolver: LeafResolver) -> int:
-    """`compile_text(text).evaluate(resolver)`, without building the CompiledQuery: a
-    plain query's pieces are looked up as compile_text looks them up (here in C loops:
-    `map` over the pieces), and its shape's function runs on the bitsets of its terms.
-    For a listing that needs no explanations (`digest match`: 300,000 queries); raises
-    QuerySyntaxError as parse_query does."""
+    """`compile_text(text).evaluate(resolver)`, without building the CompiledQuery (see
+    `evaluate_texts`). Raises QuerySyntaxError as parse_query does."""
     return evaluate_texts((text,), resolver)[0]
 
 
-def evaluate_texts(texts: Iterable[str], resolver: LeafResolver) -> list[int]:
-    """`evaluate_text` of each of `texts` (a subscriber's topics: one call for them all)."""
-    plain, cut, shape_of, key_of = _PLAIN_QUERY.fullmatch, _PLAIN_PIECE.findall, _SHAPES, _KEYS
-    bits_of, everything = resolver.leaf_bits.__getitem__, resolver.all_bits
-    found = []
-    for text in texts:
-        if plain(text):
-            pieces = cut(text)
-            try:
-                shape: str | None = "".join(map(shape_of.__getitem__, pieces))
-            except KeyError:  # a piece met for the first time
-                shape = _learn_pieces(pieces)
-            compiled = None if shape is None else _compiled_shape(shape)
-            if compiled is not None:
-                keys = filter(None, map(key_of.__getitem__, pieces))  # the terms' leaf keys
-                found.append(compiled[0](list(map(bits_of, keys)), compiled[1], everything))
-                continue
-        found.append(compile_text(text).evaluate(resolver))  # raises, with the column
+def evaluate_texts(texts: Sequence[str], resolver: LeafResolver) -> list[int]:
+    """`compile_text(text).evaluate(resolver)` of each of `texts`, without building any
+    CompiledQuery: for a listing that needs no explanations (`digest match`: 300,000
+    queries, a few thousand to a call). Raises QuerySyntaxError as parse_query does.
+
+    The plain texts are joined by BATCH_SEPARATOR (which no query holds, and which
+    `_PLAIN_QUERY` takes for a space) and cut into pieces by one regex call; the pieces'
+    shape characters and leaf keys are looked up in C loops (`map`), the shape split back
+    into one per text, and each text's shape function runs on the next bitsets of its
+    terms. A query whose leaves match no paper matches none (a query that would match an
+    empty paper is refused), so its function is not even called. Any other text is
+    compiled (`compile_text`), which raises with the column where it must."""
+    if not texts:
+        return []
+    plain = list(map(_PLAIN_QUERY.fullmatch, texts))
+    mixed = not all(plain)
+    joined = BATCH_SEPARATOR.join(
+        [t if ok else "" for t, ok in zip(texts, plain, strict=True)] if mixed else texts
+    )
+    if joined.count(BATCH_SEPARATOR) != len(texts) - 1:  # a text of no config holds it
+        return [compile_text(text).evaluate(resolver) for text in texts]
+    pieces = _BATCH_PIECE.findall(joined)
+    try:
+        shapes = "".join(map(_SHAPES.__getitem__, pieces))
+        keys = list(filter(None, map(_KEYS.__getitem__, pieces)))
+    except KeyError:  # a piece met for the first time
+        shapes, keys = _learn_pieces(pieces)
+    bits = list(map(resolver.leaf_bits.__getitem__, keys))
+    everything, compiled_shape = resolver.all_bits, _compiled_shape
+    found: list[int] = []
+    start = 0
+    for text, shape, ok in zip(texts, shapes.split(BATCH_SEPARATOR), plain, strict=True):
+        compiled = compiled_shape(shape) if ok else None
+        if compiled is None:  # not plain, a piece no term is, or tokens that make no query
+            found.append(compile_text(text).evaluate(resolver))  # raises, with the column
+            continue
+        end = start + shape.count("T")
+        terms = bits[start:end]
+        found.append(compiled[0](terms, compiled[1], everything) if any(terms) else 0)
+        start = end
     return found
 
 
-def _learn_pieces(pieces: list[str]) -> str | None:
-    """The shape of a plain query's pieces, each remembered (`_plain_piece`); None if one
-    is a term `_term_node` refuses."""
-    if len(_SHAPES) + len(pieces) > _MAX_PIECES:
-        _forget_pieces()
-    shape = []
+def _learn_pieces(pieces: list[str]) -> tuple[str, list[str]]:
+    """The shape characters and leaf keys of a batch's pieces, each piece remembered
+    (`_plain_piece`); a term `_term_node` refuses stands as "?", which makes no query."""
+    chars, keys = [], []
     for piece in pieces:
-        char = _SHAPES.get(piece)
+        char, key = _SHAPES.get(piece), _KEYS.get(piece, "")
         if char is None:
-            entry = _plain_piece(piece)
-            if entry is None:
-                return None
-            char = entry[0]
-        shape.append(char)
-    return "".join(shape)
+            char, key = _plain_piece(piece) or ("?", "")
+        chars.append(char)
+        if key:
+            keys.append(key)
+    return "".join(chars), keys
 
 
 # A plain query's pieces (`_PLAIN_QUERY` matched it whole): a parenthesis, a '-', a quoted
 # phrase with its field, or a run up to a space, a parenthesis or a quote (an operator,
 # or a word with its field). In a plain query a '-' only ever starts a piece.
 _PLAIN_PIECE = re.compile(r'[()-]|(?:[A-Za-z]+:)?"[^"]*"|[^\s()"]+')
+# Between two texts of a batch (`evaluate_texts`): U+001F, which values.py keeps out of
+# every query, and which `_PLAIN_QUERY` and `_PLAIN_PIECE` take for white space.
+BATCH_SEPARATOR = "\x1f"
+_BATCH_PIECE = re.compile(rf"{BATCH_SEPARATOR}|{_PLAIN_PIECE.pattern}")
 _Piece = tuple[str, str]  # its shape character, its leaf's key ("" for an operator)
 # piece -> its shape character, and its leaf's key: the same pieces in both, emptied
 # together when they grow past the bound. Leaves are made from keys (`leaf_of`) when a
@@ -651,6 +671,8 @@ def _plain_piece(piece: str) -> _Piece | None:
         entry = (piece, "")
     elif piece == "-":
         entry = ("!", "")
+    elif piece == BATCH_SEPARATOR:
+        entry = (piece, "")
     else:
         quoted = piece.endswith('"')
         if quoted:
@@ -680,6 +702,8 @@ def _compiled_shape(shape: str) -> _ShapeCode | None:
     terms its keys and its positive keys are, and whether every match has all the
     positive leaves; None if tokens of this shape do not make a query. (Whatever a
     term's words, it never matches an empty paper: its kind is all the parser needs.)"""
+    if not _KIND.keys() >= set(shape):  # a term _term_node refuses ("?")
+        return None
     stand_ins: list[_Tok] = []
     for i, c in enumerate(shape):
         node = Term(f"t{shape.count('T', 0, i)}") if c == "T" else None
