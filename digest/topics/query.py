@@ -585,66 +585,78 @@ def evaluate_texts(texts: Sequence[str], resolver: LeafResolver) -> list[int]:
     CompiledQuery: for a listing that needs no explanations (`digest match`: 300,000
     queries, a few thousand to a call). Raises QuerySyntaxError as parse_query does.
 
-    The plain texts are joined by BATCH_SEPARATOR (which no query holds, and which
-    `_PLAIN_QUERY` takes for a space) and cut into pieces by one regex call; the pieces'
-    shape characters and leaf keys are looked up in C loops (`map`), the shape split back
-    into one per text, and each text's shape function runs on the next bitsets of its
+    The texts are joined by BATCH_SEPARATOR and cut into pieces by one regex call
+    (`_BATCH_PIECE`, which also tells the texts that are not plain); the pieces' shape
+    characters and leaf keys are looked up in C loops (`map`), the shape split back into
+    one per text, and each plain text's shape function runs on the next bitsets of its
     terms. A query whose leaves match no paper matches none (a query that would match an
     empty paper is refused), so its function is not even called. Any other text is
     compiled (`compile_text`), which raises with the column where it must."""
-    if not texts:
-        return []
-    plain = list(map(_PLAIN_QUERY.fullmatch, texts))
-    mixed = not all(plain)
-    joined = BATCH_SEPARATOR.join(
-        [t if ok else "" for t, ok in zip(texts, plain, strict=True)] if mixed else texts
-    )
-    if joined.count(BATCH_SEPARATOR) != len(texts) - 1:  # a text of no config holds it
+    cut = _cut(texts)
+    if cut is None:
         return [compile_text(text).evaluate(resolver) for text in texts]
+    shapes, keys = cut
+    bits = list(map(resolver.leaf_bits.__getitem__, keys))
+    everything, compiled_shape = resolver.all_bits, _compiled_shape
+    found: list[int] = []
+    start = 0
+    for text, shape in zip(texts, shapes, strict=True):
+        end = start + shape.count("T")
+        compiled = compiled_shape(shape)
+        if compiled is None:  # not plain, a term no query has, or tokens making no query
+            found.append(compile_text(text).evaluate(resolver))  # raises, with the column
+        else:
+            terms = bits[start:end]
+            found.append(compiled[0](terms, compiled[1], everything) if any(terms) else 0)
+        start = end
+    return found
+
+
+def _cut(texts: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """Each text's shape ("?" in it where the text is not plain) and the leaf keys of all
+    their terms in order; None if a text holds BATCH_SEPARATOR (no config's does)."""
+    joined = BATCH_SEPARATOR.join(texts) + BATCH_SEPARATOR
+    if joined.count(BATCH_SEPARATOR) != len(texts):
+        return None
     pieces = _BATCH_PIECE.findall(joined)
     try:
         shapes = "".join(map(_SHAPES.__getitem__, pieces))
         keys = list(filter(None, map(_KEYS.__getitem__, pieces)))
     except KeyError:  # a piece met for the first time
         shapes, keys = _learn_pieces(pieces)
-    bits = list(map(resolver.leaf_bits.__getitem__, keys))
-    everything, compiled_shape = resolver.all_bits, _compiled_shape
-    found: list[int] = []
-    start = 0
-    for text, shape, ok in zip(texts, shapes.split(BATCH_SEPARATOR), plain, strict=True):
-        compiled = compiled_shape(shape) if ok else None
-        if compiled is None:  # not plain, a piece no term is, or tokens that make no query
-            found.append(compile_text(text).evaluate(resolver))  # raises, with the column
-            continue
-        end = start + shape.count("T")
-        terms = bits[start:end]
-        found.append(compiled[0](terms, compiled[1], everything) if any(terms) else 0)
-        start = end
-    return found
+    return shapes.split(BATCH_SEPARATOR)[:-1], keys
 
 
 def _learn_pieces(pieces: list[str]) -> tuple[str, list[str]]:
-    """The shape characters and leaf keys of a batch's pieces, each piece remembered
-    (`_plain_piece`); a term `_term_node` refuses stands as "?", which makes no query."""
-    chars, keys = [], []
-    for piece in pieces:
-        char, key = _SHAPES.get(piece), _KEYS.get(piece, "")
-        if char is None:
-            char, key = _plain_piece(piece) or ("?", "")
-        chars.append(char)
-        if key:
-            keys.append(key)
-    return "".join(chars), keys
+    """The shape characters and leaf keys of a batch's pieces, the ones met for the first
+    time remembered first (a term `_term_node` refuses as "?", which makes no query)."""
+    missing = set(pieces).difference(_SHAPES)
+    if len(_SHAPES) + len(missing) > _MAX_PIECES:
+        _forget_pieces()
+        missing = set(pieces)
+    for piece in missing:
+        _SHAPES[piece], _KEYS[piece] = _piece_entry(piece) or ("?", "")
+    keys = list(filter(None, map(_KEYS.__getitem__, pieces)))
+    return "".join(map(_SHAPES.__getitem__, pieces)), keys
 
 
 # A plain query's pieces (`_PLAIN_QUERY` matched it whole): a parenthesis, a '-', a quoted
 # phrase with its field, or a run up to a space, a parenthesis or a quote (an operator,
 # or a word with its field). In a plain query a '-' only ever starts a piece.
 _PLAIN_PIECE = re.compile(r'[()-]|(?:[A-Za-z]+:)?"[^"]*"|[^\s()"]+')
-# Between two texts of a batch (`evaluate_texts`): U+001F, which values.py keeps out of
+# After each text of a batch (`evaluate_texts`): U+001F, which values.py keeps out of
 # every query, and which `_PLAIN_QUERY` and `_PLAIN_PIECE` take for white space.
 BATCH_SEPARATOR = "\x1f"
-_BATCH_PIECE = re.compile(rf"{BATCH_SEPARATOR}|{_PLAIN_PIECE.pattern}")
+# A batch's pieces: its separators, white space, and each token `_PLAIN_QUERY` accepts (a
+# '-' with the token after it); where no plain token starts, the rest of that text and
+# its separator, which no plain piece ends in. `_PLAIN_QUERY`'s tokens cannot be read two
+# ways (a word ends where the lexer's run does; an operator is never a word), so a text
+# is plain exactly when none of its pieces is such a rest: one pass over the batch both
+# checks the texts and cuts them.
+_BATCH_PIECE = re.compile(
+    rf"{BATCH_SEPARATOR}|[^\S{BATCH_SEPARATOR}]+|[()]|-\(|"
+    rf"-?(?:(?:AND|OR|NOT){_END}|{_PLAIN_TERM.pattern})|[^{BATCH_SEPARATOR}]*{BATCH_SEPARATOR}"
+)
 _Piece = tuple[str, str]  # its shape character, its leaf's key ("" for an operator)
 # piece -> its shape character, and its leaf's key: the same pieces in both, emptied
 # together when they grow past the bound. Leaves are made from keys (`leaf_of`) when a
@@ -663,32 +675,44 @@ def _forget_pieces() -> None:
 def _plain_piece(piece: str) -> _Piece | None:
     """What a plain query's piece stands for, remembered in `_SHAPES` and `_KEYS`; None
     for a term `_term_node` refuses (the caller then parses the query, for the message)."""
-    entry: _Piece
-    op = _OPERATORS.get(piece)
-    if op is not None:
-        entry = (_SHAPE[op], "")
-    elif piece in ("(", ")"):
-        entry = (piece, "")
-    elif piece == "-":
-        entry = ("!", "")
-    elif piece == BATCH_SEPARATOR:
-        entry = (piece, "")
-    else:
-        quoted = piece.endswith('"')
-        if quoted:
-            field, _, rest = piece.partition('"')
-            value, field = rest[:-1], field[:-1]
-        else:
-            field, _, value = piece.rpartition(":")
-        name = _FIELD_BY_NAME[field.lower()] if field else None
-        node = _term_node(value, name, quoted)
-        if isinstance(node, tuple):
-            return None
-        entry = ("T", sys.intern(_leaf_of(node).key))
+    entry = _piece_entry(piece)
+    if entry is None:
+        return None
     if len(_SHAPES) >= _MAX_PIECES:
         _forget_pieces()
     _SHAPES[piece], _KEYS[piece] = entry
     return entry
+
+
+def _piece_entry(piece: str) -> _Piece | None:
+    """`_plain_piece`'s answer, worked out. A batch's pieces (`_BATCH_PIECE`) are also
+    white space (no shape), a '-' with the token after it, and the rest of a text that is
+    not plain with its separator ("?", which makes no query)."""
+    op = _OPERATORS.get(piece)
+    if op is not None:
+        return (_SHAPE[op], "")
+    if piece in ("(", ")", BATCH_SEPARATOR):
+        return (piece, "")
+    if piece.endswith(BATCH_SEPARATOR):
+        return ("?" + BATCH_SEPARATOR, "")
+    if piece.isspace():
+        return ("", "")
+    if piece.startswith("-"):
+        if piece == "-":
+            return ("!", "")
+        after = _piece_entry(piece[1:])
+        return None if after is None else ("!" + after[0], after[1])
+    quoted = piece.endswith('"')
+    if quoted:
+        field, _, rest = piece.partition('"')
+        value, field = rest[:-1], field[:-1]
+    else:
+        field, _, value = piece.rpartition(":")
+    name = _FIELD_BY_NAME[field.lower()] if field else None
+    node = _term_node(value, name, quoted)
+    if isinstance(node, tuple):
+        return None
+    return ("T", sys.intern(_leaf_of(node).key))
 
 
 # (function, which term each of its keys is, whether that is every term in order, which
