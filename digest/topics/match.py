@@ -125,6 +125,16 @@ def ranked_topics(
     total = union.bit_count()
     if max_papers <= 0 or not union:
         return [], total
+    if not several and total <= max_papers:  # common: each paper one topic's, all kept
+        kept: list[tuple[int, tuple[str, ...]]] = []
+        for name, bits in zip(names, results, strict=True):
+            one = (name,)
+            while bits:
+                low = bits & -bits
+                bits ^= low
+                kept.append((low.bit_length() - 1, one))
+        kept.sort()  # by position alone: no two are equal
+        return kept, total
     ranked = _rank(results, union, several, max_papers)
     named = [(name, bits) for name, bits in zip(names, results, strict=True) if bits]
     if len(named) == 1:  # every paper matched the one topic
