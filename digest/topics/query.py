@@ -3,10 +3,11 @@
 Owns: `parse_query` (text -> AST of frozen dataclasses, or QuerySyntaxError with
 a 1-based column), `check_query` (the same verdict without the tree),
 `compile_query` (AST -> CompiledQuery, which evaluates as set operations over any
-`LeafResolver`; `compile_text` from the text) and `evaluate_text` (the bitset of a
-text's matches, nothing compiled kept). Does not own: what a word is
-(`words.py`; `tokenize` is re-exported here), the paper index, ranking or
-highlighting (`match.py`), nor reading queries from the config (`config.py`).
+`LeafResolver`; `compile_text` from the text) and `evaluate_texts` (the bitsets of
+a batch of texts' matches, cut in one regex pass, nothing compiled kept). Does not
+own: what a word is (`words.py`; `tokenize` is re-exported here), the paper index,
+ranking or highlighting (`match.py`), nor reading queries from the config
+(`config.py`).
 Pure: no I/O, no clock.
 
 The language (DESIGN.md, "The topic query language"), with the choices made here:
