@@ -440,7 +440,7 @@ class LeafResolver(Protocol):
 
 
 # A query's shape, e.g. ``(m[k[0]] | m[k[1]]) & ~m[k[2]]``, as a function of
-# (m: leaf key -> bitset, k: this query's leaf keys, a: all papers); `evaluate_text`
+# (m: leaf key -> bitset, k: this query's leaf keys, a: all papers); `evaluate_texts`
 # passes the bitsets of the query's terms as m and which term each key is as k.
 ShapeFunction = Callable[
     [Mapping[str, int] | Sequence[int], tuple[str, ...] | tuple[int, ...], int], int
@@ -573,12 +573,6 @@ def compile_text(text: str) -> CompiledQuery:
         tuple([keys[i] for i in positive_terms]),
         leaf_set(tuple([leaf_of(keys[i]) for i in positive_terms])) if fixed else None,
     )
-
-
-def evaluate_text(text: str, resolver: LeafResolver) -> int:
-    """`compile_text(text).evaluate(resolver)`, without building the CompiledQuery (see
-    `evaluate_texts`). Raises QuerySyntaxError as parse_query does."""
-    return evaluate_texts((text,), resolver)[0]
 
 
 def evaluate_texts(texts: Sequence[str], resolver: LeafResolver) -> list[int]:
@@ -758,7 +752,6 @@ __all__ = [
     "check_query",
     "compile_query",
     "compile_text",
-    "evaluate_text",
     "evaluate_texts",
     "leaf_set",
     "parse_query",
